@@ -1,0 +1,6 @@
+//! One module per CLI verb: argument struct + `run`.
+
+pub mod boards;
+pub mod build;
+pub mod init;
+pub mod wire;

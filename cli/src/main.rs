@@ -1,0 +1,51 @@
+//! `moat`: the one command-line tool. Thin: parse arguments, call the
+//! library (`moat::…`, `mux_runtime::…`), render the result.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+mod commands;
+
+#[derive(Parser)]
+#[command(name = "moat", version, about = "Build, flash, update and talk to MicroPython satellites")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Scaffold a new project.
+    Init(commands::init::Args),
+    /// Build firmware for the project's nodes.
+    Build(commands::build::Args),
+    /// List the boards moat knows and whether they can be built here.
+    Boards(commands::boards::Args),
+    /// Encode and decode wire messages (for reading captured traffic).
+    #[command(subcommand)]
+    Wire(commands::wire::Command),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MOAT_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Init(a) => commands::init::run(a),
+        Command::Build(a) => commands::build::run(a),
+        Command::Boards(a) => commands::boards::run(a),
+        Command::Wire(c) => commands::wire::run(c),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! moat's wire protocol, links and multiplexer.
+//!
+//! The protocol half is sans-I/O: values and their MsgPack encoding
+//! ([`value`], [`msgpack`]), the message model ([`message`], [`seq`]) and the
+//! framings ([`framing`]) are pure functions and state machines fed with bytes.
+//! The reliable layer ([`reliable`]) is a state machine plus a tokio task.
+
+pub mod msgpack;
+pub mod value;
+
+pub use value::Value;
