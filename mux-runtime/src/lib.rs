@@ -5,7 +5,11 @@
 //! framings ([`framing`]) are pure functions and state machines fed with bytes.
 //! The reliable layer ([`reliable`]) is a state machine plus a tokio task.
 
+pub mod error;
+pub mod message;
 pub mod msgpack;
+pub mod notation;
+pub mod seq;
 pub mod value;
 
 pub use value::Value;
