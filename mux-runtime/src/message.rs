@@ -202,14 +202,27 @@ impl Keys {
 }
 
 /// Unknown keys are ignored but worth one line each: a peer speaking a newer
-/// protocol. Bounded so a hostile peer cannot grow the set.
+/// protocol.
 fn log_unknown_key(key: &Value) {
-    static SEEN: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
-    let name = key.to_string();
-    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
-    if seen.len() < 64 && seen.insert(name.clone()) {
+    let mut name = key.to_string();
+    if name.len() > 40 {
+        let cut = (0..=40)
+            .rev()
+            .find(|&n| name.is_char_boundary(n))
+            .unwrap_or(0);
+        name.truncate(cut);
+    }
+    if first_sighting(&name) {
         tracing::info!(key = %name, "ignoring unknown message key (logged once)");
     }
+}
+
+/// True the first time `name` is seen. Bounded so a hostile peer cannot grow
+/// the set: after 64 distinct names, nothing more is logged.
+fn first_sighting(name: &str) -> bool {
+    static SEEN: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    seen.len() < 64 && seen.insert(name.to_owned())
 }
 
 fn parse_seq(v: &Value) -> Result<Seq, MessageError> {
@@ -649,6 +662,13 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(m, Message::cancel(2));
+    }
+
+    #[test]
+    fn unknown_keys_are_logged_once_each() {
+        assert!(first_sighting("test-key-q"));
+        assert!(!first_sighting("test-key-q"));
+        assert!(first_sighting("test-key-w"));
     }
 
     #[test]

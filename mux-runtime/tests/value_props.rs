@@ -85,3 +85,39 @@ fn nan_survives_the_round_trip() {
     let back = msgpack::decode_exact(&bytes, &Limits::default()).unwrap();
     assert!(matches!(back, Value::Float(x) if x.is_nan()), "{back:?}");
 }
+
+/// Maps made mostly of message keys with plausible and implausible values.
+fn message_like() -> impl Strategy<Value = Value> {
+    let key = prop::sample::select(vec!["a", "d", "i", "e", "r", "n", "x", "zz"]);
+    let field = prop_oneof![
+        value(),
+        (0i128..1 << 33).prop_map(Value::Int),
+        proptest::collection::vec(
+            prop_oneof![
+                "[a-z]{1,4}".prop_map(Value::Str),
+                (-5i128..5).prop_map(Value::Int)
+            ],
+            0..4
+        )
+        .prop_map(Value::Array),
+        Just(Value::Bool(false)),
+        "_[A-Za-z]{2,5}".prop_map(Value::Proxy),
+        "E:[a-z]{0,5}".prop_map(Value::Str),
+    ];
+    proptest::collection::vec((key.prop_map(Value::from), field), 0..6).prop_map(Value::Map)
+}
+
+proptest! {
+    #[test]
+    fn whatever_parses_as_a_message_reencodes_to_the_same_message(v in message_like()) {
+        use mux_runtime::message::Message;
+        if let Ok(msg) = Message::from_value(v) {
+            let back = Message::from_bytes(&msg.to_bytes());
+            prop_assert_eq!(back, Ok(msg.clone()));
+            let mut flipped = msg.clone();
+            flipped.flip_seq();
+            flipped.flip_seq();
+            prop_assert_eq!(flipped, msg);
+        }
+    }
+}
