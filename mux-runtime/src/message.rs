@@ -92,7 +92,7 @@ pub enum Kind {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Message {
     /// `{a, d, i, r?, x?}`: call `path` with keyword args `data` (a map;
-    /// absent on the wire = `{}`); answer with `seq + 1`. `stream`: send a
+    /// absent or nil on the wire = `{}`); answer with `seq + 1`. `stream`: send a
     /// stream item every that many ms. `expect`: error proxy names the
     /// caller expects, which the responder does not log.
     Request {
@@ -299,7 +299,8 @@ impl Message {
             };
             let seq = parse_seq(i)?;
             let data = match k.d {
-                None => Value::Map(Vec::new()),
+                // A peer passing None for "no kwargs" means the same as {}.
+                None | Some(Value::Nil) => Value::Map(Vec::new()),
                 Some(d @ Value::Map(_)) => d,
                 Some(other) => return bad('d', "a map of keyword arguments", &other),
             };
@@ -612,6 +613,13 @@ mod tests {
     #[test]
     fn request_without_d_has_empty_kwargs() {
         let m = parse(vec![("a", arr(&["ping"])), ("i", 4.into())]).unwrap();
+        assert_eq!(m, Message::request(["ping"], Value::Map(vec![]), 4));
+        let m = parse(vec![
+            ("a", arr(&["ping"])),
+            ("d", Value::Nil),
+            ("i", 4.into()),
+        ])
+        .unwrap();
         assert_eq!(m, Message::request(["ping"], Value::Map(vec![]), 4));
     }
 
