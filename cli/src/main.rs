@@ -7,7 +7,11 @@ use std::process::ExitCode;
 mod commands;
 
 #[derive(Parser)]
-#[command(name = "moat", version, about = "Build, flash, update and talk to MicroPython satellites")]
+#[command(
+    name = "moat",
+    version,
+    about = "Build, flash, update and talk to MicroPython satellites"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
