@@ -9,6 +9,7 @@ pub mod error;
 pub mod message;
 pub mod msgpack;
 pub mod notation;
+pub mod reliable;
 pub mod seq;
 pub mod value;
 

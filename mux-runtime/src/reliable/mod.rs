@@ -1,0 +1,77 @@
+//! The reliable layer for lossy serial links (protocol.md §4).
+//!
+//! SerialPacker frames drop or corrupt (a bad CRC drops the frame) but never
+//! invent data. On top, this layer gives exactly-once, in-order delivery of
+//! messages with selective repeat. [`machine`] is the sans-I/O state machine,
+//! [`frame`] the wire maps, [`link`] the tokio task over any frame transport,
+//! [`sim`] a deterministic lossy link for tests and benchmarks.
+//!
+//! # Semantics (both peers run the same machine)
+//!
+//! **Handshake.** Either side starts with a request `{a:"r", n:1, c:{t,m}}`
+//! carrying its own timeout `t` (ms) and window `m`; the answer is `n:2`, the
+//! confirmation `n:3`, each with the sender's own offer. Whoever learns the
+//! other's offer uses `max` of the timeouts and `min` of the windows, so both
+//! agree without a further round. The requester is up when the ack arrives
+//! (and sends ack2); the answerer when ack2 arrives. When both request at
+//! once, each answers the other's request and each goes up on the other's
+//! ack. Requests are repeated every own `timeout`, acks every agreed timeout,
+//! each at most `retries` times, then the link is declared down. Offers below
+//! window 4 or outside 1 ms..1 h are refused with a closing frame naming why.
+//! An idle or down side answers requests (passive open) but sends none.
+//!
+//! **Reset while up.** A request arriving while up means the peer restarted:
+//! everything queued or in flight is discarded and reported as
+//! [`Event::Reset`] with the count (they may or may not have arrived, so the
+//! requests waiting on them must fail), sequence state restarts at 0 on both
+//! sides, and the handshake runs again. A request within half a timeout of
+//! coming up is an echo of the handshake just finished and is ignored; a
+//! peer that really restarted repeats its request. [`Machine::connect`] while
+//! up is the same reset started locally.
+//!
+//! **Sequence numbers** count messages from 0 after each handshake and travel
+//! modulo the agreed window `m`. At most `m/2` messages are unacknowledged,
+//! and the receiver accepts at most `m/2` ahead of the next expected one, so
+//! old and new numbers never collide.
+//!
+//! **Data/ack frames** `{s, r, x, d}`: `r` is the next sequence number the
+//! sender expects (everything before arrived and was delivered), `x` lists
+//! the numbers after `r` it received and holds (ascending; omitted when
+//! empty). With `d` (a message), `s` is that message's number. A pure ack
+//! (no `d`) has `s` = the number the sender's next new message will get; it
+//! is informational. Every data frame carries the current `r`/`x`, so an ack
+//! rides along with outgoing data when there is any.
+//!
+//! **When acks are sent.** Every received data frame (new, buffered or a
+//! duplicate) is acknowledged at once: by the data frames it lets us send,
+//! else by one pure ack. Acks are never acknowledged. No delayed coalescing:
+//! serial links are slow enough that a frame per message is the cost anyway,
+//! and an immediate ack keeps the sender's window moving.
+//!
+//! **Retransmission.** Each unacknowledged message has its own timer: after
+//! the agreed timeout it is sent again, unless the peer listed it in `x`.
+//! `x` also drives fast selective retransmit: a hole below a number listed
+//! in `x` whose last transmission left before that frame's first one was
+//! lost (the link keeps order), so it is resent at once. A message
+//! transmitted `1 + retries` times without acknowledgement takes the link
+//! down: a closing frame tells the peer, queued and in-flight messages are
+//! reported lost in [`Event::Down`]. Nothing comes back up by itself; the
+//! owner calls `connect` again (or the peer's request arrives).
+//!
+//! **Stale frames.** Acks whose `r` or `x` do not fit what is in flight are
+//! ignored whole (a stale ack could otherwise acknowledge a lost message).
+//! Data ahead of the receive window or behind `r` is a duplicate: acked, not
+//! delivered. Data arriving before the handshake completes belongs to an old
+//! epoch and is ignored; its sender retransmits it. This is exact for links
+//! that keep order (serial does) and tolerates duplicates and frames
+//! overtaken by one newer frame; a frame delayed past several newer ones
+//! cannot be told apart from a new one with numbers modulo `m`.
+
+pub mod frame;
+pub mod link;
+pub mod machine;
+pub mod sim;
+
+pub use frame::{Frame, FrameError, Params, ResetStep, WireSeq};
+pub use link::{spawn, LinkError, LinkEvent, LinkHandle};
+pub use machine::{Config, ConfigError, Event, LinkDown, LinkState, Machine, Stats};
