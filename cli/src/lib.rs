@@ -3,5 +3,12 @@
 //! layer over this.
 
 pub mod board;
+pub mod build;
+pub mod embedded;
+pub mod hash_table;
 pub mod manifest;
+pub mod modules;
 pub mod project;
+pub mod source;
+pub mod template;
+pub mod tools;
