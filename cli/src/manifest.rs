@@ -268,19 +268,15 @@ impl FloorCharBoundary for str {
 }
 
 /// Parses a manifest's text. `file` names it in errors; `boards` are the
-/// boards nodes may use.
+/// boards nodes may use. `[apps] paths` defaults to `["apps"]`; relative
+/// paths stay relative (see [`load`] for the checks that need the disk).
 pub fn parse(text: &str, file: &str, boards: &Boards) -> Result<Manifest, ManifestError> {
-    let _ = (text, boards);
-    Err(ManifestError {
-        file: file.to_owned(),
-        line: None,
-        column: None,
-        key: String::new(),
-        message: "manifest parsing is not implemented yet".into(),
-    })
+    Parser { text, file }.manifest(boards, None)
 }
 
-/// Reads and parses `path`.
+/// Reads and parses `path`; relative `[micropython] path` is resolved
+/// against the manifest's folder, `[apps] paths` must exist (the default
+/// `apps` is dropped when there is no such folder).
 pub fn load(path: &Path, boards: &Boards) -> Result<Manifest, ManifestError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
@@ -290,5 +286,840 @@ pub fn load(path: &Path, boards: &Boards) -> Result<Manifest, ManifestError> {
         key: String::new(),
         message: format!("cannot read the manifest: {e}"),
     })?;
-    parse(&text, &shown, boards)
+    let root = path.parent().unwrap_or(Path::new("."));
+    Parser {
+        text: &text,
+        file: &shown,
+    }
+    .manifest(boards, Some(root))
+}
+
+type Span = Option<std::ops::Range<usize>>;
+type Res<T> = Result<T, ManifestError>;
+
+const TOP_KEYS: &[&str] = &["project", "micropython", "apps", "defaults", "nodes"];
+const PROJECT_KEYS: &[&str] = &["name"];
+const MICROPYTHON_KEYS: &[&str] = &["version", "path", "git", "rev"];
+const APPS_KEYS: &[&str] = &["paths"];
+const DEFAULTS_KEYS: &[&str] = &["link"];
+const NODE_KEYS: &[&str] = &["board", "port", "link", "config"];
+const TCP_KEYS: &[&str] = &["kind", "host", "port"];
+const PROCESS_KEYS: &[&str] = &["kind"];
+const SERIAL_KEYS: &[&str] = &[
+    "kind", "baud", "max", "timeout", "window", "retries", "uart", "tx", "rx",
+];
+const USB_KEYS: &[&str] = &["kind"];
+
+fn link_keys(kind: LinkKind) -> &'static [&'static str] {
+    match kind {
+        LinkKind::Tcp => TCP_KEYS,
+        LinkKind::Process => PROCESS_KEYS,
+        LinkKind::Serial => SERIAL_KEYS,
+        LinkKind::Usb => USB_KEYS,
+    }
+}
+
+/// Every key any link kind accepts (what `[defaults.link]` may hold).
+fn all_link_keys() -> Vec<&'static str> {
+    let mut keys: Vec<&str> = Vec::new();
+    for k in LinkKind::ALL {
+        for key in link_keys(k) {
+            if !keys.contains(key) {
+                keys.push(key);
+            }
+        }
+    }
+    keys
+}
+
+/// One table of the document with its dotted path, for error messages.
+struct Table<'d> {
+    path: String,
+    table: &'d dyn toml_edit::TableLike,
+    span: Span,
+}
+
+impl<'d> Table<'d> {
+    fn key_path(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&'d toml_edit::Item> {
+        self.table.get(key).filter(|i| !i.is_none())
+    }
+
+    /// The best span for `key`: its value, else its key, else the table.
+    fn span_of(&self, key: &str) -> Span {
+        match self.table.get_key_value(key) {
+            Some((k, item)) => item.span().or_else(|| k.span()).or(self.span.clone()),
+            None => self.span.clone(),
+        }
+    }
+
+    fn key_span(&self, key: &str) -> Span {
+        self.table
+            .get_key_value(key)
+            .and_then(|(k, _)| k.span())
+            .or(self.span.clone())
+    }
+}
+
+struct Parser<'t> {
+    text: &'t str,
+    file: &'t str,
+}
+
+impl<'t> Parser<'t> {
+    fn err(&self, span: Span, key: String, message: String) -> ManifestError {
+        let (line, column) = match span {
+            Some(s) => {
+                let (l, c) = line_col(self.text, s.start);
+                (Some(l), Some(c))
+            }
+            None => (None, None),
+        };
+        ManifestError {
+            file: self.file.to_owned(),
+            line,
+            column,
+            key,
+            message,
+        }
+    }
+
+    /// Refuses keys outside `allowed`, listing the valid ones.
+    fn only_keys(&self, t: &Table, allowed: &[&str]) -> Res<()> {
+        for (key, _) in t.table.iter() {
+            if !allowed.contains(&key) {
+                return Err(self.err(
+                    t.key_span(key),
+                    t.key_path(key),
+                    format!(
+                        "unknown key `{key}`; valid keys: {}{}",
+                        allowed.join(", "),
+                        did_you_mean(key, allowed.iter().copied())
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn wrong_type(&self, t: &Table, key: &str, expected: &str) -> ManifestError {
+        let found = t
+            .get(key)
+            .map_or_else(|| "nothing".to_owned(), |i| article(i.type_name()));
+        self.err(
+            t.span_of(key),
+            t.key_path(key),
+            format!("expected {expected}, found {found}"),
+        )
+    }
+
+    fn table<'d>(&self, t: &Table<'d>, key: &str) -> Res<Option<Table<'d>>> {
+        let Some(item) = t.get(key) else {
+            return Ok(None);
+        };
+        let table = item
+            .as_table_like()
+            .ok_or_else(|| self.wrong_type(t, key, "a table"))?;
+        Ok(Some(Table {
+            path: t.key_path(key),
+            table,
+            span: item.span().or_else(|| t.key_span(key)),
+        }))
+    }
+
+    fn string(&self, t: &Table, key: &str) -> Res<Option<String>> {
+        match t.get(key) {
+            None => Ok(None),
+            Some(i) => i
+                .as_str()
+                .map(|s| Some(s.to_owned()))
+                .ok_or_else(|| self.wrong_type(t, key, "a string")),
+        }
+    }
+
+    fn required_string(&self, t: &Table, key: &str, example: &str) -> Res<String> {
+        self.string(t, key)?.ok_or_else(|| {
+            self.err(
+                t.span.clone(),
+                t.key_path(key),
+                format!("missing; add `{key} = {example}` to [{}]", t.path),
+            )
+        })
+    }
+
+    /// An integer in `lo..=hi`.
+    fn int(&self, t: &Table, key: &str, lo: i64, hi: i64) -> Res<Option<i64>> {
+        let Some(item) = t.get(key) else {
+            return Ok(None);
+        };
+        let v = item
+            .as_integer()
+            .ok_or_else(|| self.wrong_type(t, key, "an integer"))?;
+        if v < lo || v > hi {
+            return Err(self.err(
+                t.span_of(key),
+                t.key_path(key),
+                format!("{v} is out of range; valid: {lo} to {hi}"),
+            ));
+        }
+        Ok(Some(v))
+    }
+
+    fn manifest(&self, boards: &Boards, root: Option<&Path>) -> Res<Manifest> {
+        let doc = toml_edit::ImDocument::parse(self.text)
+            .map_err(|e| self.err(e.span(), String::new(), e.message().trim_end().to_owned()))?;
+        let top = Table {
+            path: String::new(),
+            table: doc.as_table(),
+            span: Some(0..0),
+        };
+        self.only_keys(&top, TOP_KEYS)?;
+
+        let project = self.table(&top, "project")?.ok_or_else(|| {
+            self.err(
+                None,
+                "project".into(),
+                "missing; add `[project]` with `name = \"…\"`".into(),
+            )
+        })?;
+        self.only_keys(&project, PROJECT_KEYS)?;
+        let name = self.required_string(&project, "name", "\"my-project\"")?;
+        if !is_identifier(&name) {
+            return Err(self.err(
+                project.span_of("name"),
+                project.key_path("name"),
+                format!("`{name}` is not a valid name; use letters, digits, `-` and `_`"),
+            ));
+        }
+
+        let micropython = self.micropython(&top, root)?;
+        let app_paths = self.app_paths(&top, root)?;
+        let defaults = match self.table(&top, "defaults")? {
+            Some(d) => {
+                self.only_keys(&d, DEFAULTS_KEYS)?;
+                match self.table(&d, "link")? {
+                    Some(l) => {
+                        self.only_keys(&l, &all_link_keys())?;
+                        Some(l)
+                    }
+                    None => None,
+                }
+            }
+            None => None,
+        };
+        let nodes = self.nodes(&top, boards, defaults.as_ref())?;
+        Ok(Manifest {
+            project: Project { name },
+            micropython,
+            app_paths,
+            nodes,
+        })
+    }
+
+    fn micropython(&self, top: &Table, root: Option<&Path>) -> Res<MicroPython> {
+        let Some(t) = self.table(top, "micropython")? else {
+            return Ok(MicroPython::Version(DEFAULT_MICROPYTHON_VERSION.into()));
+        };
+        self.only_keys(&t, MICROPYTHON_KEYS)?;
+        let given: Vec<&str> = ["version", "path", "git"]
+            .into_iter()
+            .filter(|k| t.get(k).is_some())
+            .collect();
+        if given.len() > 1 {
+            return Err(self.err(
+                t.span_of(given[1]),
+                t.key_path(given[1]),
+                format!(
+                    "give only one of `version`, `path` or `git` (found {})",
+                    given.join(" and ")
+                ),
+            ));
+        }
+        if t.get("rev").is_some() && given != ["git"] {
+            return Err(self.err(
+                t.span_of("rev"),
+                t.key_path("rev"),
+                "`rev` only goes with `git = \"…\"`".into(),
+            ));
+        }
+        Ok(match given.first().copied() {
+            Some("path") => {
+                let p = PathBuf::from(self.string(&t, "path")?.unwrap_or_default());
+                MicroPython::Path(match root {
+                    Some(r) if p.is_relative() => r.join(p),
+                    _ => p,
+                })
+            }
+            Some("git") => MicroPython::Git {
+                url: self.string(&t, "git")?.unwrap_or_default(),
+                rev: self.required_string(&t, "rev", "\"v1.25.0\"")?,
+            },
+            _ => MicroPython::Version(
+                self.string(&t, "version")?
+                    .unwrap_or_else(|| DEFAULT_MICROPYTHON_VERSION.into()),
+            ),
+        })
+    }
+
+    fn app_paths(&self, top: &Table, root: Option<&Path>) -> Res<Vec<PathBuf>> {
+        let Some(t) = self.table(top, "apps")? else {
+            let default = PathBuf::from("apps");
+            return Ok(match root {
+                Some(r) if !r.join(&default).is_dir() => vec![],
+                _ => vec![default],
+            });
+        };
+        self.only_keys(&t, APPS_KEYS)?;
+        let Some(item) = t.get("paths") else {
+            return Ok(vec![PathBuf::from("apps")]);
+        };
+        let arr = item
+            .as_array()
+            .ok_or_else(|| self.wrong_type(&t, "paths", "an array of folder names"))?;
+        let mut out = Vec::new();
+        for (i, v) in arr.iter().enumerate() {
+            let key = format!("{}[{i}]", t.key_path("paths"));
+            let s = v.as_str().ok_or_else(|| {
+                self.err(
+                    v.span(),
+                    key.clone(),
+                    format!(
+                        "expected a folder name (string), found {}",
+                        article(v.type_name())
+                    ),
+                )
+            })?;
+            let p = PathBuf::from(s);
+            if let Some(r) = root {
+                if !r.join(&p).is_dir() {
+                    return Err(self.err(
+                        v.span(),
+                        key,
+                        format!(
+                            "folder `{s}` does not exist in {}; create it or remove it from the list",
+                            r.display()
+                        ),
+                    ));
+                }
+            }
+            out.push(p);
+        }
+        Ok(out)
+    }
+
+    fn nodes(&self, top: &Table, boards: &Boards, defaults: Option<&Table>) -> Res<Vec<Node>> {
+        let example = "add a node, e.g.\n  [nodes.demo]\n  board = \"unix\"";
+        let Some(t) = self.table(top, "nodes")? else {
+            return Err(self.err(None, "nodes".into(), format!("no nodes defined; {example}")));
+        };
+        let mut nodes: Vec<Node> = Vec::new();
+        for (name, _) in t.table.iter() {
+            if !is_identifier(name) {
+                return Err(self.err(
+                    t.key_span(name),
+                    t.key_path(name),
+                    format!("`{name}` is not a valid node name; use letters, digits, `-` and `_`"),
+                ));
+            }
+            let n = self.table(&t, name)?.expect("iterated keys exist");
+            nodes.push(self.node(name, &n, boards, defaults)?);
+        }
+        if nodes.is_empty() {
+            return Err(self.err(
+                t.span.clone(),
+                "nodes".into(),
+                format!("no nodes defined; {example}"),
+            ));
+        }
+        // Two nodes listening on one host:port cannot both run.
+        for (i, a) in nodes.iter().enumerate() {
+            for b in &nodes[..i] {
+                if let (Link::Tcp { host: ha, port: pa }, Link::Tcp { host: hb, port: pb }) =
+                    (&a.link, &b.link)
+                {
+                    if ha == hb && pa == pb {
+                        let nt = self.table(&t, &a.name)?.expect("exists");
+                        return Err(self.err(
+                            nt.span.clone(),
+                            format!("nodes.{}.link.port", a.name),
+                            format!(
+                                "{ha}:{pa} is already used by node `{}`; give each tcp node its own port",
+                                b.name
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(nodes)
+    }
+
+    fn node(&self, name: &str, t: &Table, boards: &Boards, defaults: Option<&Table>) -> Res<Node> {
+        self.only_keys(t, NODE_KEYS)?;
+        let board_name = self.required_string(t, "board", "\"unix\"")?;
+        let board = boards.get(&board_name).ok_or_else(|| {
+            let known: Vec<&str> = boards.names().collect();
+            self.err(
+                t.span_of("board"),
+                t.key_path("board"),
+                format!(
+                    "unknown board `{board_name}`; known boards: {}{}",
+                    known.join(", "),
+                    did_you_mean(&board_name, known.iter().copied())
+                ),
+            )
+        })?;
+        let port = self.string(t, "port")?;
+        let link = self.link(t, board.link, defaults)?;
+        let user_config = match self.table(t, "config")? {
+            Some(c) => self.config(&c)?,
+            None => Value::Map(vec![]),
+        };
+        Ok(Node {
+            name: name.to_owned(),
+            board: board_name,
+            port,
+            link,
+            user_config,
+        })
+    }
+
+    /// A node's link: `link = "kind"` or `link = { kind = …, … }`, over
+    /// `[defaults.link]`, over the board's default kind.
+    fn link(&self, node: &Table, board_kind: LinkKind, defaults: Option<&Table>) -> Res<Link> {
+        let own: Option<Table> = match node.get("link") {
+            None => None,
+            Some(item) if item.is_str() => None,
+            Some(_) => self.table(node, "link")?,
+        };
+        // The kind: the node's, else the defaults', else the board's.
+        let kind_from = |t: &Table, key: &str| -> Res<Option<LinkKind>> {
+            match self.string(t, key)? {
+                None => Ok(None),
+                Some(s) => LinkKind::parse(&s).map(Some).ok_or_else(|| {
+                    let valid: Vec<&str> = LinkKind::ALL.iter().map(|k| k.as_str()).collect();
+                    self.err(
+                        t.span_of(key),
+                        t.key_path(key),
+                        format!(
+                            "unknown link kind `{s}`; valid kinds: {}{}",
+                            valid.join(", "),
+                            did_you_mean(&s, valid.iter().copied())
+                        ),
+                    )
+                }),
+            }
+        };
+        let kind = match node.get("link") {
+            Some(i) if i.is_str() => kind_from(node, "link")?,
+            Some(_) => own
+                .as_ref()
+                .map(|o| kind_from(o, "kind"))
+                .transpose()?
+                .flatten(),
+            None => None,
+        };
+        let kind = match kind {
+            Some(k) => k,
+            None => match defaults {
+                Some(d) => kind_from(d, "kind")?.unwrap_or(board_kind),
+                None => board_kind,
+            },
+        };
+        if let Some(o) = &own {
+            let allowed = link_keys(kind);
+            for (key, _) in o.table.iter() {
+                if !allowed.contains(&key) {
+                    let why = if all_link_keys().contains(&key) {
+                        format!("`{key}` does not apply to a {kind} link")
+                    } else {
+                        format!("unknown key `{key}`")
+                    };
+                    return Err(self.err(
+                        o.key_span(key),
+                        o.key_path(key),
+                        format!(
+                            "{why}; valid keys for a {kind} link: {}{}",
+                            allowed.join(", "),
+                            did_you_mean(key, allowed.iter().copied())
+                        ),
+                    ));
+                }
+            }
+        }
+        // A setting: the node's own, else the shared default.
+        let pick = |key: &str| -> Option<&Table> {
+            own.as_ref()
+                .filter(|o| o.get(key).is_some())
+                .or(defaults.filter(|d| d.get(key).is_some()))
+        };
+        let int = |key: &str, lo: i64, hi: i64, default: u32| -> Res<u32> {
+            match pick(key) {
+                Some(t) => Ok(self.int(t, key, lo, hi)?.map_or(default, |v| v as u32)),
+                None => Ok(default),
+            }
+        };
+        Ok(match kind {
+            LinkKind::Tcp => Link::Tcp {
+                host: match pick("host") {
+                    Some(t) => self.string(t, "host")?.unwrap_or_default(),
+                    None => DEFAULT_TCP_HOST.into(),
+                },
+                port: int("port", 1, 65535, DEFAULT_TCP_PORT.into())? as u16,
+            },
+            LinkKind::Process => Link::Process,
+            LinkKind::Usb => Link::Usb,
+            LinkKind::Serial => {
+                let mut extra = Vec::new();
+                for (key, node_key) in [("uart", "n"), ("tx", "tx"), ("rx", "rx")] {
+                    if pick(key).is_some() {
+                        extra.push((node_key.to_owned(), Value::from(int(key, 0, 255, 0)?)));
+                    }
+                }
+                Link::Serial(SerialLink {
+                    baud: int("baud", 1, 10_000_000, DEFAULT_BAUD)?,
+                    max: int("max", 16, 32767, DEFAULT_SERIAL_MAX)?,
+                    timeout_ms: int("timeout", 1, 600_000, DEFAULT_SERIAL_TIMEOUT_MS)?,
+                    window: int("window", 4, 64, DEFAULT_SERIAL_WINDOW)?,
+                    retries: int("retries", 1, 1000, DEFAULT_SERIAL_RETRIES)?,
+                    extra,
+                })
+            }
+        })
+    }
+
+    /// `[nodes.N.config]` as a value; `apps` entries must read `module.Class`.
+    fn config(&self, t: &Table) -> Res<Value> {
+        if let Some(apps) = self.table(t, "apps")? {
+            for (name, item) in apps.table.iter() {
+                let ok = item.as_str().is_some_and(|s| {
+                    s.split_once('.')
+                        .is_some_and(|(m, c)| !m.is_empty() && !c.is_empty())
+                });
+                if !ok {
+                    return Err(self.err(
+                        apps.span_of(name),
+                        apps.key_path(name),
+                        "expected \"module.Class\" (e.g. \"fs.Files\")".into(),
+                    ));
+                }
+            }
+        }
+        Ok(table_to_value(t.table))
+    }
+}
+
+fn table_to_value(t: &dyn toml_edit::TableLike) -> Value {
+    Value::Map(
+        t.iter()
+            .filter(|(_, i)| !i.is_none())
+            .map(|(k, i)| (Value::from(k), item_to_value(i)))
+            .collect(),
+    )
+}
+
+fn item_to_value(item: &toml_edit::Item) -> Value {
+    use toml_edit::Item;
+    match item {
+        Item::None => Value::Nil,
+        Item::Value(v) => value_to_value(v),
+        Item::Table(t) => table_to_value(t),
+        Item::ArrayOfTables(a) => Value::Array(a.iter().map(|t| table_to_value(t)).collect()),
+    }
+}
+
+/// TOML → moat value: int → Int, float → Float, datetime → Str, tables →
+/// maps with keys in file order.
+fn value_to_value(v: &toml_edit::Value) -> Value {
+    use toml_edit::Value as T;
+    match v {
+        T::String(s) => Value::Str(s.value().clone()),
+        T::Integer(i) => Value::Int((*i.value()).into()),
+        T::Float(f) => Value::Float(*f.value()),
+        T::Boolean(b) => Value::Bool(*b.value()),
+        T::Datetime(d) => Value::Str(d.value().to_string()),
+        T::Array(a) => Value::Array(a.iter().map(value_to_value).collect()),
+        T::InlineTable(t) => table_to_value(t),
+    }
+}
+
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// "a string", "an integer", … for type names.
+fn article(type_name: &str) -> String {
+    match type_name.chars().next() {
+        Some('a' | 'e' | 'i' | 'o' | 'u') => format!("an {type_name}"),
+        _ => format!("a {type_name}"),
+    }
+}
+
+/// ` (did you mean `x`?)` when one candidate is close to `word`.
+pub fn did_you_mean<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> String {
+    candidates
+        .map(|c| (edit_distance(word, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3) && *d < c.len())
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| format!(" (did you mean `{c}`?)"))
+        .unwrap_or_default()
+}
+
+/// Edit distance counting a swap of neighbours as one edit (optimal
+/// string alignment): `esp8622` is 2 away from `esp8266`. Small inputs only.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_ok(text: &str) -> Manifest {
+        parse(text, "moat.toml", &Boards::embedded()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn parse_err(text: &str) -> String {
+        parse(text, "moat.toml", &Boards::embedded())
+            .expect_err("manifest should be refused")
+            .to_string()
+    }
+
+    const HEAD: &str = "[project]\nname = \"t\"\n";
+
+    fn node_cfg(body: &str) -> Value {
+        let m = parse_ok(&format!("{HEAD}{body}"));
+        m.nodes[0].config()
+    }
+
+    #[test]
+    fn tcp_link_makes_the_node_listen_on_its_port() {
+        let cfg = node_cfg("[nodes.a]\nboard = \"unix\"\nlink = { kind = \"tcp\", port = 4000 }\n");
+        assert_eq!(
+            cfg,
+            Value::map([(
+                "link",
+                Value::map([(
+                    "tcp",
+                    Value::map([("h", Value::from("0.0.0.0")), ("p", Value::from(4000))])
+                )])
+            )])
+        );
+    }
+
+    #[test]
+    fn tcp_link_defaults_to_localhost_and_port_27587() {
+        let m = parse_ok(&format!("{HEAD}[nodes.a]\nboard = \"unix\"\n"));
+        assert_eq!(
+            m.nodes[0].link,
+            Link::Tcp {
+                host: "127.0.0.1".into(),
+                port: 27587
+            }
+        );
+    }
+
+    #[test]
+    fn process_and_usb_links_use_stdio_on_the_node() {
+        for kind in ["process", "usb"] {
+            let cfg = node_cfg(&format!(
+                "[nodes.a]\nboard = \"unix\"\nlink = {{ kind = \"{kind}\" }}\n"
+            ));
+            assert_eq!(
+                cfg.get("link"),
+                Some(&Value::map([("stdio", Value::Map(vec![]))])),
+                "{kind}"
+            );
+        }
+    }
+
+    #[test]
+    fn link_may_be_given_as_just_its_kind() {
+        let m = parse_ok(&format!(
+            "{HEAD}[nodes.a]\nboard = \"unix\"\nlink = \"process\"\n"
+        ));
+        assert_eq!(m.nodes[0].link, Link::Process);
+    }
+
+    #[test]
+    fn serial_link_carries_framing_and_reliable_settings_to_the_node() {
+        let cfg = node_cfg(
+            "[nodes.a]\nboard = \"esp8266\"\nlink = { kind = \"serial\", baud = 9600, window = 4, uart = 1 }\n",
+        );
+        assert_eq!(
+            cfg.get("link"),
+            Some(&Value::map([(
+                "uart",
+                Value::map([
+                    ("b", Value::from(9600)),
+                    ("m", Value::from(255)),
+                    ("t", Value::from(1000)),
+                    ("w", Value::from(4)),
+                    ("r", Value::from(5)),
+                    ("n", Value::from(1)),
+                ])
+            )]))
+        );
+    }
+
+    #[test]
+    fn board_default_link_applies_when_the_node_names_none() {
+        let m = parse_ok(&format!(
+            "{HEAD}[nodes.a]\nboard = \"esp8266\"\n[nodes.b]\nboard = \"rpi-pico\"\n"
+        ));
+        assert_eq!(m.nodes[0].link.kind(), LinkKind::Serial);
+        assert_eq!(m.nodes[1].link, Link::Usb);
+    }
+
+    #[test]
+    fn shared_link_defaults_apply_where_they_fit_and_node_keys_win() {
+        let m = parse_ok(&format!(
+            "{HEAD}[defaults.link]\ntimeout = 300\nbaud = 57600\nport = 5000\n\
+             [nodes.h]\nboard = \"unix\"\n\
+             [nodes.p]\nboard = \"esp8266\"\nlink = {{ baud = 9600 }}\n"
+        ));
+        assert_eq!(
+            m.nodes[0].link,
+            Link::Tcp {
+                host: "127.0.0.1".into(),
+                port: 5000
+            }
+        );
+        let Link::Serial(s) = &m.nodes[1].link else {
+            panic!("serial expected")
+        };
+        assert_eq!((s.baud, s.timeout_ms), (9600, 300));
+    }
+
+    #[test]
+    fn user_link_keys_merge_over_the_derived_ones() {
+        let cfg = node_cfg(
+            "[nodes.a]\nboard = \"unix\"\n[nodes.a.config]\nlink = { tcp = { p = 1 }, x = 2 }\n",
+        );
+        assert_eq!(
+            cfg.get("link"),
+            Some(&Value::map([
+                (
+                    "tcp",
+                    Value::map([("h", Value::from("0.0.0.0")), ("p", Value::from(1))])
+                ),
+                ("x", Value::from(2)),
+            ]))
+        );
+    }
+
+    #[test]
+    fn config_converts_toml_types_and_keeps_file_order() {
+        let cfg = node_cfg(
+            "[nodes.a]\nboard = \"unix\"\n[nodes.a.config]\nz = 1\nf = 1.5\ns = \"x\"\nb = true\n\
+             arr = [1, \"two\"]\nd = 1979-05-27T07:32:00Z\napps = { t = \"counter.Counter\", fs = \"fs.Files\" }\n",
+        );
+        let Value::Map(pairs) = &cfg else { panic!() };
+        let keys: Vec<&str> = pairs.iter().filter_map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["z", "f", "s", "b", "arr", "d", "apps", "link"]);
+        assert_eq!(cfg.get("z"), Some(&Value::Int(1)));
+        assert_eq!(cfg.get("f"), Some(&Value::Float(1.5)));
+        assert_eq!(cfg.get("b"), Some(&Value::Bool(true)));
+        assert_eq!(
+            cfg.get("arr"),
+            Some(&Value::Array(vec![Value::Int(1), Value::from("two")]))
+        );
+        assert_eq!(cfg.get("d"), Some(&Value::from("1979-05-27T07:32:00Z")));
+        let apps = cfg.get("apps").unwrap();
+        assert_eq!(apps.get("t"), Some(&Value::from("counter.Counter")));
+    }
+
+    #[test]
+    fn micropython_source_variants() {
+        let m = parse_ok(&format!("{HEAD}[nodes.a]\nboard = \"unix\"\n"));
+        assert_eq!(m.micropython, MicroPython::Version("1.25.0".into()));
+        let m = parse_ok(&format!(
+            "{HEAD}[micropython]\ngit = \"https://example.invalid/mp.git\"\nrev = \"v1.25.0\"\n[nodes.a]\nboard = \"unix\"\n"
+        ));
+        assert_eq!(
+            m.micropython,
+            MicroPython::Git {
+                url: "https://example.invalid/mp.git".into(),
+                rev: "v1.25.0".into()
+            }
+        );
+        let e = parse_err(&format!(
+            "{HEAD}[micropython]\nversion = \"1.25.0\"\npath = \"x\"\n[nodes.a]\nboard = \"unix\"\n"
+        ));
+        assert!(e.contains("micropython.path: give only one of"), "{e}");
+    }
+
+    #[test]
+    fn unknown_board_names_place_choices_and_suggestion() {
+        let e = parse_err(&format!("{HEAD}[nodes.pump]\nboard = \"esp8622\"\n"));
+        assert_eq!(
+            e,
+            "moat.toml:4:9: nodes.pump.board: unknown board `esp8622`; known boards: \
+             esp32, esp8266, qemu-mps2, rpi-pico, unix (did you mean `esp8266`?)"
+        );
+    }
+
+    #[test]
+    fn link_key_of_another_kind_is_refused_with_the_valid_keys() {
+        let e = parse_err(&format!(
+            "{HEAD}[nodes.a]\nboard = \"unix\"\nlink = {{ kind = \"tcp\", baud = 9600 }}\n"
+        ));
+        assert!(
+            e.contains("nodes.a.link.baud: `baud` does not apply to a tcp link; valid keys for a tcp link: kind, host, port"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn two_tcp_nodes_on_one_port_are_refused() {
+        let e = parse_err(&format!(
+            "{HEAD}[nodes.a]\nboard = \"unix\"\n[nodes.b]\nboard = \"unix\"\n"
+        ));
+        assert!(e.contains("already used by node `a`"), "{e}");
+    }
+
+    #[test]
+    fn line_col_counts_characters() {
+        assert_eq!(line_col("ab\ncäd", 6), (2, 3));
+        assert_eq!(line_col("x", 0), (1, 1));
+    }
+
+    #[test]
+    fn did_you_mean_suggests_only_close_names() {
+        assert_eq!(
+            did_you_mean("bord", ["board", "port"].into_iter()),
+            " (did you mean `board`?)"
+        );
+        assert_eq!(did_you_mean("zzzzzz", ["board", "port"].into_iter()), "");
+    }
 }
