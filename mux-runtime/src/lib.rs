@@ -6,6 +6,7 @@
 //! The reliable layer ([`reliable`]) is a state machine plus a tokio task.
 
 pub mod error;
+pub mod framing;
 pub mod message;
 pub mod msgpack;
 pub mod notation;
