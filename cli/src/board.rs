@@ -505,3 +505,114 @@ impl Boards {
         self.boards.insert(board.name.clone(), board);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_five_embedded_boards_parse() {
+        let boards = Boards::embedded();
+        let names: Vec<&str> = boards.names().collect();
+        assert_eq!(names, ["esp32", "esp8266", "qemu-mps2", "rpi-pico", "unix"]);
+        let unix = boards.get("unix").unwrap();
+        assert_eq!(unix.port, "unix");
+        assert_eq!(unix.link, LinkKind::Tcp);
+        assert_eq!(unix.default_build_dir(), "build-standard");
+        assert_eq!(
+            unix.vars.get("MICROPY_PY_FFI").map(String::as_str),
+            Some("0")
+        );
+        let esp = boards.get("esp8266").unwrap();
+        assert_eq!(esp.board.as_deref(), Some("ESP8266_GENERIC"));
+        assert_eq!(esp.flash, Flash::Esp8266Rom);
+        assert_eq!(
+            boards.get("esp32").unwrap().flash,
+            Flash::Espflash {
+                chip: "esp32".into()
+            }
+        );
+    }
+
+    #[test]
+    fn unix_run_command_fills_firmware_and_heap() {
+        let unix = Boards::embedded().get("unix").cloned().unwrap();
+        let argv = unix.run.unwrap().argv(Path::new("/fw/micropython"), &[]);
+        assert_eq!(
+            argv,
+            ["/fw/micropython", "-X", "heapsize=256k", "-m", "main"]
+        );
+    }
+
+    #[test]
+    fn project_board_file_replaces_the_embedded_one() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("boards")).unwrap();
+        let text = include_str!("../../boards/unix.toml").replace("ram_kb = 256", "ram_kb = 64");
+        std::fs::write(dir.path().join("boards/unix.toml"), text).unwrap();
+        std::fs::write(
+            dir.path().join("boards/mine.toml"),
+            include_str!("../../boards/esp8266.toml"),
+        )
+        .unwrap();
+        let boards = Boards::load(dir.path()).unwrap();
+        let unix = boards.get("unix").unwrap();
+        assert_eq!(unix.ram_kb, 64);
+        assert!(matches!(unix.origin, Origin::Project(_)));
+        assert_eq!(boards.len(), 6);
+        assert_eq!(boards.get("esp32").unwrap().origin, Origin::Embedded);
+    }
+
+    #[test]
+    fn bad_board_file_is_reported_with_file_line_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("boards")).unwrap();
+        let text = format!("colour = 1\n{}", include_str!("../../boards/unix.toml"));
+        std::fs::write(dir.path().join("boards/unix.toml"), text).unwrap();
+        let e = Boards::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("boards/unix.toml:1:1: unknown field `colour`"),
+            "{e}"
+        );
+        assert!(e.contains("`description`"), "{e}");
+    }
+
+    #[test]
+    fn missing_toolchain_commands_are_named_with_their_hint() {
+        let mut b = Boards::embedded().get("esp8266").cloned().unwrap();
+        b.toolchain = vec![
+            Tool {
+                command: "moat-test-no-such-compiler".into(),
+                hint: "install it".into(),
+            },
+            Tool {
+                command: "sh".into(),
+                hint: "".into(),
+            },
+        ];
+        assert_eq!(
+            b.missing(None),
+            [Missing::Tool {
+                name: "moat-test-no-such-compiler".into(),
+                hint: "install it".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn missing_sources_are_checked_in_the_micropython_tree() {
+        let b = Boards::embedded().get("rpi-pico").cloned().unwrap();
+        let tree = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tree.path().join("lib/pico-sdk")).unwrap();
+        std::fs::write(tree.path().join("lib/pico-sdk/README.md"), "").unwrap();
+        let missing: Vec<String> = b
+            .missing(Some(tree.path()))
+            .into_iter()
+            .filter_map(|m| match m {
+                Missing::Source { name, .. } => Some(name),
+                Missing::Tool { .. } => None,
+            })
+            .collect();
+        assert_eq!(missing, ["tinyusb", "mbedtls"]);
+    }
+}
