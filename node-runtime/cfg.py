@@ -1,0 +1,77 @@
+# moat node runtime: the `cfg` app: read, change, save the running config.
+import os
+from app import App
+from msgpack import Packer, Proxy, NoData, packb
+
+FILE = "moat.cfg"
+
+
+def _walk(c, p, make=False):
+    for k in p:
+        if isinstance(c, dict):
+            n = c.get(k)
+            if n is None and make:
+                n = c[k] = {}
+        elif isinstance(c, list) and isinstance(k, int) and -len(c) <= k < len(c):
+            n = c[k]
+        else:
+            n = None
+        if n is None:
+            raise KeyError(k)
+        c = n
+    return c
+
+
+def save(cfg, fn=FILE):
+    # atomic: write a temp file, then rename over the old one
+    t = fn + ".tmp"
+    with open(t, "wb") as f:
+        f.write(packb(cfg))
+    try:
+        os.rename(t, fn)
+    except OSError:  # filesystems whose rename does not replace
+        os.remove(fn)
+        os.rename(t, fn)
+
+
+class Cfg(App):
+    def cmd_r(self, p=()):
+        v = _walk(self.root.cfg, p)
+        pk = Packer(128, self.root.m - 32)
+        try:
+            pk.pack(v)
+            return v
+        except ValueError:
+            pass
+        # too big for one message: simple members, and keys to fetch
+        s = {}
+        ks = []
+        it = v.items() if isinstance(v, dict) else enumerate(v)
+        for k, x in it:
+            if isinstance(x, (dict, list)):
+                ks.append(k)
+            else:
+                s[k] = x
+        return [s, ks]
+
+    def cmd_w(self, p, d=NoData):
+        if not p:
+            if not isinstance(d, dict):
+                raise ValueError("the config root must be a map")
+            self.root.cfg = d
+            return
+        c = _walk(self.root.cfg, p[:-1], True)
+        k = p[-1]
+        if isinstance(d, Proxy) and d == NoData:
+            if isinstance(c, dict):
+                c.pop(k, None)
+            else:
+                raise TypeError("cannot delete from a list")
+        else:
+            c[k] = d
+
+    def cmd_s(self):
+        save(self.root.cfg)
+
+    async def cmd_x(self, p=()):
+        await self.root.restart_apps(p[0] if p else None)

@@ -1,0 +1,161 @@
+# moat node runtime: the `fs` app (protocol.md §3): files under a root
+# folder (config `root`, default the node's own root), always binary.
+import os
+from app import App
+from err import FileNotFound, FileExists
+import errno
+
+_DIR = 0x4000
+
+
+class Files(App):
+    def __init__(self, cfg, name, root):
+        super().__init__(cfg, name, root)
+        r = cfg.get("root", "")
+        self.base = r.rstrip("/") + "/" if r else ""
+        self.fds = {}
+        self.fdn = 0
+        self.max = cfg.get("f", 4)  # open files at most
+
+    def _p(self, p):
+        # a path under the root; ".." that would leave it is refused
+        if isinstance(p, (bytes, bytearray)):
+            p = p.decode()
+        if not isinstance(p, str):
+            raise TypeError("path must be a string")
+        out = []
+        for s in p.split("/"):
+            if s == "" or s == ".":
+                continue
+            if s == "..":
+                if not out:
+                    raise ValueError("path leaves the root", p)
+                out.pop()
+            else:
+                out.append(s)
+        q = "/".join(out)
+        if not q:
+            return self.base.rstrip("/") or "."
+        return self.base + q
+
+    def _err(self, e, p):
+        n = e.args[0] if e.args else 0
+        if n == errno.ENOENT:
+            return FileNotFound(p)
+        if n == errno.EEXIST:
+            return FileExists(p)
+        return e
+
+    def _f(self, f):
+        try:
+            return self.fds[f]
+        except KeyError:
+            raise KeyError("no open file", f)
+
+    def cmd_open(self, p, m="r"):
+        if m not in ("r", "w", "a"):
+            raise ValueError("mode must be r, w or a", m)
+        if len(self.fds) >= self.max:
+            raise OSError(errno.EMFILE, "too many open files")
+        q = self._p(p)
+        try:
+            fh = open(q, m + "b")
+        except OSError as e:
+            raise self._err(e, p)
+        self.fdn += 1
+        self.fds[self.fdn] = fh
+        return self.fdn
+
+    def cmd_rd(self, f, o=0, n=512):
+        fh = self._f(f)
+        fh.seek(o)
+        return fh.read(min(n, self.root.m - 32))
+
+    def cmd_wr(self, f, d, o=None):
+        fh = self._f(f)
+        if o is not None:
+            fh.seek(o)
+        return fh.write(d)
+
+    def cmd_cl(self, f):
+        self._f(f).close()
+        del self.fds[f]
+
+    def stop(self):
+        for fh in self.fds.values():
+            fh.close()
+        self.fds.clear()
+
+    def cmd_ls(self, p="", x=False):
+        q = self._p(p)
+        try:
+            it = os.ilistdir(q)
+            r = []
+            for e in it:
+                if x:
+                    t = e[1] & _DIR
+                    r.append({"n": e[0], "m": "d" if t else "f", "s": 0 if t else self._size(q, e[0])})
+                else:
+                    r.append(e[0])
+        except OSError as e:
+            raise self._err(e, p)
+        return r
+
+    def _size(self, q, n):
+        try:
+            return os.stat(q + "/" + n)[6]
+        except OSError:
+            return 0
+
+    def cmd_stat(self, p):
+        try:
+            s = os.stat(self._p(p))
+        except OSError as e:
+            raise self._err(e, p)
+        return {"m": "d" if s[0] & _DIR else "f", "s": s[6], "t": s[8]}
+
+    def cmd_hash(self, p, l=32):
+        import hashlib
+
+        h = hashlib.sha256()
+        b = bytearray(128)
+        try:
+            with open(self._p(p), "rb") as f:
+                while True:
+                    k = f.readinto(b)
+                    if not k:
+                        break
+                    h.update(memoryview(b)[:k])
+        except OSError as e:
+            raise self._err(e, p)
+        return h.digest()[:l]
+
+    def cmd_mkdir(self, p):
+        try:
+            os.mkdir(self._p(p))
+        except OSError as e:
+            raise self._err(e, p)
+
+    def cmd_rm(self, p):
+        try:
+            os.remove(self._p(p))
+        except OSError as e:
+            raise self._err(e, p)
+
+    def cmd_rmdir(self, p):
+        try:
+            os.rmdir(self._p(p))
+        except OSError as e:
+            raise self._err(e, p)
+
+    def cmd_mv(self, s, d):
+        a = self._p(s)
+        b = self._p(d)
+        try:
+            os.rename(a, b)
+        except OSError as e:
+            if e.args and e.args[0] == errno.EEXIST:  # rename that does not replace
+                os.remove(b)
+                os.rename(a, b)
+            else:
+                raise self._err(e, s)

@@ -1,0 +1,120 @@
+# moat node runtime: TCP links (protocol.md §4): a server for any number of
+# clients, and a client that connects out with back-off. MsgPack objects
+# back to back, no framing.
+import asyncio
+from asyncio import core
+from msgpack import Unpacker, NONE
+from proto import Link
+import err
+
+_PORT = 27587
+
+
+class SockLink(Link):
+    def __init__(self, root, name, rd, wr, m, idle):
+        super().__init__(root, name, m)
+        self.rd = rd
+        self.wr = wr
+        self.s = wr.s
+        self.idle = idle
+        self.task = None
+
+    async def _write(self, buf):
+        # non-blocking socket writes; a cancellation waits for the message end
+        s = self.s
+        off = 0
+        n = len(buf)
+        ce = None
+        while off < n:
+            w = s.write(buf[off:] if off else buf)
+            if w:
+                off += w
+                continue
+            if w is not None and not self.up:
+                raise err.LinkDown(self.name)
+            try:
+                yield core._io_queue.queue_write(s)
+            except asyncio.CancelledError as e:
+                ce = e
+        if ce is not None:
+            raise ce
+
+    async def serve(self):
+        self.task = asyncio.current_task()
+        u = Unpacker(self.m)
+        rd = self.rd
+        self.attach()
+        try:
+            await self.announce(True)
+            while True:
+                sp = u.space()
+                if u.pending():
+                    try:
+                        n = await asyncio.wait_for_ms(rd.readinto(sp), self.idle)
+                    except asyncio.TimeoutError:
+                        u.clear()  # half a message and silence: resync
+                        continue
+                else:
+                    n = await rd.readinto(sp)
+                if n is None:  # spurious wake-up
+                    continue
+                if not n:
+                    break
+                u.got(n)
+                while True:
+                    v = u.next()
+                    if v is NONE:
+                        break
+                    self.rx(v)
+        except asyncio.CancelledError:
+            pass
+        except OSError as e:
+            err.log("tcp link:", repr(e))
+        finally:
+            self.detach()
+            try:
+                self.wr.close()
+            except Exception:
+                pass
+
+    async def close(self):
+        if self.task is not None:
+            await self.announce(False)
+            self.task.cancel()
+
+
+def _opts(c):
+    m = c.get("m", 4096)
+    return m, c.get("idle", 1000)
+
+
+async def server(root, c):
+    m, idle = _opts(c)
+
+    async def conn(rd, wr):
+        await SockLink(root, "tcp", rd, wr, m, idle).serve()
+
+    h = c.get("h", "0.0.0.0")
+    p = c.get("p", _PORT)
+    srv = await asyncio.start_server(conn, h, p)
+    err.log("tcp server on %s:%d" % (h, p))
+    try:
+        await asyncio.Event().wait()
+    finally:
+        srv.close()
+
+
+async def client(root, c):
+    m, idle = _opts(c)
+    h = c.get("h", "127.0.0.1")
+    p = c.get("p", _PORT)
+    delay = 500
+    while True:
+        try:
+            rd, wr = await asyncio.open_connection(h, p)
+            delay = 500
+            await SockLink(root, "client", rd, wr, m, idle).serve()
+        except OSError as e:
+            err.log("tcp client %s:%d: %r" % (h, p, e))
+        await asyncio.sleep_ms(delay)
+        delay = min(delay * 2, 30000)

@@ -1,0 +1,236 @@
+# moat node runtime: the protocol engine of one link (protocol.md §1).
+#
+# A Link turns decoded messages into tasks and replies. Subclasses provide
+# `_write(buf)` (write all of buf; must finish even when the calling task is
+# cancelled, so a cancellation never cuts a message in half) and `serve()`.
+from micropython import const
+import asyncio
+from msgpack import Packer, NONE
+import err
+
+_MAXSEQ = const(0x7FFFFFFE)
+_GEN = type((lambda: (yield))())  # what calling an `async def` returns
+
+
+async def result(v):
+    # await the value of a command call when it is a coroutine
+    if type(v) is _GEN:
+        v = await v
+    return v
+
+
+class _Call:
+    # one of our own open requests
+    def __init__(self):
+        self.ev = asyncio.Event()
+        self.v = None
+        self.e = None
+
+
+class _Feed:
+    # a stream's latest value; producer calls it, the request task sends
+    def __init__(self):
+        self.v = None
+        self.n = 0
+        self.sent = 0
+        self.done = False
+        self.e = None
+        self.ev = asyncio.Event()
+
+    def __call__(self, v):
+        self.v = v
+        self.n += 1
+        self.ev.set()
+
+
+class Link:
+    def __init__(self, root, name, m=1024):
+        self.root = root
+        self.name = name
+        self.m = m  # message size limit (both directions)
+        self.pk = Packer(128, m, root.proxy)
+        self.lock = asyncio.Lock()
+        self.peer = {}  # peer's open requests: flipped i -> task
+        self.own = {}  # our open requests: i -> _Call
+        self.seq = 0
+        self.up = False
+
+    # --- sending
+    async def send(self, a=NONE, d=NONE, i=NONE, e=NONE, r=NONE, n=NONE):
+        async with self.lock:
+            try:
+                buf = self.pk.msg(a, d, i, e, r, n)
+            except (ValueError, TypeError, MemoryError) as ex:
+                if i is NONE or e is not NONE:
+                    raise
+                ep, ed = err.encode(ex)
+                buf = self.pk.msg(NONE, NONE if ed is None else ed, i, ep)
+            await self._write(buf)
+
+    async def send_err(self, i, ex):
+        e, d = err.encode(ex)
+        await self.send(NONE, NONE if d is None else d, i, e)
+
+    async def announce(self, up):
+        try:
+            await self.send(["link"], up)
+        except Exception:
+            pass
+
+    # --- receiving
+    def rx(self, m):
+        if not isinstance(m, dict):
+            return  # console byte or junk
+        i = m.get("i")
+        if i is not None and (not isinstance(i, int) or i < 0 or i > _MAXSEQ + 1):
+            return
+        if "a" in m:
+            self._req(m, i)
+            return
+        if i is None:
+            return
+        k = i ^ 1
+        if "e" in m:
+            c = self.own.get(k)
+            if c is not None:
+                c.e = err.decode(m["e"], m.get("d"))
+                c.ev.set()
+        elif "r" in m:
+            pass  # end of a stream we asked for: we never ask for streams
+        elif "d" in m:
+            c = self.own.get(k)
+            if c is not None:
+                c.v = m["d"]
+                c.ev.set()
+        else:  # cancellation
+            t = self.peer.pop(k, None)
+            if t is not None:
+                t.cancel()
+
+    def _req(self, m, i):
+        a = m["a"]
+        if isinstance(a, str):
+            a = [a]
+        d = m.get("d", NONE)
+        if d is NONE or d is None:
+            d = {}
+        r = m.get("r")
+        if i is None:
+            asyncio.create_task(self._serve(a, d, None, None))
+            return
+        k = i ^ 1
+        if k in self.peer:
+            asyncio.create_task(self.send_err(k, err.DupSeq(i)))
+            return
+        self.peer[k] = asyncio.create_task(self._serve(a, d, k, r))
+
+    async def _serve(self, a, d, k, r):
+        try:
+            if not isinstance(a, list) or not isinstance(d, dict):
+                raise err.NoPath(a, "bad request")
+            if isinstance(r, int) and r > 0 and k is not None:
+                await self._stream(a, d, k, r)
+            else:
+                v = await self.root.dispatch(a, d)
+                if k is not None:
+                    await self.send(NONE, v, k)
+        except asyncio.CancelledError:
+            k = None
+        except Exception as ex:
+            if not isinstance(ex, (err.NoPath, err.DupSeq)):
+                err.log("error in", a, repr(ex))
+            if k is not None:
+                try:
+                    await self.send_err(k, ex)
+                except Exception:
+                    pass
+        finally:
+            if k is not None and self.peer.get(k) is asyncio.current_task():
+                del self.peer[k]
+
+    async def _stream(self, a, d, k, r):
+        f = _Feed()
+        pt = asyncio.create_task(self._produce(f, a, d, r))
+        try:
+            while True:
+                await f.ev.wait()
+                f.ev.clear()
+                if f.n != f.sent:
+                    f.sent = f.n
+                    await self.send(NONE, f.v, k, NONE, NONE, f.n)
+                    continue
+                if f.done:
+                    break
+            if f.e is not None:
+                raise f.e
+            await self.send(NONE, NONE, k, NONE, False)
+        finally:
+            if not f.done:
+                pt.cancel()
+
+    async def _produce(self, f, a, d, r):
+        try:
+            fn, native = self.root.resolve(a, True)
+            if native:
+                await fn(f, r, **d)
+            else:
+                t = asyncio.ticks()
+                while True:
+                    f(await result(fn(**d)))
+                    t = asyncio.ticks_add(t, r)
+                    w = asyncio.ticks_diff(t, asyncio.ticks())
+                    if w < 0:  # running late: do not try to catch up
+                        t = asyncio.ticks()
+                        w = 0
+                    await asyncio.sleep_ms(w)
+        except asyncio.CancelledError:
+            pass
+        except Exception as ex:
+            f.e = ex
+        f.done = True
+        f.ev.set()
+
+    # --- our own requests
+    async def call(self, a, d=None):
+        s = self.seq
+        while True:
+            s += 2
+            if s > _MAXSEQ:
+                s = 2
+            if s not in self.own:
+                break
+        self.seq = s
+        c = _Call()
+        self.own[s] = c
+        try:
+            await self.send(a, {} if d is None else d, s)
+            await c.ev.wait()
+        except asyncio.CancelledError:
+            if self.up:
+                await self.send(NONE, NONE, s)
+            raise
+        finally:
+            del self.own[s]
+        if c.e is not None:
+            raise c.e
+        return c.v
+
+    # --- life cycle
+    def attach(self):
+        self.up = True
+        self.root.links.append(self)
+
+    def detach(self):
+        # the link is gone: fail our calls, stop the peer's requests
+        self.up = False
+        if self in self.root.links:
+            self.root.links.remove(self)
+        for c in self.own.values():
+            c.e = err.LinkDown(self.name)
+            c.ev.set()
+        for t in self.peer.values():
+            t.cancel()
+        self.peer.clear()
+
+    async def close(self):
+        pass

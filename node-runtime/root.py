@@ -1,0 +1,180 @@
+# moat node runtime: the root of a node's command tree.
+#
+# Holds the built-in apps (`sys`, `cfg`), the configured apps (each in its
+# own supervised task), the links, and the proxy cache.
+import asyncio
+from app import App
+from msgpack import Proxy
+from proto import result
+import err
+
+
+class Root(App):
+    def __init__(self, cfg, tg):
+        super().__init__(cfg, "", self)
+        self.tg = tg  # the node's TaskGroup
+        self.links = []
+        self.px = {}  # proxy name -> object
+        self.pxn = 0
+        self.sups = {}  # app name -> supervisor task
+        self.bad = {}  # app name -> why it is not running
+        self.wdt = None  # the Watchdog, when configured
+        self.boot = 0  # set by sys.boot: 1 soft, 2 hard
+        self.m = 1024  # smallest message size limit of the links
+        from sys_app import Sys
+        from cfg import Cfg
+
+        self.apps = {"sys": Sys({}, "sys", self), "cfg": Cfg({}, "cfg", self)}
+
+    # --- commands
+    def cmd_ping(self, m=None):
+        return {"m": m}
+
+    # --- dispatch
+    def resolve(self, a, stream=False):
+        # path -> (callable, is_native_stream); raises NoPath
+        o = self
+        n = len(a)
+        if not n:
+            raise err.NoPath(a, "empty path")
+        for j in range(n - 1):
+            s = o.sub(a[j])
+            if s is None:
+                why = self.bad.get(a[j]) if o is self else None
+                raise err.NoPath(a, why or "no such app")
+            o = s
+        c = a[-1]
+        if isinstance(c, str):
+            if stream:
+                f = getattr(o, "stream_" + c, None)
+                if f is not None:
+                    return f, True
+            f = getattr(o, "cmd_" + c, None)
+            if f is not None:
+                return f, False
+            if not stream and hasattr(o, "stream_" + c):
+                raise err.NoPath(a, "stream only: request it with r")
+        raise err.NoPath(a, "no such command")
+
+    async def dispatch(self, a, d):
+        f, _ = self.resolve(a)
+        return await result(f(**d))
+
+    def proxy(self, obj):
+        # cache an object that cannot be encoded; return its proxy name
+        for k, v in self.px.items():
+            if v is obj:
+                return k
+        self.pxn += 1
+        k = "p%d" % self.pxn
+        self.px[k] = obj
+        return k
+
+    def unproxy(self, p):
+        n = p.name if isinstance(p, Proxy) else p
+        if n == "-" or n.startswith("_"):
+            raise ValueError("well-known proxy", n)
+        del self.px[n]
+
+    # --- talking out
+    async def call(self, a, **kw):
+        for l in self.links:
+            if l.up:
+                return await l.call(a, kw)
+        raise err.LinkDown("no link is up")
+
+    async def send(self, a, d=None):
+        for l in self.links:
+            try:
+                await l.send(a, d)
+            except Exception:
+                pass
+
+    async def announce(self, up):
+        for l in self.links:
+            await l.announce(up)
+
+    # --- life cycle
+    def reboot(self, m):
+        # m: 1 soft reset, 2 hard reset, 3 stop; say goodbye on every link first
+        self.boot = m
+        asyncio.create_task(self._down())
+
+    async def _down(self):
+        for l in list(self.links):
+            try:
+                await l.close()
+            except Exception:
+                pass
+        await asyncio.sleep_ms(10)
+        await self.stop_apps()
+        self.tg.cancel()
+
+    # --- apps
+    def start_apps(self, only=None):
+        apps = self.cfg.get("apps") or {}
+        if not isinstance(apps, dict):
+            err.log("config: 'apps' is not a map")
+            return
+        for name, spec in apps.items():
+            if only is None or name == only:
+                self.sups[name] = self.tg.start(self._sup(name, spec))
+
+    async def stop_apps(self, only=None):
+        for name in list(self.sups):
+            if only is None or name == only:
+                t = self.sups.pop(name)
+                t.cancel()
+                await self._stop(name)
+                self.bad.pop(name, None)
+
+    async def restart_apps(self, only=None):
+        await self.stop_apps(only)
+        await asyncio.sleep_ms(0)
+        self.start_apps(only)
+
+    async def _stop(self, name):
+        a = self.apps.pop(name, None)
+        if a is None or a is self.wdt:
+            return
+        f = getattr(a, "stop", None)
+        if f is not None:
+            try:
+                await result(f())
+            except Exception as e:
+                err.log("stopping", name, repr(e))
+
+    def _make(self, name, spec):
+        if name in ("sys", "cfg") or not isinstance(name, str):
+            raise ValueError("reserved app name", name)
+        if not isinstance(spec, str) or "." not in spec:
+            raise ValueError("app spec must be 'module.Class'", spec)
+        if self.wdt is not None and name == "wdt":
+            return self.wdt
+        mn, cn = spec.rsplit(".", 1)
+        mod = __import__(mn)
+        c = self.cfg.get(name)
+        return getattr(mod, cn)(c if isinstance(c, dict) else {}, name, self)
+
+    async def _sup(self, name, spec):
+        # build and run one app; on failure report it and rebuild after a back-off
+        delay = 1000
+        while True:
+            try:
+                a = self._make(name, spec)
+                self.apps[name] = a
+                self.bad.pop(name, None)
+                run = getattr(a, "run", None)
+                if run is None or a is self.wdt:
+                    return
+                await run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self.bad[name] = "app failed: " + repr(e)
+                err.log("app", name, "failed:", repr(e))
+                await self.send(["err", name], "E:" + repr(e))
+                await self._stop(name)
+            await asyncio.sleep_ms(delay)
+            delay = min(delay * 2, 60000)
