@@ -38,20 +38,22 @@ pub enum ProjectError {
     },
 }
 
+/// The nearest folder at or above `start` holding `moat.toml`.
+pub fn find_root(start: &Path) -> Option<PathBuf> {
+    let start = std::path::absolute(start).ok()?;
+    start
+        .ancestors()
+        .find(|d| d.join(manifest::FILE_NAME).is_file())
+        .map(Path::to_path_buf)
+}
+
 impl Project {
     /// Finds `moat.toml` in `start` or its nearest parent and loads it.
     pub fn find(start: &Path) -> Result<Project, ProjectError> {
-        let start = std::path::absolute(start).map_err(|source| ProjectError::Io {
-            path: start.to_owned(),
-            source,
+        let root = find_root(start).ok_or_else(|| ProjectError::NotFound {
+            start: start.to_owned(),
         })?;
-        let root = start
-            .ancestors()
-            .find(|d| d.join(manifest::FILE_NAME).is_file())
-            .ok_or_else(|| ProjectError::NotFound {
-                start: start.clone(),
-            })?;
-        Project::load(root)
+        Project::load(&root)
     }
 
     /// Finds the project from the current working directory.
