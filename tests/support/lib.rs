@@ -1,1 +1,221 @@
-//! Shared helpers for the end-to-end tests (locating the `moat` binary, temp projects).
+//! Shared helpers for the end-to-end tests: the `moat` binary, projects
+//! made by `moat init`, and a unix-port satellite firmware built by
+//! `moat build` once per test run.
+//!
+//! - [`moat_bin`]: `$MOAT_BIN` if set, else `cargo build -p moat --bin
+//!   moat` (a no-op after `cargo test --workspace` built it) and the path
+//!   cargo reports. Works from any test crate, in any profile or target dir.
+//! - Every `moat` run through [`moat`] uses a MicroPython cache shared by
+//!   all tests: `$MOAT_TEST_CACHE`, else `<target>/moat-e2e/cache` (so
+//!   the first run fetches MicroPython once and later runs reuse it).
+//! - [`unix_satellite`]: the firmware of node `demo` of a project created
+//!   by `moat init` under `<target>/moat-e2e/satellite`, rebuilt by
+//!   `moat build` when the embedded node runtime changed (a no-op
+//!   otherwise). A file lock makes parallel test processes share it; the
+//!   firmware is replaced by rename, so a running copy is never disturbed.
+
+use anyhow::{bail, Context};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+pub mod node;
+
+/// The `moat` binary (built on first use).
+pub fn moat_bin() -> PathBuf {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| locate_moat().map_err(|e| format!("{e:#}")))
+        .clone()
+        .unwrap_or_else(|e| panic!("cannot provide the moat binary: {e}"))
+}
+
+fn locate_moat() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("MOAT_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace_root()).args([
+        "build",
+        "-p",
+        "moat",
+        "--bin",
+        "moat",
+        "--message-format=json-render-diagnostics",
+    ]);
+    if std::env::var_os("CI").is_some_and(|v| v == "true") {
+        cmd.arg("--locked");
+    }
+    let out = cmd.output().context("cannot run cargo")?;
+    if !out.status.success() {
+        bail!(
+            "cargo build -p moat failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if v["reason"] == "compiler-artifact" && v["target"]["name"] == "moat" {
+            if let Some(exe) = v["executable"].as_str() {
+                return Ok(PathBuf::from(exe));
+            }
+        }
+    }
+    bail!("cargo build -p moat reported no `moat` executable")
+}
+
+/// The workspace's root folder.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the workspace")
+        .to_path_buf()
+}
+
+/// Scratch space shared by all e2e tests of this target dir.
+pub fn e2e_dir() -> PathBuf {
+    let bin = moat_bin();
+    let d = bin
+        .parent()
+        .expect("moat binary has a folder")
+        .join("moat-e2e");
+    std::fs::create_dir_all(&d).expect("create moat-e2e folder");
+    d
+}
+
+/// The MicroPython cache all tests share (`XDG_CACHE_HOME` of `moat`).
+pub fn test_cache() -> PathBuf {
+    std::env::var_os("MOAT_TEST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| e2e_dir().join("cache"))
+}
+
+/// A `moat` command using the shared test cache, run in `cwd`.
+pub fn moat(cwd: &Path) -> Command {
+    let mut c = Command::new(moat_bin());
+    c.current_dir(cwd)
+        .env("XDG_CACHE_HOME", test_cache())
+        .env_remove("MOAT_LOG");
+    c
+}
+
+/// Runs `cmd`, failing with its output unless it succeeds.
+pub fn run_ok(cmd: &mut Command) -> anyhow::Result<Output> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}):\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+/// The JSON objects (one per line) of `moat … --json` output.
+pub fn json_lines(stdout: &[u8]) -> anyhow::Result<Vec<serde_json::Value>> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l}")))
+        .collect()
+}
+
+/// Whether the host tools a firmware build needs are on `PATH`. When one
+/// is missing: under `CI=true` this panics (CI must build for real);
+/// otherwise it prints why and returns false so the caller can return
+/// early.
+pub fn build_tools_present() -> bool {
+    let missing: Vec<&str> = ["make", "gcc", "python3", "tar", "xz"]
+        .into_iter()
+        .filter(|t| !on_path(t))
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some_and(|v| v == "true") {
+        panic!("CI=true but build tools are missing: {missing:?} (install build-essential, python3, xz-utils)");
+    }
+    eprintln!("SKIPPED: missing build tools {missing:?}; install them to run this test");
+    false
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+}
+
+/// A project made by `moat init` in a temporary folder (removed on drop).
+pub struct TempProject {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl TempProject {
+    /// The project's folder (holds `moat.toml`).
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// A `moat` command run in the project.
+    pub fn moat(&self) -> Command {
+        moat(&self.root)
+    }
+}
+
+/// `moat init DIR --board BOARD` into a fresh temporary folder.
+pub fn temp_project(board: &str) -> anyhow::Result<TempProject> {
+    let dir = tempfile::Builder::new().prefix("moat-e2e-").tempdir()?;
+    let root = dir.path().join("proj");
+    run_ok(
+        moat(dir.path())
+            .arg("init")
+            .arg(&root)
+            .args(["--board", board]),
+    )?;
+    Ok(TempProject { _dir: dir, root })
+}
+
+/// The shared unix satellite project (`moat init`, board unix).
+pub fn satellite_project() -> anyhow::Result<PathBuf> {
+    unix_satellite()?;
+    Ok(e2e_dir().join("satellite"))
+}
+
+/// The unix-port firmware of node `demo` of the shared satellite project,
+/// built (or found current) by `moat build` once per test process.
+pub fn unix_satellite() -> anyhow::Result<PathBuf> {
+    static FW: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    FW.get_or_init(|| build_satellite().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn build_satellite() -> anyhow::Result<PathBuf> {
+    let base = e2e_dir();
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(base.join("satellite.lock"))?;
+    lock.lock().context("cannot lock the satellite project")?;
+    let root = base.join("satellite");
+    if !root.join("moat.toml").is_file() {
+        // A half-made project from an interrupted run: start over.
+        let _ = std::fs::remove_dir_all(&root);
+        run_ok(moat(&base).arg("init").arg(&root))?;
+    }
+    let out = run_ok(moat(&root).args(["build", "--node", "demo", "--json"]))?;
+    let objs = json_lines(&out.stdout)?;
+    let fw = objs
+        .first()
+        .and_then(|o| o["firmware"].as_str())
+        .context("moat build --json printed no firmware")?;
+    Ok(PathBuf::from(fw))
+}

@@ -1,0 +1,308 @@
+//! `moat init` + `moat build` for real: a unix-port MicroPython firmware
+//! whose frozen `_hash` table matches its sources, no-op rebuilds that
+//! never run make, incremental rebuilds after an app edit, boards without a
+//! toolchain failing at the compiler step, and the examples building.
+
+use anyhow::Context;
+use moat_e2e::*;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+type Table = BTreeMap<String, String>;
+
+/// The `_hash` table as the firmware itself reports it (`name hex` lines).
+fn firmware_table(firmware: &Path) -> anyhow::Result<Table> {
+    let script = "import _hash, binascii\n\
+                  for k in sorted(_hash.hashes):\n    \
+                  print(k, binascii.hexlify(_hash.hashes[k]).decode())\n";
+    let out = run_ok(Command::new(firmware).args(["-c", script]))?;
+    Ok(String::from_utf8(out.stdout)?
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect())
+}
+
+/// `modules` of a `moat build --json` object.
+fn json_table(obj: &serde_json::Value) -> Table {
+    obj["modules"]
+        .as_object()
+        .expect("modules is an object")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().expect("hex string").to_string()))
+        .collect()
+}
+
+fn build_json(project: &Path, extra: &[&str]) -> anyhow::Result<Vec<serde_json::Value>> {
+    let out = run_ok(moat(project).arg("build").args(extra).arg("--json"))?;
+    json_lines(&out.stdout)
+}
+
+fn hash8(bytes: &[u8]) -> String {
+    hex::encode(&Sha256::digest(bytes)[..8])
+}
+
+/// The frozen files (`asyncio/core.py`, …) listed in the compiled
+/// firmware's `frozen_content.c` (the port build's ground truth).
+fn frozen_files(target_dir: &Path) -> anyhow::Result<Vec<String>> {
+    let port = std::fs::read_dir(target_dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("port-")
+        })
+        .context("no port build folder")?;
+    let c = std::fs::read_to_string(port.join("frozen_content.c"))?;
+    let names = c
+        .split("mp_frozen_names[] = {")
+        .nth(1)
+        .context("no mp_frozen_names in frozen_content.c")?;
+    let names = names.split("};").next().unwrap();
+    Ok(names
+        .lines()
+        .filter_map(|l| {
+            l.trim()
+                .strip_prefix('"')?
+                .strip_suffix("\\0\"")
+                .map(String::from)
+        })
+        .filter(|n| !n.is_empty())
+        .collect())
+}
+
+/// The source of a frozen file: the project's apps, the repository's
+/// node runtime, or the cached MicroPython tree's asyncio.
+fn source_of(file: &str, project: &Path) -> anyhow::Result<PathBuf> {
+    let mpy = test_cache().join("moat/micropython/1.25.0/extmod");
+    let candidates = [
+        project.join("apps").join(file),
+        workspace_root().join("node-runtime").join(file),
+        mpy.join(file),
+        mpy.join("asyncio").join(file),
+    ];
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .with_context(|| format!("no source found for frozen file {file}"))
+}
+
+fn module_name(file: &str) -> String {
+    let stem = file.strip_suffix(".py").unwrap();
+    stem.strip_suffix("/__init__")
+        .unwrap_or(stem)
+        .replace('/', ".")
+}
+
+#[test]
+fn init_then_build_gives_a_unix_firmware_whose_hash_table_matches_every_frozen_source() {
+    if !build_tools_present() {
+        return;
+    }
+    let firmware = unix_satellite().expect("unix satellite builds");
+    let project = satellite_project().unwrap();
+    let objs = build_json(&project, &[]).unwrap();
+    assert_eq!(objs.len(), 1, "one node: {objs:?}");
+    let obj = &objs[0];
+    assert_eq!(obj["node"], "demo");
+    assert_eq!(obj["board"], "unix");
+    assert_eq!(Path::new(obj["firmware"].as_str().unwrap()), firmware);
+    let fw_bytes = std::fs::read(&firmware).unwrap();
+    assert_eq!(
+        obj["firmware_sha256"],
+        hex::encode(Sha256::digest(&fw_bytes))
+    );
+
+    // The firmware's own table is what --json reports…
+    let in_firmware = firmware_table(&firmware).unwrap();
+    assert_eq!(in_firmware, json_table(obj));
+
+    // …and covers exactly the frozen files (minus _hash), each with
+    // sha256(source)[:8].
+    let files = frozen_files(&project.join(".moat/build/demo")).unwrap();
+    assert!(files.iter().any(|f| f == "_hash.py"), "{files:?}");
+    assert!(
+        files.iter().any(|f| f == "main.py"),
+        "runtime frozen: {files:?}"
+    );
+    assert!(files.iter().any(|f| f == "asyncio/core.py"), "{files:?}");
+    let mut expected = Table::new();
+    for f in files.iter().filter(|f| *f != "_hash.py") {
+        let src = std::fs::read(source_of(f, &project).unwrap()).unwrap();
+        expected.insert(module_name(f), hash8(&src));
+    }
+    assert_eq!(in_firmware, expected);
+}
+
+/// A `make` that records being run and fails: put first on PATH, it
+/// proves whether a build ran the compiler.
+fn make_trap(dir: &Path) -> (PathBuf, String) {
+    let bin = dir.join("trap-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let marker = dir.join("make-ran");
+    let script = format!("#!/bin/sh\ntouch '{}'\nexit 1\n", marker.display());
+    let make = bin.join("make");
+    std::fs::write(&make, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&make, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = std::env::join_paths(
+        std::iter::once(bin).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap())),
+    )
+    .unwrap();
+    (marker, path.to_string_lossy().into_owned())
+}
+
+#[test]
+fn unchanged_project_rebuilds_nothing_and_an_edited_app_changes_only_its_hash() {
+    if !build_tools_present() {
+        return;
+    }
+    let p = temp_project("unix").unwrap();
+    let first = build_json(p.path(), &[]).unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0]["rebuilt"], true);
+    let firmware = PathBuf::from(first[0]["firmware"].as_str().unwrap());
+    let log = p.path().join(".moat/build/demo/build.log");
+    let fw_mtime = std::fs::metadata(&firmware).unwrap().modified().unwrap();
+    let log_before = std::fs::read(&log).unwrap();
+
+    // Second build: same answer, and make is never started.
+    let (marker, trap_path) = make_trap(p.path().parent().unwrap());
+    let out = run_ok(p.moat().args(["build", "--json"]).env("PATH", &trap_path)).unwrap();
+    let second = json_lines(&out.stdout).unwrap();
+    assert_eq!(second[0]["rebuilt"], false);
+    assert_eq!(second[0]["firmware_sha256"], first[0]["firmware_sha256"]);
+    assert_eq!(second[0]["modules"], first[0]["modules"]);
+    assert!(!marker.exists(), "make ran on a no-op build");
+    assert_eq!(
+        std::fs::metadata(&firmware).unwrap().modified().unwrap(),
+        fw_mtime
+    );
+    assert_eq!(std::fs::read(&log).unwrap(), log_before);
+
+    // Edit one app module: rebuilt, and only that module's hash moves.
+    let app = std::fs::read_dir(p.path().join("apps"))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|f| f.extension().is_some_and(|x| x == "py"))
+        .expect("moat init writes an example app");
+    let app_module = app.file_stem().unwrap().to_string_lossy().into_owned();
+    let mut src = std::fs::read(&app).unwrap();
+    src.extend_from_slice(b"\n# edited by the test\n");
+    std::fs::write(&app, &src).unwrap();
+    let third = build_json(p.path(), &[]).unwrap();
+    assert_eq!(third[0]["rebuilt"], true);
+    let (before, after) = (json_table(&first[0]), json_table(&third[0]));
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        after.keys().collect::<Vec<_>>()
+    );
+    let changed: Vec<&String> = before.keys().filter(|k| before[*k] != after[*k]).collect();
+    assert_eq!(changed, [&app_module]);
+    assert_eq!(after[&app_module], hash8(&src));
+    assert_eq!(firmware_table(&firmware).unwrap(), after);
+    assert_ne!(third[0]["firmware_sha256"], first[0]["firmware_sha256"]);
+}
+
+#[test]
+fn board_without_toolchain_fails_at_the_compiler_after_generating_manifest_and_hash() {
+    if !build_tools_present() {
+        return;
+    }
+    if on_path_any("xtensa-lx106-elf-gcc") {
+        eprintln!("SKIPPED: an ESP8266 toolchain is installed; the failure path cannot be shown");
+        return;
+    }
+    let p = temp_project("unix").unwrap();
+    let out = p
+        .moat()
+        .args(["build", "--board", "esp8266"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "esp8266 build cannot succeed here");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("xtensa-lx106-elf-gcc"), "{err}");
+    assert!(
+        err.contains("esp-open-sdk"),
+        "board's install hint shown: {err}"
+    );
+    let gen = p.path().join(".moat/build/_board-esp8266/gen");
+    let manifest = gen.join("manifest.py");
+    let hash = gen.join("hash/_hash.py");
+    assert!(err.contains(&manifest.display().to_string()), "{err}");
+    assert!(err.contains(&hash.display().to_string()), "{err}");
+    let manifest = std::fs::read_to_string(manifest).unwrap();
+    assert!(
+        manifest.contains("$(PORT_DIR)/modules"),
+        "port's _boot.py frozen: {manifest}"
+    );
+    let hash = std::fs::read_to_string(hash).unwrap();
+    assert!(hash.contains("\"main\": b\""), "{hash}");
+    assert!(
+        hash.contains("\"inisetup\": b\""),
+        "port modules hashed too: {hash}"
+    );
+}
+
+fn on_path_any(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+}
+
+#[test]
+fn examples_build_their_unix_nodes() {
+    if !build_tools_present() {
+        return;
+    }
+    let examples = workspace_root().join("examples");
+    let mut built = vec![];
+    for e in std::fs::read_dir(&examples).unwrap() {
+        let src = e.unwrap().path();
+        if !src.join("moat.toml").is_file() {
+            continue;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let proj = tmp.path().join(src.file_name().unwrap());
+        copy_tree(&src, &proj).unwrap();
+        let objs = build_json(&proj, &["--board", "unix"])
+            .with_context(|| format!("example {}", src.display()))
+            .unwrap();
+        assert!(!objs.is_empty());
+        for o in &objs {
+            assert_eq!(o["board"], "unix");
+            let fw = PathBuf::from(o["firmware"].as_str().unwrap());
+            assert_eq!(
+                firmware_table(&fw).unwrap(),
+                json_table(o),
+                "{}",
+                src.display()
+            );
+        }
+        built.push(src);
+    }
+    assert!(
+        built.len() >= 2,
+        "examples blink and garden exist: {built:?}"
+    );
+}
+
+/// Copies a project (without its `.moat/` state).
+fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let p = e?.path();
+        let name = p.file_name().unwrap();
+        if name == ".moat" {
+            continue;
+        }
+        if p.is_dir() {
+            copy_tree(&p, &to.join(name))?;
+        } else {
+            std::fs::copy(&p, to.join(name))?;
+        }
+    }
+    Ok(())
+}
