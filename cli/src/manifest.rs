@@ -473,8 +473,13 @@ impl<'t> Parser<'t> {
     }
 
     fn manifest(&self, boards: &Boards, root: Option<&Path>) -> Res<Manifest> {
-        let doc = toml_edit::ImDocument::parse(self.text)
-            .map_err(|e| self.err(e.span(), String::new(), e.message().trim_end().to_owned()))?;
+        let doc = toml_edit::ImDocument::parse(self.text).map_err(|e| {
+            self.err(
+                e.span(),
+                String::new(),
+                e.message().trim_end().replace('\n', "; "),
+            )
+        })?;
         let top = Table {
             path: String::new(),
             table: doc.as_table(),
