@@ -25,7 +25,7 @@ pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
 /// What this side offers in the reset handshake, plus its retry budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// Sequence number modulus; at most `window / 2` messages are in flight.
+    /// Sequence number modulus; fewer than `window / 2` messages are in flight.
     pub window: u16,
     /// Retransmit timeout in milliseconds.
     pub timeout_ms: u64,
@@ -255,9 +255,12 @@ impl Machine {
         self.queue.len()
     }
 
-    /// Most messages in flight at once: half the agreed window.
+    /// Most messages we keep in flight at once: `(window - 1) / 2`, one less
+    /// than the protocol's cap of `window / 2` for even windows. The slack
+    /// lets a frame be overtaken by one newer frame (or arrive twice) without
+    /// being mistaken for a new one; see `mod.rs`.
     pub fn max_in_flight(&self) -> usize {
-        (self.window / 2) as usize
+        ((self.window - 1) / 2) as usize
     }
 
     /// Starts (or restarts) the reset handshake.
@@ -589,6 +592,7 @@ impl Machine {
     }
 
     fn take_message(&mut self, s: WireSeq, msg: Value) {
+        // Accept the protocol's full `window / 2` ahead: a peer may use it.
         let k = self.ahead_of(s, self.recv_next);
         if k >= self.window / 2 {
             // Behind recv_next: delivered already; our ack was lost.

@@ -30,9 +30,13 @@
 //! up is the same reset started locally.
 //!
 //! **Sequence numbers** count messages from 0 after each handshake and travel
-//! modulo the agreed window `m`. At most `m/2` messages are unacknowledged,
-//! and the receiver accepts at most `m/2` ahead of the next expected one, so
-//! old and new numbers never collide.
+//! modulo the agreed window `m`. The receiver accepts up to `m/2` ahead of
+//! the next expected number (the protocol's cap on unacknowledged messages,
+//! which a peer may use) and treats the rest as duplicates. We keep at most
+//! `(m-1)/2` unacknowledged ourselves (3 of the default 8): on a link that
+//! keeps order `m/2` would do, the spare number keeps a frame that was
+//! overtaken by one newer frame, or a late copy, from being taken for a new
+//! one.
 //!
 //! **Data/ack frames** `{s, r, x, d}`: `r` is the next sequence number the
 //! sender expects (everything before arrived and was delivered), `x` lists
@@ -60,12 +64,12 @@
 //!
 //! **Stale frames.** Acks whose `r` or `x` do not fit what is in flight are
 //! ignored whole (a stale ack could otherwise acknowledge a lost message).
-//! Data ahead of the receive window or behind `r` is a duplicate: acked, not
+//! Data behind `r` (or beyond the receive window) is a duplicate: acked, not
 //! delivered. Data arriving before the handshake completes belongs to an old
 //! epoch and is ignored; its sender retransmits it. This is exact for links
-//! that keep order (serial does) and tolerates duplicates and frames
-//! overtaken by one newer frame; a frame delayed past several newer ones
-//! cannot be told apart from a new one with numbers modulo `m`.
+//! that keep order (serial does), with duplicates, and with frames overtaken
+//! by one newer frame. No scheme with numbers modulo `m` can tell a frame
+//! delayed past many newer ones from a new one.
 
 pub mod frame;
 pub mod link;
