@@ -8,6 +8,7 @@
 pub mod endpoint;
 pub mod error;
 pub mod framing;
+pub mod link;
 pub mod message;
 pub mod msgpack;
 pub mod notation;

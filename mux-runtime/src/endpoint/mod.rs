@@ -179,6 +179,25 @@ impl Endpoint {
         E: fmt::Display + Send + 'static,
         F: fmt::Display + Send + 'static,
     {
+        let (sink, source) = transport.split();
+        Endpoint::spawn_parts(source, sink, handler, config)
+    }
+
+    /// Like [`spawn_with`](Endpoint::spawn_with) for a transport that comes
+    /// as two halves (a child's stdout and stdin, a reliable link's events
+    /// and handle).
+    pub fn spawn_parts<S, K, E, F>(
+        source: S,
+        sink: K,
+        handler: Arc<dyn Handler>,
+        config: EndpointConfig,
+    ) -> Endpoint
+    where
+        S: Stream<Item = Result<Incoming, E>> + Send + Unpin + 'static,
+        K: Sink<Value, Error = F> + Send + Unpin + 'static,
+        E: fmt::Display + Send + 'static,
+        F: fmt::Display + Send + 'static,
+    {
         let (out, out_rx) = mpsc::unbounded_channel();
         let closed = CancellationToken::new();
         let shared = Arc::new(Shared {
@@ -195,7 +214,6 @@ impl Endpoint {
             counters: Counters::default(),
             handler,
         });
-        let (sink, source) = transport.split();
         tokio::spawn(write_loop(shared.clone(), sink, out_rx));
         tokio::spawn(read_loop(shared.clone(), source));
         Endpoint {
@@ -378,6 +396,11 @@ impl Endpoint {
             pending: state.requests.len(),
             serving: state.serving.len(),
         }
+    }
+
+    /// Why the link is down (`_LnkErr` with the reason), `None` while up.
+    pub fn down_reason(&self) -> Option<RemoteError> {
+        self.shared.lock().down.clone()
     }
 
     /// The error pending and new requests get once the link is down.

@@ -1,0 +1,161 @@
+//! A lossy UART (or any tty, including a pty): SerialPacker frames carry
+//! the reliable layer's maps; bytes between frames are console output
+//! (protocol §4).
+//!
+//! The connection is up once the reliable handshake completes. A reset by
+//! the peer or retries running out end the connection (pending requests
+//! fail with `_LnkErr`; the messages in flight may or may not have
+//! arrived) and the supervisor reconnects.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::{FutureExt, Sink, Stream, StreamExt};
+use tokio::sync::broadcast;
+use tokio_serial::SerialPortBuilderExt;
+use tokio_util::codec::Framed;
+
+use super::{ConnectCtx, ConnectError, Connection, Counted};
+use crate::endpoint::Endpoint;
+use crate::framing::{FramingError, Incoming, SerialPackerCodec, SerialPackerConfig};
+use crate::reliable::{self, Event};
+use crate::value::Value;
+
+/// A serial link's settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SerialSpec {
+    /// Device path, e.g. `/dev/ttyUSB0` or a pty.
+    pub path: String,
+    pub baud: u32,
+    pub packer: SerialPackerConfig,
+    pub reliable: reliable::Config,
+}
+
+pub async fn connect(spec: &SerialSpec, ctx: &ConnectCtx) -> Result<Connection, ConnectError> {
+    let port = tokio_serial::new(&spec.path, spec.baud)
+        .open_native_async()
+        .map_err(|e| {
+            format!(
+                "cannot open {}: {e} (is the device there, and may you use it?)",
+                spec.path
+            )
+        })?;
+    let codec = SerialPackerCodec::new(spec.packer)
+        .map_err(|e| format!("serial link {}: {e}", spec.path))?;
+    let framed = Framed::new(Counted::new(port, ctx.bytes.clone()), codec);
+    let frames = ConsoleSplit {
+        inner: framed,
+        console: ctx.console.clone(),
+    };
+    let (handle, mut events, task) = reliable::spawn(frames, spec.reliable)
+        .map_err(|e| format!("serial link {}: {e}", spec.path))?;
+    // Up once the handshake completes.
+    let up = tokio::time::timeout(ctx.timeout, async {
+        loop {
+            match events.recv().await {
+                Some(Event::Up { .. }) => return Ok(()),
+                Some(Event::Down { reason, .. }) => return Err(reason),
+                Some(_) => {}
+                None => return Err("the serial link task stopped".to_owned()),
+            }
+        }
+    })
+    .await;
+    match up {
+        Ok(Ok(())) => {}
+        Ok(Err(why)) => {
+            task.abort();
+            return Err(format!("{}: reliable handshake failed: {why}", spec.path));
+        }
+        Err(_) => {
+            task.abort();
+            return Err(format!(
+                "{}: no reliable-link handshake within {:?} (is the node running with a `uart` link at {} baud?)",
+                spec.path, ctx.timeout, spec.baud
+            ));
+        }
+    }
+    // Messages until the link resets or goes down: then the stream ends.
+    let source = futures::stream::unfold(events, |mut events| async move {
+        loop {
+            match events.recv().await? {
+                Event::Message(v) => return Some((Ok::<_, String>(Incoming::Message(v)), events)),
+                Event::Up { .. } => {}
+                Event::Reset { lost } => {
+                    return Some((
+                        Err(format!("the peer reset the link ({lost} messages lost)")),
+                        events,
+                    ))
+                }
+                Event::Down { reason, .. } => return Some((Err(reason), events)),
+            }
+        }
+    })
+    .boxed();
+    let sink = Box::pin(futures::sink::unfold(
+        handle,
+        |handle, msg: Value| async move { handle.send(msg).await.map(|()| handle) },
+    ));
+    let endpoint = Endpoint::spawn_parts(source, sink, ctx.handler.clone(), ctx.endpoint_config());
+    Ok(Connection {
+        endpoint,
+        teardown: Some(
+            async move {
+                task.abort();
+            }
+            .boxed(),
+        ),
+    })
+}
+
+/// Passes frame payloads on to the reliable layer and console bytes to the
+/// console broadcast.
+struct ConsoleSplit<T> {
+    inner: T,
+    console: broadcast::Sender<Bytes>,
+}
+
+impl<T> Stream for ConsoleSplit<T>
+where
+    T: Stream<Item = Result<Incoming, FramingError>> + Unpin,
+{
+    type Item = Result<Value, FramingError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            match self.inner.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(Incoming::Console(bytes)))) => {
+                    let _ = self.console.send(bytes);
+                }
+                Poll::Ready(Some(Ok(Incoming::Message(v)))) => return Poll::Ready(Some(Ok(v))),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl<T> Sink<Value> for ConsoleSplit<T>
+where
+    T: Sink<Value, Error = FramingError> + Unpin,
+{
+    type Error = FramingError;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.inner).poll_ready(cx)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, item: Value) -> Result<(), Self::Error> {
+        Pin::new(&mut self.inner).start_send(item)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
