@@ -2,13 +2,17 @@
 //! source provider and firmware builds. The binary (`main.rs`) is a thin
 //! layer over this.
 
+pub mod args;
 pub mod board;
 pub mod build;
+pub mod client;
 pub mod embedded;
 pub mod hash_table;
+pub mod local_node;
 pub mod manifest;
 pub mod modules;
 pub mod project;
+pub mod render;
 pub mod source;
 pub mod template;
 pub mod tools;

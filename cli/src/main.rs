@@ -28,6 +28,18 @@ enum Command {
     /// Encode and decode wire messages (for reading captured traffic).
     #[command(subcommand)]
     Wire(commands::wire::Command),
+    /// Read or change a node's config.
+    #[command(subcommand)]
+    Cfg(commands::cfg::Command),
+    /// Call a command on a node: `moat cmd [NODE] PATH [k=v …]`.
+    Cmd(commands::cmd::Args),
+    /// Install a node's built firmware and config (unix: into .moat/nodes/NODE/).
+    Flash(commands::flash::Args),
+    /// Files on a node.
+    #[command(subcommand)]
+    Fs(commands::fs::Command),
+    /// Run a unix-board node in the foreground.
+    Run(commands::run::Args),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +56,11 @@ fn main() -> ExitCode {
         Command::Build(a) => commands::build::run(a),
         Command::Boards(a) => commands::boards::run(a),
         Command::Wire(c) => commands::wire::run(c),
+        Command::Cfg(c) => commands::cfg::run(c),
+        Command::Cmd(a) => commands::cmd::run(a),
+        Command::Flash(a) => commands::flash::run(a),
+        Command::Fs(c) => commands::fs::run(c),
+        Command::Run(a) => commands::run::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

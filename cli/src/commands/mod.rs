@@ -2,5 +2,10 @@
 
 pub mod boards;
 pub mod build;
+pub mod cfg;
+pub mod cmd;
+pub mod flash;
+pub mod fs;
 pub mod init;
+pub mod run;
 pub mod wire;

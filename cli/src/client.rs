@@ -1,0 +1,348 @@
+//! How a client verb (`cmd`, `cfg`, `fs`, `monitor`) reaches a node.
+//!
+//! 1. Through the project's multiplexer when one runs: its Unix socket is
+//!    `--socket PATH`, else `$MOAT_SOCKET`, else the project's default
+//!    ([`default_socket`]: `$XDG_RUNTIME_DIR/moat/<project>.sock`, or
+//!    `/tmp/moat-<uid>/<project>.sock` without `XDG_RUNTIME_DIR`). Command
+//!    paths get the node's name in front (`["pump", "sys", "info"]`).
+//! 2. Otherwise directly over the node's link from the manifest (TCP to
+//!    `host:port`).
+//!
+//! An explicitly named socket must work (no silent fallback); the default
+//! one is used when something listens on it. `--direct` skips the mux.
+//! Either way the verbs see one [`Client`] with the same calls and the same
+//! results, so their output does not depend on the route.
+
+use crate::manifest::{Link, Node};
+use crate::project::{Project, ProjectError};
+use anyhow::{bail, Context};
+use mux_runtime::endpoint::{Endpoint, ReplyStream};
+use mux_runtime::error::RemoteError;
+use mux_runtime::message::PathElem;
+use mux_runtime::Value;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+/// Environment variable naming the mux's socket.
+pub const SOCKET_ENV: &str = "MOAT_SOCKET";
+
+/// Which node, and which way to it: the options every client verb takes.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct Target {
+    /// The node to talk to (default: the project's only node).
+    #[arg(long, short = 'n', value_name = "NODE")]
+    pub node: Option<String>,
+    /// The multiplexer's socket (default: $MOAT_SOCKET, else the project's
+    /// socket under $XDG_RUNTIME_DIR/moat/).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Talk to the node over its own link even when a mux runs.
+    #[arg(long, conflicts_with = "socket")]
+    pub direct: bool,
+}
+
+/// The default socket of project `project` given the environment:
+/// `$XDG_RUNTIME_DIR/moat/<project>.sock`, else
+/// `/tmp/moat-<uid>/<project>.sock`.
+pub fn default_socket_in(project: &str, xdg_runtime_dir: Option<OsString>, uid: u32) -> PathBuf {
+    let file = format!("{project}.sock");
+    match xdg_runtime_dir.filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join("moat").join(file),
+        None => PathBuf::from(format!("/tmp/moat-{uid}")).join(file),
+    }
+}
+
+/// The default socket of `project` in this process's environment.
+pub fn default_socket(project: &str) -> PathBuf {
+    default_socket_in(project, std::env::var_os("XDG_RUNTIME_DIR"), current_uid())
+}
+
+/// This process's real user id.
+pub fn current_uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}
+
+/// Where the mux's socket is looked for, and whether the user named it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SocketChoice {
+    pub path: PathBuf,
+    /// Named by `--socket` or `MOAT_SOCKET`: it must work.
+    pub explicit: bool,
+}
+
+/// Picks the socket: the flag, else `env_socket` (`$MOAT_SOCKET`), else
+/// the project's default. `None` when none can be named (no project and
+/// nothing explicit).
+pub fn choose_socket(
+    flag: Option<&Path>,
+    env_socket: Option<OsString>,
+    project: Option<&str>,
+    default: impl FnOnce(&str) -> PathBuf,
+) -> Option<SocketChoice> {
+    if let Some(p) = flag {
+        return Some(SocketChoice {
+            path: p.to_owned(),
+            explicit: true,
+        });
+    }
+    if let Some(p) = env_socket.filter(|p| !p.is_empty()) {
+        return Some(SocketChoice {
+            path: PathBuf::from(p),
+            explicit: true,
+        });
+    }
+    project.map(|name| SocketChoice {
+        path: default(name),
+        explicit: false,
+    })
+}
+
+/// The node a verb talks to: the one named, else the project's only node.
+pub fn pick_node<'p>(project: &'p Project, name: Option<&str>) -> anyhow::Result<&'p Node> {
+    let nodes = &project.manifest.nodes;
+    let names = || {
+        nodes
+            .iter()
+            .map(|n| n.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match name {
+        Some(name) => project.node(name).with_context(|| {
+            if nodes.is_empty() {
+                format!("no node `{name}`: the project has no nodes (add a [nodes.NAME] table to moat.toml)")
+            } else {
+                format!("no node `{name}` in this project; its nodes: {}", names())
+            }
+        }),
+        None => match nodes.as_slice() {
+            [only] => Ok(only),
+            [] => bail!("the project has no nodes: add a [nodes.NAME] table to moat.toml"),
+            _ => bail!(
+                "the project has several nodes ({}): say which with --node NAME",
+                names()
+            ),
+        },
+    }
+}
+
+/// The way a [`Client`] reaches its node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// Through the mux listening on this socket.
+    Mux(PathBuf),
+    /// Directly over TCP to `host:port`.
+    Tcp(String),
+}
+
+impl std::fmt::Display for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Route::Mux(p) => write!(f, "mux at {}", p.display()),
+            Route::Tcp(a) => write!(f, "tcp {a}"),
+        }
+    }
+}
+
+/// A connection to one node, through the mux or directly.
+#[derive(Clone, Debug)]
+pub struct Client {
+    endpoint: Endpoint,
+    /// `[node]` through the mux, empty when direct.
+    prefix: Vec<PathElem>,
+    node: String,
+    route: Route,
+    /// Largest message the node accepts (cfg's `link.*.m`, default 1024).
+    message_limit: usize,
+}
+
+/// Message size assumed when the node's config names none (the node
+/// runtime's default).
+pub const DEFAULT_MESSAGE_LIMIT: usize = 1024;
+
+impl Client {
+    /// Connects to the node `target` names, in the project found from the
+    /// current directory.
+    pub async fn connect(target: &Target) -> anyhow::Result<Client> {
+        let project = match Project::find_from_cwd() {
+            Ok(p) => Some(p),
+            // Outside a project, a named socket and node are enough.
+            Err(ProjectError::NotFound { .. })
+                if target.node.is_some()
+                    && (target.socket.is_some() || std::env::var_os(SOCKET_ENV).is_some()) =>
+            {
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Client::connect_in(project.as_ref(), target).await
+    }
+
+    /// Connects to the node `target` names in `project`.
+    pub async fn connect_in(project: Option<&Project>, target: &Target) -> anyhow::Result<Client> {
+        let node = match project {
+            Some(p) => Some(pick_node(p, target.node.as_deref())?),
+            None => None,
+        };
+        let node_name = node
+            .map(|n| n.name.clone())
+            .or_else(|| target.node.clone())
+            .context("say which node with --node NAME")?;
+        if !target.direct {
+            let choice = choose_socket(
+                target.socket.as_deref(),
+                std::env::var_os(SOCKET_ENV),
+                project.map(Project::name),
+                default_socket,
+            );
+            if let Some(choice) = choice {
+                if let Some(client) = Client::via_mux(&choice, &node_name).await? {
+                    return Ok(client);
+                }
+            }
+        }
+        let node = node.context("talking to a node directly needs its project (moat.toml)")?;
+        Client::direct(node).await
+    }
+
+    /// Through the mux at `choice`; `None` when the default socket has no
+    /// mux behind it.
+    async fn via_mux(choice: &SocketChoice, node: &str) -> anyhow::Result<Option<Client>> {
+        if !choice.explicit && !choice.path.exists() {
+            return Ok(None);
+        }
+        match Endpoint::connect_unix(&choice.path).await {
+            Ok(endpoint) => Ok(Some(Client {
+                endpoint,
+                prefix: vec![PathElem::Name(node.to_owned())],
+                node: node.to_owned(),
+                route: Route::Mux(choice.path.clone()),
+                message_limit: DEFAULT_MESSAGE_LIMIT,
+            })),
+            Err(e) if choice.explicit => Err(anyhow::Error::new(e).context(format!(
+                "the mux socket {} was named explicitly (--socket or ${SOCKET_ENV}); start `moat mux` or drop it to talk to the node directly",
+                choice.path.display()
+            ))),
+            Err(e) => {
+                tracing::debug!(
+                    "no mux at {} ({e}); talking to the node directly",
+                    choice.path.display()
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    /// Over the node's own link.
+    pub async fn direct(node: &Node) -> anyhow::Result<Client> {
+        match &node.link {
+            Link::Tcp { host, port } => {
+                let addr = format!("{host}:{port}");
+                let endpoint = Endpoint::connect_tcp(&addr).await.with_context(|| {
+                    format!(
+                        "node `{}` is not reachable (is it running? a unix node starts with `moat run --node {}`)",
+                        node.name, node.name
+                    )
+                })?;
+                Ok(Client {
+                    endpoint,
+                    prefix: Vec::new(),
+                    node: node.name.clone(),
+                    route: Route::Tcp(addr),
+                    message_limit: DEFAULT_MESSAGE_LIMIT,
+                })
+            }
+            Link::Process => bail!(
+                "node `{}` has a process link: it runs as a child of the mux; start `moat mux` and try again",
+                node.name
+            ),
+            other => bail!(
+                "talking to node `{}` over a {} link without the mux is not supported yet: start `moat mux` and try again",
+                node.name,
+                other.kind()
+            ),
+        }
+    }
+
+    /// Wraps an endpoint already connected to a node (`prefix` empty) or a
+    /// mux (`prefix` = `[node]`).
+    pub fn from_endpoint(endpoint: Endpoint, node: &str, route: Route) -> Client {
+        let prefix = match route {
+            Route::Mux(_) => vec![PathElem::Name(node.to_owned())],
+            Route::Tcp(_) => Vec::new(),
+        };
+        Client {
+            endpoint,
+            prefix,
+            node: node.to_owned(),
+            route,
+            message_limit: DEFAULT_MESSAGE_LIMIT,
+        }
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub fn route(&self) -> &Route {
+        &self.route
+    }
+
+    /// The underlying endpoint (for subscriptions).
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    fn full_path(&self, path: &[PathElem]) -> Vec<PathElem> {
+        self.prefix.iter().chain(path).cloned().collect()
+    }
+
+    /// Calls `path` on the node with keyword arguments `kwargs` (a map).
+    pub async fn call(&self, path: &[PathElem], kwargs: Value) -> Result<Value, RemoteError> {
+        self.endpoint.call(self.full_path(path), kwargs).await
+    }
+
+    /// Calls a path given as names (`["fs", "ls"]`) with `kwargs`.
+    pub async fn call_names(&self, path: &[&str], kwargs: Value) -> Result<Value, RemoteError> {
+        let path: Vec<PathElem> = path.iter().map(|s| PathElem::from(*s)).collect();
+        self.call(&path, kwargs).await
+    }
+
+    /// Streams `path` every `every_ms` ms; dropping the stream cancels it.
+    pub fn stream(&self, path: &[PathElem], kwargs: Value, every_ms: u32) -> ReplyStream {
+        self.endpoint.stream(self.full_path(path), kwargs, every_ms)
+    }
+
+    /// The largest message the node accepts: the smallest `m` among its
+    /// configured links (read once with `cfg.r`), else the default.
+    pub async fn message_limit(&mut self) -> usize {
+        let p = Value::map([("p", Value::from(vec![Value::from("link")]))]);
+        if let Ok(Value::Map(links)) = self.call_names(&["cfg", "r"], p).await {
+            let limit = links
+                .iter()
+                .filter_map(|(_, c)| c.get("m").and_then(Value::as_int))
+                .filter_map(|m| usize::try_from(m).ok())
+                .min();
+            if let Some(m) = limit {
+                self.message_limit = m;
+            }
+        }
+        self.message_limit
+    }
+
+    /// Closes the connection.
+    pub fn close(&self) {
+        self.endpoint.close();
+    }
+}
+
+/// Runs `fut` on a fresh single-threaded tokio runtime (each client verb
+/// is one short async program).
+pub fn block_on<F: std::future::Future>(fut: F) -> anyhow::Result<F::Output> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    Ok(rt.block_on(fut))
+}

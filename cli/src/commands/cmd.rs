@@ -1,0 +1,127 @@
+//! `moat cmd [NODE] PATH [k=v …]`: call one command on a node and print
+//! the result (or stream it with `--stream MS`).
+
+use anyhow::Context;
+use futures::StreamExt;
+use moat::args;
+use moat::client::{self, Client, Target};
+use moat::render;
+use mux_runtime::error::RemoteError;
+use mux_runtime::message::PathElem;
+use mux_runtime::Value;
+
+#[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  moat cmd dir\n  moat cmd ping m=hi\n  moat cmd pump sys.info\n  moat cmd cfg.r 'p=[wdt]'\n  moat cmd sys.mem --stream 1000 --count 3\n\nValues are read as YAML/JSON scalars: 5, 1.5, true, null, hi, \"quoted\", b'\\x00', [1, 2], {a: 1}."
+)]
+pub struct Args {
+    #[command(flatten)]
+    pub target: Target,
+    /// `[NODE] PATH [k=v …]`: the command's dotted path (`sys.info`),
+    /// optionally after the node's name, then keyword arguments.
+    #[arg(required = true, value_name = "ARGS")]
+    pub words: Vec<String>,
+    /// Print JSON (one document; with --stream one line per item).
+    #[arg(long)]
+    pub json: bool,
+    /// Stream the command's value every MS milliseconds (Ctrl-C ends).
+    #[arg(long, value_name = "MS")]
+    pub stream: Option<u32>,
+    /// With --stream: stop after K items.
+    #[arg(long, value_name = "K", requires = "stream")]
+    pub count: Option<u64>,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let parsed = args::parse_cmd(a.target.node.as_deref(), &a.words)?;
+    let target = Target {
+        node: parsed.node.clone(),
+        ..a.target.clone()
+    };
+    client::block_on(async move {
+        let client = Client::connect(&target).await?;
+        match a.stream {
+            None => {
+                let result = client.call(&parsed.path, parsed.kwargs).await;
+                print_result(&parsed.path, result, a.json)
+            }
+            Some(ms) => stream(&client, &parsed.path, parsed.kwargs, ms, a.count, a.json).await,
+        }
+    })?
+}
+
+/// Prints a result, or the error (as JSON on stdout with `--json`) and
+/// fails.
+pub fn print_result(
+    path: &[PathElem],
+    result: Result<Value, RemoteError>,
+    json: bool,
+) -> anyhow::Result<()> {
+    match result {
+        Ok(v) if json => println!("{}", render::json_pretty(&v)),
+        Ok(v) => println!("{}", render::human(&v)),
+        Err(e) => return Err(remote_failure(path, &e, json)),
+    }
+    Ok(())
+}
+
+/// The error a verb exits with when the node reports `e` for `path`; with
+/// `--json` the error is also printed as a JSON document on stdout.
+pub fn remote_failure(path: &[PathElem], e: &RemoteError, json: bool) -> anyhow::Error {
+    if json {
+        println!("{}", render::json_error(e));
+    }
+    anyhow::anyhow!("{}: {e}", args::show_path(path))
+}
+
+/// Streams `path` every `ms` until the node ends it, `count` items came,
+/// or Ctrl-C. Dropping the stream sends the cancellation.
+async fn stream(
+    client: &Client,
+    path: &[PathElem],
+    kwargs: Value,
+    ms: u32,
+    count: Option<u64>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut items = client.stream(path, kwargs, ms);
+    let mut seen = 0u64;
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    let outcome = loop {
+        if count.is_some_and(|k| seen >= k) {
+            break Ok(());
+        }
+        tokio::select! {
+            r = &mut interrupted => {
+                r.context("waiting for Ctrl-C")?;
+                break Ok(());
+            }
+            item = items.next() => match item {
+                None => break Ok(()),
+                Some(Ok(v)) => {
+                    seen += 1;
+                    if json {
+                        println!("{}", render::json_line(&v));
+                    } else {
+                        println!("{}", render::human(&v));
+                    }
+                }
+                Some(Err(e)) => break Err(remote_failure(path, &e, json)),
+            }
+        }
+    };
+    drop(items);
+    // Let the link task send the cancellation before the runtime stops.
+    settle().await;
+    outcome
+}
+
+/// Gives the endpoint's writer a moment to send what is queued (a
+/// cancellation) before the program ends.
+pub async fn settle() {
+    for _ in 0..4 {
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+}

@@ -1,0 +1,200 @@
+//! Nodes that run on this machine (boards with `flash.method = "local"`,
+//! i.e. `unix`): where they live and how they start.
+//!
+//! Layout: `.moat/nodes/<node>/` is the node's filesystem root and working
+//! directory. It holds the installed firmware (`micropython`, the board's
+//! main artefact's file name), `moat.cfg`, `moat_fb.cfg` (the fallback
+//! config) and whatever the node or the user writes there, which
+//! [`install`] leaves alone. The node is started as the board's
+//! `[run] command` (`FIRMWARE -X heapsize=…k -m main`) in that folder; the
+//! mux's `process` link and `moat run` both use [`command`].
+
+use crate::board::{Board, Flash};
+use crate::manifest::Node;
+use crate::project::Project;
+use anyhow::{bail, Context};
+use mux_runtime::{msgpack, Value};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The node's config file name on its filesystem.
+pub const CONFIG_FILE: &str = "moat.cfg";
+/// The fallback config, used after a crash.
+pub const FALLBACK_FILE: &str = "moat_fb.cfg";
+
+/// `.moat/nodes/` of a project.
+pub fn nodes_dir(project: &Project) -> PathBuf {
+    project.state_dir().join("nodes")
+}
+
+/// `.moat/nodes/<node>/`: the node's filesystem root.
+pub fn node_dir(project: &Project, node: &str) -> PathBuf {
+    nodes_dir(project).join(node)
+}
+
+/// `.moat/build/<node>/`: where `moat build` leaves the node's firmware.
+pub fn build_dir(project: &Project, node: &str) -> PathBuf {
+    project.state_dir().join("build").join(node)
+}
+
+/// The file name the firmware is installed under (the board's main
+/// artefact's file name, `micropython` for unix).
+pub fn firmware_name(board: &Board) -> String {
+    board
+        .firmware
+        .first()
+        .and_then(|a| Path::new(&a.path).file_name())
+        .map_or_else(
+            || "firmware".to_owned(),
+            |n| n.to_string_lossy().into_owned(),
+        )
+}
+
+/// The installed firmware of a local node.
+pub fn installed_firmware(project: &Project, node: &Node) -> PathBuf {
+    node_dir(project, &node.name).join(firmware_name(project.board_of(node)))
+}
+
+/// The built firmware of `node`: the main artefact named by the build
+/// record, else the board's artefact file under `firmware/`.
+pub fn built_firmware(project: &Project, node: &Node) -> anyhow::Result<PathBuf> {
+    let dir = build_dir(project, &node.name);
+    let from_record = crate::build::record::Record::load(&dir.join("record.json"))
+        .and_then(|r| r.firmware.first().map(|a| dir.join(&a.path)));
+    let fw = from_record.unwrap_or_else(|| {
+        dir.join("firmware")
+            .join(firmware_name(project.board_of(node)))
+    });
+    if !fw.is_file() {
+        bail!(
+            "node `{}` has no built firmware ({} is missing): run `moat build --node {}` first",
+            node.name,
+            fw.display(),
+            node.name
+        );
+    }
+    Ok(fw)
+}
+
+/// What [`install`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Installed {
+    pub node: String,
+    /// The node's folder.
+    pub dir: PathBuf,
+    /// The installed firmware.
+    pub firmware: PathBuf,
+    /// SHA-256 of the firmware (hex).
+    pub firmware_sha256: String,
+    /// Whether the firmware changed (false: the same image was there).
+    pub firmware_changed: bool,
+}
+
+/// The fallback config: only the node's links, so that after a crash the
+/// node is still reachable (and `cfg`, always present, can repair it).
+pub fn fallback_config(config: &Value) -> Value {
+    match config.get("link") {
+        Some(link) => Value::map([("link", link.clone())]),
+        None => Value::Map(vec![]),
+    }
+}
+
+/// Installs `node`'s built firmware and its config into its folder, each
+/// file atomically (temporary name, then rename). Files the node or the
+/// user wrote there stay.
+pub fn install(project: &Project, node: &Node) -> anyhow::Result<Installed> {
+    let board = project.board_of(node);
+    if board.flash != Flash::Local {
+        bail!(
+            "node `{}` is on board `{}`, which does not run on this machine (flash method `{}`)",
+            node.name,
+            board.name,
+            board.flash.method()
+        );
+    }
+    let built = built_firmware(project, node)?;
+    let dir = node_dir(project, &node.name);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let image = std::fs::read(&built).with_context(|| format!("reading {}", built.display()))?;
+    let sha = crate::build::record::sha256_hex(&image);
+    let firmware = dir.join(firmware_name(board));
+    let changed = crate::build::record::file_sha256(&firmware).as_deref() != Some(sha.as_str());
+    if changed {
+        write_atomic(&firmware, &image, true)?;
+    }
+    let config = node.config();
+    write_atomic(&dir.join(CONFIG_FILE), &msgpack::to_vec(&config), false)?;
+    write_atomic(
+        &dir.join(FALLBACK_FILE),
+        &msgpack::to_vec(&fallback_config(&config)),
+        false,
+    )?;
+    Ok(Installed {
+        node: node.name.clone(),
+        dir,
+        firmware,
+        firmware_sha256: sha,
+        firmware_changed: changed,
+    })
+}
+
+/// Writes `bytes` to a temporary file next to `path` and renames it over
+/// `path`, so a reader sees the old or the new content, never a mix.
+pub fn write_atomic(path: &Path, bytes: &[u8], executable: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.moat-tmp"));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        if executable {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(std::fs::Permissions::from_mode(0o755))?;
+        }
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("writing {}", path.display()));
+    }
+    Ok(())
+}
+
+/// The command that starts an installed local node: the board's `[run]`
+/// command in the node's folder. Stdio is left to the caller.
+pub fn command(project: &Project, node: &Node) -> anyhow::Result<Command> {
+    let board = project.board_of(node);
+    let Some(run) = &board.run else {
+        bail!(
+            "node `{}` is on board `{}`, which does not run on this machine; only boards with flash method `local` (unix) do",
+            node.name,
+            board.name
+        );
+    };
+    let dir = node_dir(project, &node.name);
+    let firmware = installed_firmware(project, node);
+    if !firmware.is_file() {
+        bail!(
+            "node `{}` is not installed ({} is missing): run `moat flash --node {}` first",
+            node.name,
+            firmware.display(),
+            node.name
+        );
+    }
+    let port = match &node.link {
+        crate::manifest::Link::Tcp { port, .. } => port.to_string(),
+        _ => crate::manifest::DEFAULT_TCP_PORT.to_string(),
+    };
+    let argv = run.argv(&firmware, &[("port", &port)]);
+    let (program, args) = argv
+        .split_first()
+        .context("the board's run command is empty")?;
+    let mut cmd = Command::new(program);
+    cmd.args(args).current_dir(&dir);
+    Ok(cmd)
+}
