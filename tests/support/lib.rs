@@ -3,13 +3,17 @@
 //! `moat build` once per test run.
 //!
 //! - [`moat_bin`]: `$MOAT_BIN` if set, else `cargo build -p moat --bin
-//!   moat` (a no-op after `cargo test --workspace` built it) and the path
-//!   cargo reports. Works from any test crate, in any profile or target dir.
+//!   moat` (a no-op after `cargo test --workspace` built it), the path
+//!   cargo reports, copied into [`e2e_dir`]`/bin/` so a concurrent `cargo
+//!   build` cannot swap the tool mid-test. Works from any test crate, in
+//!   any profile or target dir.
+//! - [`e2e_dir`] is `<target>/<profile>/moat-e2e/` (next to the test
+//!   executables' `deps/`).
 //! - Every `moat` run through [`moat`] uses a MicroPython cache shared by
-//!   all tests: `$MOAT_TEST_CACHE`, else `<target>/moat-e2e/cache` (so
-//!   the first run fetches MicroPython once and later runs reuse it).
+//!   all tests: `$MOAT_TEST_CACHE`, else `e2e_dir/cache` (so the first run
+//!   fetches MicroPython once and later runs reuse it).
 //! - [`unix_satellite`]: the firmware of node `demo` of a project created
-//!   by `moat init` under `<target>/moat-e2e/satellite`, rebuilt by
+//!   by `moat init` under `e2e_dir/satellite`, rebuilt by
 //!   `moat build` when the embedded node runtime changed (a no-op
 //!   otherwise). A file lock makes parallel test processes share it; the
 //!   firmware is replaced by rename, so a running copy is never disturbed.
@@ -19,8 +23,6 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
-
-pub mod node;
 
 /// The `moat` binary (built on first use).
 pub fn moat_bin() -> PathBuf {
@@ -34,6 +36,31 @@ fn locate_moat() -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os("MOAT_BIN") {
         return Ok(PathBuf::from(p));
     }
+    let built = cargo_build_moat()?;
+    snapshot(&built)
+}
+
+/// A private copy of `bin`, so a `cargo build` running meanwhile (which
+/// replaces `target/debug/moat`) cannot change the tool under a test.
+/// Named by size and mtime: each distinct build is copied once.
+fn snapshot(bin: &Path) -> anyhow::Result<PathBuf> {
+    let meta = std::fs::metadata(bin).with_context(|| format!("{}", bin.display()))?;
+    let mtime = meta
+        .modified()?
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos();
+    let dir = e2e_dir().join("bin");
+    std::fs::create_dir_all(&dir)?;
+    let copy = dir.join(format!("moat-{}-{mtime}", meta.len()));
+    if !copy.is_file() {
+        let tmp = dir.join(format!(".moat-{}.tmp", std::process::id()));
+        std::fs::copy(bin, &tmp)?;
+        std::fs::rename(&tmp, &copy)?;
+    }
+    Ok(copy)
+}
+
+fn cargo_build_moat() -> anyhow::Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace_root()).args([
@@ -77,10 +104,12 @@ pub fn workspace_root() -> PathBuf {
 
 /// Scratch space shared by all e2e tests of this target dir.
 pub fn e2e_dir() -> PathBuf {
-    let bin = moat_bin();
-    let d = bin
-        .parent()
-        .expect("moat binary has a folder")
+    // Test executables live in `<target>/<profile>/deps/`.
+    let exe = std::env::current_exe().expect("test executable path");
+    let d = exe
+        .ancestors()
+        .nth(2)
+        .expect("test executable under <target>/<profile>/deps")
         .join("moat-e2e");
     std::fs::create_dir_all(&d).expect("create moat-e2e folder");
     d
