@@ -11,6 +11,7 @@ pub mod framing;
 pub mod link;
 pub mod message;
 pub mod msgpack;
+pub mod mux;
 pub mod notation;
 pub mod reliable;
 pub mod seq;

@@ -1,0 +1,357 @@
+//! The multiplexer: one link per node, one Unix socket for any number of
+//! clients, each speaking the protocol (design.md §Multiplexer).
+//!
+//! The mux root holds one sub-tree per node (`[node, …path]`) plus its own
+//! `mux` app ([`apps`]). A client's request is re-issued on the node's
+//! link with the mux's own sequence numbers (each link's
+//! [`Endpoint`] numbers its requests); the answer goes back only to the
+//! client that asked, under the client's number. A client that disconnects
+//! has its open requests and streams cancelled on the node (its endpoint
+//! drops the forwarding tasks, which cancel on drop). Unsolicited node
+//! messages go to every client with the node's name prefixed; a lost link
+//! fails its pending requests with `_LnkErr` at once and sends
+//! `[node, "link"] false` to every client. Requests a node sends up are
+//! resolved from the mux root, so nodes can call each other.
+//!
+//! Host apps: a watchdog feeder (`sys.wdt` every `t/2` to nodes whose
+//! config has a `wdt` section, while their link is up) and console capture
+//! per node (`mux.console`, readable and streamable).
+
+pub mod apps;
+pub mod console;
+pub mod route;
+mod router;
+pub mod socket;
+
+use std::collections::HashMap;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::net::UnixListener;
+use tokio::task::JoinHandle;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use crate::endpoint::{link_down, Endpoint, EndpointConfig};
+use crate::error::RemoteError;
+use crate::framing::StreamCodec;
+use crate::link::{LinkEvent, LinkOptions, LinkSpec, NodeLink};
+use crate::message::{self, Path};
+use crate::value::Value;
+use console::Capture;
+pub use router::Uplink;
+pub use socket::BindError;
+
+/// Default console capture per node: 64 KiB.
+pub const CONSOLE_BUFFER: usize = 64 * 1024;
+
+/// One node as the mux sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeConfig {
+    pub name: String,
+    pub link: LinkSpec,
+    /// The node's `wdt.t`: feed it `sys.wdt` every half of this. `None`:
+    /// the node has no `wdt` section.
+    pub watchdog: Option<Duration>,
+}
+
+/// Everything the mux serves.
+#[derive(Clone, Debug)]
+pub struct MuxConfig {
+    /// The project's name (shown by `mux.info`).
+    pub project: String,
+    pub socket: PathBuf,
+    pub nodes: Vec<NodeConfig>,
+    pub link_options: LinkOptions,
+    /// Console bytes kept per node.
+    pub console_buffer: usize,
+}
+
+impl MuxConfig {
+    pub fn new(project: &str, socket: impl Into<PathBuf>, nodes: Vec<NodeConfig>) -> MuxConfig {
+        MuxConfig {
+            project: project.to_owned(),
+            socket: socket.into(),
+            nodes,
+            link_options: LinkOptions::default(),
+            console_buffer: CONSOLE_BUFFER,
+        }
+    }
+}
+
+/// Why the mux did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MuxError {
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("two nodes are called `{0}`: node names must be unique")]
+    DuplicateNode(String),
+    #[error("a node cannot be called `mux`: that name is the mux's own app")]
+    ReservedName,
+}
+
+/// A node under the mux.
+pub struct NodeEntry {
+    pub name: String,
+    pub link: NodeLink,
+    pub console: Arc<Capture>,
+    pub watchdog: Option<Duration>,
+}
+
+/// What the handlers share.
+pub struct Core {
+    project: String,
+    socket: PathBuf,
+    nodes: Vec<NodeEntry>,
+    clients: Mutex<HashMap<u64, Endpoint>>,
+}
+
+impl Core {
+    pub fn nodes(&self) -> &[NodeEntry] {
+        &self.nodes
+    }
+
+    pub fn node_names(&self) -> impl Iterator<Item = &str> {
+        self.nodes.iter().map(|n| n.name.as_str())
+    }
+
+    pub fn node(&self, name: &str) -> Option<&NodeEntry> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The node's current connection, or `_LnkErr` saying why there is none.
+    pub fn endpoint_of(&self, name: &str) -> Result<Endpoint, RemoteError> {
+        let node = self
+            .node(name)
+            .ok_or_else(|| link_down(name, "no such node"))?;
+        node.link
+            .endpoint()
+            .ok_or_else(|| link_down(name, &node.link.state().to_string()))
+    }
+
+    fn clients(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Endpoint>> {
+        self.clients.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.clients().len()
+    }
+
+    /// An unsolicited message to every client.
+    pub fn broadcast(&self, path: Path, data: Value) {
+        let clients: Vec<Endpoint> = self.clients().values().cloned().collect();
+        for client in clients {
+            // A client that just went away: nothing to do.
+            let _ = client.send(path.clone(), data.clone());
+        }
+    }
+}
+
+/// A running multiplexer.
+pub struct Mux {
+    core: Arc<Core>,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Mux {
+    /// Binds the socket (refusing one a live mux serves, replacing a stale
+    /// one), starts every node's link and serves clients.
+    pub async fn start(config: MuxConfig) -> Result<Mux, MuxError> {
+        let mut seen = std::collections::HashSet::new();
+        for node in &config.nodes {
+            if node.name == route::MUX_APP {
+                return Err(MuxError::ReservedName);
+            }
+            if !seen.insert(node.name.as_str()) {
+                return Err(MuxError::DuplicateNode(node.name.clone()));
+            }
+        }
+        let listener = socket::bind(&config.socket).await?;
+        let stop = CancellationToken::new();
+        let core = Arc::new_cyclic(|weak: &Weak<Core>| Core {
+            project: config.project.clone(),
+            socket: config.socket.clone(),
+            nodes: config
+                .nodes
+                .iter()
+                .map(|n| NodeEntry {
+                    name: n.name.clone(),
+                    link: NodeLink::spawn(
+                        &n.name,
+                        n.link.clone(),
+                        Arc::new(Uplink {
+                            node: Some(n.name.clone()),
+                            core: weak.clone(),
+                        }),
+                        config.link_options,
+                    ),
+                    console: Arc::new(Capture::new(config.console_buffer)),
+                    watchdog: n.watchdog,
+                })
+                .collect(),
+            clients: Mutex::default(),
+        });
+        let mut tasks = Vec::new();
+        for node in &core.nodes {
+            tasks.push(tokio::spawn(announce_link_loss(
+                Arc::downgrade(&core),
+                node.name.clone(),
+                node.link.events(),
+            )));
+            tasks.push(tokio::spawn(capture_console(
+                node.link.console(),
+                node.console.clone(),
+            )));
+            if let Some(t) = node.watchdog {
+                tasks.push(tokio::spawn(feed_watchdog(node.link.clone(), t)));
+            }
+        }
+        tasks.push(tokio::spawn(accept(
+            listener,
+            Arc::downgrade(&core),
+            stop.clone(),
+        )));
+        tracing::info!(socket = %config.socket.display(), "mux serving");
+        Ok(Mux { core, stop, tasks })
+    }
+
+    pub fn socket(&self) -> &FsPath {
+        &self.core.socket
+    }
+
+    /// The link of node `name`.
+    pub fn link(&self, name: &str) -> Option<&NodeLink> {
+        self.core.node(name).map(|n| &n.link)
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.core.client_count()
+    }
+
+    /// Stops serving: clients are disconnected, links closed (child
+    /// processes asked to exit, then killed), the socket removed.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        for task in &self.tasks {
+            task.abort();
+        }
+        let clients: Vec<Endpoint> = self.core.clients().drain().map(|(_, c)| c).collect();
+        for client in clients {
+            client.close();
+        }
+        futures::future::join_all(self.core.nodes.iter().map(|n| n.link.stop())).await;
+        if let Err(e) = std::fs::remove_file(&self.core.socket) {
+            tracing::warn!("cannot remove {}: {e}", self.core.socket.display());
+        }
+    }
+}
+
+/// Accepts clients until stopped; each gets an endpoint served by the
+/// router.
+async fn accept(listener: UnixListener, core: Weak<Core>, stop: CancellationToken) {
+    let ids = AtomicU64::new(1);
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!("accepting a client failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(strong) = core.upgrade() else { return };
+        let id = ids.fetch_add(1, Ordering::Relaxed);
+        let client = Endpoint::spawn_with(
+            Framed::new(stream, StreamCodec::default()),
+            Arc::new(Uplink {
+                node: None,
+                core: core.clone(),
+            }),
+            EndpointConfig {
+                name: format!("client {id}"),
+            },
+        );
+        let closed = client.closed();
+        strong.clients().insert(id, client);
+        drop(strong);
+        let core = core.clone();
+        tokio::spawn(async move {
+            closed.await;
+            if let Some(core) = core.upgrade() {
+                core.clients().remove(&id);
+            }
+        });
+    }
+}
+
+/// Sends `[node, "link"] false` to every client when an up link goes down.
+async fn announce_link_loss(
+    core: Weak<Core>,
+    node: String,
+    mut events: tokio::sync::broadcast::Receiver<LinkEvent>,
+) {
+    let mut up = false;
+    loop {
+        match events.recv().await {
+            Ok(LinkEvent::Up(_)) => up = true,
+            Ok(LinkEvent::Down(_)) if up => {
+                up = false;
+                let Some(core) = core.upgrade() else { return };
+                core.broadcast(message::path([node.as_str(), "link"]), Value::Bool(false));
+            }
+            Ok(LinkEvent::Down(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+async fn capture_console(
+    mut from: tokio::sync::broadcast::Receiver<bytes::Bytes>,
+    into: Arc<Capture>,
+) {
+    loop {
+        match from.recv().await {
+            Ok(bytes) => into.push(&bytes),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                into.push(format!("\n[mux: {n} console chunks lost]\n").as_bytes())
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Keeps a node's watchdog happy while its link is up: `sys.wdt` every
+/// `t/2`.
+async fn feed_watchdog(link: NodeLink, t: Duration) {
+    let period = (t / 2).max(Duration::from_millis(100));
+    while let Some(ep) = link.wait_up().await {
+        let mut ticks = tokio::time::interval(period);
+        let mut complained = false;
+        loop {
+            tokio::select! {
+                _ = ep.closed() => break,
+                _ = ticks.tick() => {}
+            }
+            let fed = tokio::time::timeout(period, ep.call(["sys", "wdt"], Value::Nil)).await;
+            match fed {
+                Ok(Ok(_)) => complained = false,
+                Ok(Err(e)) if !complained => {
+                    complained = true;
+                    tracing::warn!(node = %link.name(), "feeding the watchdog failed: {e}");
+                }
+                Err(_) if !complained => {
+                    complained = true;
+                    tracing::warn!(node = %link.name(), "sys.wdt got no answer within {period:?}");
+                }
+                _ => {}
+            }
+        }
+    }
+}
