@@ -22,6 +22,31 @@ def _walk(c, p, make=False):
     return c
 
 
+def _put(c, p, j, d):
+    # a shallow copy of c with p[j:] set to d (NoData: deleted)
+    k = p[j]
+    if c is None:
+        c = {}
+    if isinstance(c, dict):
+        n = dict(c)
+        old = n.get(k)
+    elif isinstance(c, list) and isinstance(k, int) and -len(c) <= k < len(c):
+        n = list(c)
+        old = n[k]
+    else:
+        raise TypeError("cannot write below a %s" % type(c).__name__, p[:j])
+    if j < len(p) - 1:
+        n[k] = _put(old, p, j + 1, d)
+    elif isinstance(d, Proxy) and d == NoData:
+        if isinstance(n, dict):
+            n.pop(k, None)
+        else:
+            raise TypeError("cannot delete from a list")
+    else:
+        n[k] = d
+    return n
+
+
 def save(cfg, fn=FILE):
     # atomic: write a temp file, then rename over the old one
     t = fn + ".tmp"
@@ -55,20 +80,14 @@ class Cfg(App):
         return [s, ks]
 
     def cmd_w(self, p, d=NoData):
+        # copy-on-write along the path: running apps keep the config they
+        # were started with until `x` restarts them
         if not p:
             if not isinstance(d, dict):
                 raise ValueError("the config root must be a map")
             self.root.cfg = d
             return
-        c = _walk(self.root.cfg, p[:-1], True)
-        k = p[-1]
-        if isinstance(d, Proxy) and d == NoData:
-            if isinstance(c, dict):
-                c.pop(k, None)
-            else:
-                raise TypeError("cannot delete from a list")
-        else:
-            c[k] = d
+        self.root.cfg = _put(self.root.cfg, p, 0, d)
 
     def cmd_s(self):
         save(self.root.cfg)

@@ -73,7 +73,7 @@ class SockLink(Link):
         finally:
             self.detach()
             try:
-                self.wr.close()
+                self.s.close()  # Stream.close() does not close the socket
             except Exception:
                 pass
 
@@ -89,19 +89,33 @@ def _opts(c):
 
 
 async def server(root, c):
+    # our own accept loop: the listening socket is closed the moment the
+    # node goes down, so no client connects to a dying node
+    import socket
+
     m, idle = _opts(c)
-
-    async def conn(rd, wr):
-        await SockLink(root, "tcp", rd, wr, m, idle).serve()
-
     h = c.get("h", "0.0.0.0")
     p = c.get("p", _PORT)
-    srv = await asyncio.start_server(conn, h, p)
-    err.log("tcp server on %s:%d" % (h, p))
+    ai = socket.getaddrinfo(h, p)[0][-1]
+    s = socket.socket()
     try:
-        await asyncio.Event().wait()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(ai)
+        s.listen(2)
+        s.setblocking(False)
+        root.closers.append(asyncio.current_task())
+        err.log("tcp server on %s:%d" % (h, p))
+        while True:
+            yield core._io_queue.queue_read(s)
+            try:
+                cs, _ = s.accept()
+            except OSError:
+                continue
+            cs.setblocking(False)
+            st = asyncio.StreamReader(cs)
+            asyncio.create_task(SockLink(root, "tcp", st, st, m, idle).serve())
     finally:
-        srv.close()
+        s.close()
 
 
 async def client(root, c):

@@ -14,6 +14,7 @@ class Root(App):
         super().__init__(cfg, "", self)
         self.tg = tg  # the node's TaskGroup
         self.links = []
+        self.closers = []  # listening tasks: stopped first when going down
         self.px = {}  # proxy name -> object
         self.pxn = 0
         self.sups = {}  # app name -> supervisor task
@@ -101,6 +102,9 @@ class Root(App):
         asyncio.create_task(self._down())
 
     async def _down(self):
+        for t in self.closers:
+            t.cancel()  # stop accepting (the task closes its socket)
+        await asyncio.sleep_ms(0)
         for l in list(self.links):
             try:
                 await l.close()
