@@ -310,6 +310,27 @@ const SERIAL_KEYS: &[&str] = &[
 ];
 const USB_KEYS: &[&str] = &["kind"];
 
+/// Integer link settings and their valid ranges (everything but `kind` and
+/// `host`, which are strings).
+const LINK_INTS: &[(&str, i64, i64)] = &[
+    ("port", 1, 65535),
+    ("baud", 1, 10_000_000),
+    ("max", 16, 32767),
+    ("timeout", 1, 600_000),
+    ("window", 4, 64),
+    ("retries", 1, 1000),
+    ("uart", 0, 255),
+    ("tx", 0, 255),
+    ("rx", 0, 255),
+];
+
+fn link_int_range(key: &str) -> (i64, i64) {
+    LINK_INTS
+        .iter()
+        .find(|(k, _, _)| *k == key)
+        .map_or((0, i64::MAX), |(_, lo, hi)| (*lo, *hi))
+}
+
 fn link_keys(kind: LinkKind) -> &'static [&'static str] {
     match kind {
         LinkKind::Tcp => TCP_KEYS,
@@ -512,6 +533,7 @@ impl<'t> Parser<'t> {
                 match self.table(&d, "link")? {
                     Some(l) => {
                         self.only_keys(&l, &all_link_keys())?;
+                        self.check_link_values(&l)?;
                         Some(l)
                     }
                     None => None,
@@ -574,16 +596,20 @@ impl<'t> Parser<'t> {
     }
 
     fn app_paths(&self, top: &Table, root: Option<&Path>) -> Res<Vec<PathBuf>> {
+        // Default: `apps`, when that folder exists.
+        let default = || {
+            let apps = PathBuf::from("apps");
+            match root {
+                Some(r) if !r.join(&apps).is_dir() => vec![],
+                _ => vec![apps],
+            }
+        };
         let Some(t) = self.table(top, "apps")? else {
-            let default = PathBuf::from("apps");
-            return Ok(match root {
-                Some(r) if !r.join(&default).is_dir() => vec![],
-                _ => vec![default],
-            });
+            return Ok(default());
         };
         self.only_keys(&t, APPS_KEYS)?;
         let Some(item) = t.get("paths") else {
-            return Ok(vec![PathBuf::from("apps")]);
+            return Ok(default());
         };
         let arr = item
             .as_array()
@@ -681,6 +707,15 @@ impl<'t> Parser<'t> {
                 ),
             )
         })?;
+        if t.get("port").is_some_and(|p| p.is_integer()) {
+            return Err(self.err(
+                t.span_of("port"),
+                t.key_path("port"),
+                "expected the device path (e.g. \"/dev/ttyUSB0\"), found an integer; \
+                 a TCP port goes into `link = { kind = \"tcp\", port = … }`"
+                    .into(),
+            ));
+        }
         let port = self.string(t, "port")?;
         let link = self.link(t, board.link, defaults)?;
         let user_config = match self.table(t, "config")? {
@@ -696,6 +731,45 @@ impl<'t> Parser<'t> {
         })
     }
 
+    /// Types and ranges of every setting in a link table (shared defaults
+    /// are checked even where no node uses them).
+    fn check_link_values(&self, t: &Table) -> Res<()> {
+        for (key, _) in t.table.iter() {
+            match key {
+                "kind" => {
+                    self.link_kind(t, key)?;
+                }
+                "host" => {
+                    self.string(t, key)?;
+                }
+                _ => {
+                    let (lo, hi) = link_int_range(key);
+                    self.int(t, key, lo, hi)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A link kind named by `key` in `t`.
+    fn link_kind(&self, t: &Table, key: &str) -> Res<Option<LinkKind>> {
+        match self.string(t, key)? {
+            None => Ok(None),
+            Some(s) => LinkKind::parse(&s).map(Some).ok_or_else(|| {
+                let valid: Vec<&str> = LinkKind::ALL.iter().map(|k| k.as_str()).collect();
+                self.err(
+                    t.span_of(key),
+                    t.key_path(key),
+                    format!(
+                        "unknown link kind `{s}`; valid kinds: {}{}",
+                        valid.join(", "),
+                        did_you_mean(&s, valid.iter().copied())
+                    ),
+                )
+            }),
+        }
+    }
+
     /// A node's link: `link = "kind"` or `link = { kind = …, … }`, over
     /// `[defaults.link]`, over the board's default kind.
     fn link(&self, node: &Table, board_kind: LinkKind, defaults: Option<&Table>) -> Res<Link> {
@@ -705,28 +779,11 @@ impl<'t> Parser<'t> {
             Some(_) => self.table(node, "link")?,
         };
         // The kind: the node's, else the defaults', else the board's.
-        let kind_from = |t: &Table, key: &str| -> Res<Option<LinkKind>> {
-            match self.string(t, key)? {
-                None => Ok(None),
-                Some(s) => LinkKind::parse(&s).map(Some).ok_or_else(|| {
-                    let valid: Vec<&str> = LinkKind::ALL.iter().map(|k| k.as_str()).collect();
-                    self.err(
-                        t.span_of(key),
-                        t.key_path(key),
-                        format!(
-                            "unknown link kind `{s}`; valid kinds: {}{}",
-                            valid.join(", "),
-                            did_you_mean(&s, valid.iter().copied())
-                        ),
-                    )
-                }),
-            }
-        };
         let kind = match node.get("link") {
-            Some(i) if i.is_str() => kind_from(node, "link")?,
+            Some(i) if i.is_str() => self.link_kind(node, "link")?,
             Some(_) => own
                 .as_ref()
-                .map(|o| kind_from(o, "kind"))
+                .map(|o| self.link_kind(o, "kind"))
                 .transpose()?
                 .flatten(),
             None => None,
@@ -734,7 +791,7 @@ impl<'t> Parser<'t> {
         let kind = match kind {
             Some(k) => k,
             None => match defaults {
-                Some(d) => kind_from(d, "kind")?.unwrap_or(board_kind),
+                Some(d) => self.link_kind(d, "kind")?.unwrap_or(board_kind),
                 None => board_kind,
             },
         };
@@ -765,7 +822,8 @@ impl<'t> Parser<'t> {
                 .filter(|o| o.get(key).is_some())
                 .or(defaults.filter(|d| d.get(key).is_some()))
         };
-        let int = |key: &str, lo: i64, hi: i64, default: u32| -> Res<u32> {
+        let int = |key: &str, default: u32| -> Res<u32> {
+            let (lo, hi) = link_int_range(key);
             match pick(key) {
                 Some(t) => Ok(self.int(t, key, lo, hi)?.map_or(default, |v| v as u32)),
                 None => Ok(default),
@@ -777,7 +835,7 @@ impl<'t> Parser<'t> {
                     Some(t) => self.string(t, "host")?.unwrap_or_default(),
                     None => DEFAULT_TCP_HOST.into(),
                 },
-                port: int("port", 1, 65535, DEFAULT_TCP_PORT.into())? as u16,
+                port: int("port", DEFAULT_TCP_PORT.into())? as u16,
             },
             LinkKind::Process => Link::Process,
             LinkKind::Usb => Link::Usb,
@@ -785,15 +843,15 @@ impl<'t> Parser<'t> {
                 let mut extra = Vec::new();
                 for (key, node_key) in [("uart", "n"), ("tx", "tx"), ("rx", "rx")] {
                     if pick(key).is_some() {
-                        extra.push((node_key.to_owned(), Value::from(int(key, 0, 255, 0)?)));
+                        extra.push((node_key.to_owned(), Value::from(int(key, 0)?)));
                     }
                 }
                 Link::Serial(SerialLink {
-                    baud: int("baud", 1, 10_000_000, DEFAULT_BAUD)?,
-                    max: int("max", 16, 32767, DEFAULT_SERIAL_MAX)?,
-                    timeout_ms: int("timeout", 1, 600_000, DEFAULT_SERIAL_TIMEOUT_MS)?,
-                    window: int("window", 4, 64, DEFAULT_SERIAL_WINDOW)?,
-                    retries: int("retries", 1, 1000, DEFAULT_SERIAL_RETRIES)?,
+                    baud: int("baud", DEFAULT_BAUD)?,
+                    max: int("max", DEFAULT_SERIAL_MAX)?,
+                    timeout_ms: int("timeout", DEFAULT_SERIAL_TIMEOUT_MS)?,
+                    window: int("window", DEFAULT_SERIAL_WINDOW)?,
+                    retries: int("retries", DEFAULT_SERIAL_RETRIES)?,
                     extra,
                 })
             }

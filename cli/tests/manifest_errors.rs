@@ -248,3 +248,26 @@ fn missing_manifest_points_at_moat_init() {
     assert!(e.contains("no moat.toml in"), "{e}");
     assert!(e.contains("moat init"), "{e}");
 }
+
+#[test]
+fn shared_link_defaults_are_checked_even_when_no_node_uses_them() {
+    let text = format!("{HEAD}[defaults.link]\nwindow = 2\n[nodes.h]\nboard = \"unix\"\n");
+    let (e, dir) = load_err(&text);
+    assert_eq!(
+        e,
+        format!(
+            "{}defaults.link.window: 2 is out of range; valid: 4 to 64",
+            at(dir.path(), &text, "2\n")
+        )
+    );
+}
+
+#[test]
+fn a_numeric_node_port_explains_where_tcp_ports_go() {
+    let text = format!("{HEAD}[nodes.h]\nboard = \"unix\"\nport = 27587\n");
+    let (e, _) = load_err(&text);
+    assert!(
+        e.contains("nodes.h.port: expected the device path (e.g. \"/dev/ttyUSB0\"), found an integer; a TCP port goes into `link = { kind = \"tcp\", port = … }`"),
+        "{e}"
+    );
+}
