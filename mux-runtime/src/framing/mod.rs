@@ -116,3 +116,85 @@ fn encode_message(msg: &Value, max: usize) -> Result<Vec<u8>, FramingError> {
     }
     Ok(bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::{SinkExt, StreamExt};
+    use tokio::io::AsyncWriteExt;
+    use tokio_util::codec::{Decoder, Encoder, FramedRead, FramedWrite};
+
+    fn msg(i: i128) -> Value {
+        Value::map([
+            ("a", Value::Array(vec!["sys".into(), "ping".into()])),
+            ("i", Value::Int(i)),
+        ])
+    }
+
+    /// Writes `msgs` with `codec` through a real pipe, with console text in
+    /// between, and reads them back with the same framing.
+    async fn through_pipe<C>(codec: C, console: &[u8]) -> Vec<Incoming>
+    where
+        C: Decoder<Item = Incoming, Error = FramingError>
+            + Encoder<Value, Error = FramingError>
+            + Clone
+            + Send
+            + 'static,
+    {
+        let (tx, rx) = tokio::io::duplex(64);
+        let console = console.to_vec();
+        let writer = {
+            let codec = codec.clone();
+            tokio::spawn(async move {
+                let mut sink = FramedWrite::new(tx, codec);
+                for i in [2, 4] {
+                    sink.send(msg(i)).await.unwrap();
+                    sink.get_mut().write_all(&console).await.unwrap();
+                }
+            })
+        };
+        let items: Vec<Incoming> = FramedRead::new(rx, codec)
+            .map(|r| r.expect("decodes"))
+            .collect()
+            .await;
+        writer.await.unwrap();
+        items
+    }
+
+    fn messages(items: &[Incoming]) -> Vec<&Value> {
+        items
+            .iter()
+            .filter_map(|i| match i {
+                Incoming::Message(m) => Some(m),
+                Incoming::Console(_) => None,
+            })
+            .collect()
+    }
+
+    fn console_len(items: &[Incoming]) -> usize {
+        items
+            .iter()
+            .map(|i| match i {
+                Incoming::Console(b) => b.len(),
+                Incoming::Message(_) => 0,
+            })
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn codecs_work_inside_framed_read_and_write() {
+        let items = through_pipe(StreamCodec::default(), b"").await;
+        assert_eq!(messages(&items), [&msg(2), &msg(4)]);
+
+        let items = through_pipe(LosslessCodec::default(), b"log line\n").await;
+        assert_eq!(messages(&items), [&msg(2), &msg(4)]);
+        assert_eq!(console_len(&items), 18);
+
+        // A manual clock: a slow test machine must not trip the idle reset.
+        let clock = serial_packer::ManualClock::new().clock();
+        let codec = SerialPackerCodec::with_clock(SerialPackerConfig::default(), clock).unwrap();
+        let items = through_pipe(codec, b"log line\n").await;
+        assert_eq!(messages(&items), [&msg(2), &msg(4)]);
+        assert_eq!(console_len(&items), 18);
+    }
+}

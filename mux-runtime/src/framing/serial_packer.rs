@@ -186,6 +186,7 @@ enum State {
 /// `max_packet` and idle timeouts are counted and the parser waits for the
 /// next START (an invalid LEN byte is re-read as a possible START or
 /// console byte). The decoder never errors on content.
+#[derive(Clone)]
 pub struct FrameCodec {
     cfg: SerialPackerConfig,
     clock: Clock,
@@ -392,7 +393,7 @@ impl Encoder<Bytes> for FrameCodec {
 ///
 /// A frame whose payload is not exactly one MsgPack map is counted in
 /// `bad_payload` and dropped.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct SerialPackerCodec {
     frames: FrameCodec,
     limits: Limits,
