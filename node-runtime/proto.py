@@ -10,6 +10,8 @@ import err
 
 _MAXSEQ = const(0x7FFFFFFE)
 _GEN = type((lambda: (yield))())  # what calling an `async def` returns
+_KEYS = "adiernx"
+_seen = []  # unknown keys already logged
 
 
 async def result(v):
@@ -17,6 +19,14 @@ async def result(v):
     if type(v) is _GEN:
         v = await v
     return v
+
+
+def _expected(ex, x):
+    # the caller listed this error type in `x`: do not log it
+    if not isinstance(x, list):
+        return False
+    e, _ = err.encode(ex)
+    return e in x
 
 
 class _Call:
@@ -81,6 +91,10 @@ class Link:
     def rx(self, m):
         if not isinstance(m, dict):
             return  # console byte or junk
+        for k in m:
+            if not (isinstance(k, str) and len(k) == 1 and k in _KEYS) and k not in _seen and len(_seen) < 8:
+                _seen.append(k)
+                err.log("ignoring unknown message key", k)
         i = m.get("i")
         if i is not None and (not isinstance(i, int) or i < 0 or i > _MAXSEQ + 1):
             return
@@ -116,15 +130,15 @@ class Link:
             d = {}
         r = m.get("r")
         if i is None:
-            asyncio.create_task(self._serve(a, d, None, None))
+            asyncio.create_task(self._serve(a, d, None, None, None))
             return
         k = i ^ 1
         if k in self.peer:
             asyncio.create_task(self.send_err(k, err.DupSeq(i)))
             return
-        self.peer[k] = asyncio.create_task(self._serve(a, d, k, r))
+        self.peer[k] = asyncio.create_task(self._serve(a, d, k, r, m.get("x")))
 
-    async def _serve(self, a, d, k, r):
+    async def _serve(self, a, d, k, r, x):
         try:
             if not isinstance(a, list) or not isinstance(d, dict):
                 raise err.NoPath(a, "bad request")
@@ -137,7 +151,7 @@ class Link:
         except asyncio.CancelledError:
             k = None
         except Exception as ex:
-            if not isinstance(ex, (err.NoPath, err.DupSeq)):
+            if not (isinstance(ex, (err.NoPath, err.DupSeq)) or _expected(ex, x)):
                 err.log("error in", a, repr(ex))
             if k is not None:
                 try:
