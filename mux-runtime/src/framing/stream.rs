@@ -93,7 +93,7 @@ impl Decoder for StreamCodec {
                         return Ok(Some(Incoming::Message(value)));
                     }
                     self.counters.not_a_map += 1;
-                    tracing::warn!(
+                    tracing::debug!(
                         got = value.type_name(),
                         "skipping a top-level value that is not a message map"
                     );
