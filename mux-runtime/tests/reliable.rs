@@ -652,3 +652,42 @@ fn closing_takes_both_sides_down_with_the_reason() {
     assert_eq!(a.state(), LinkState::Up);
     assert_eq!(b.state(), LinkState::Up);
 }
+
+#[test]
+fn local_reset_right_after_a_retried_handshake_keeps_both_sides_in_step() {
+    // Found by fuzzing: a late ack to the first handshake's repeated
+    // request must not leave the peer in the old epoch.
+    let t0 = Instant::now();
+    let (mut a, mut b) = (default_machine(), default_machine());
+    a.connect(t0);
+    a.handle_timeout(t0 + 1000 * MS); // request repeated: two on the wire
+    let now = t0 + 1000 * MS;
+    let requests = frames(&mut a);
+    assert_eq!(requests.len(), 2);
+    for f in &requests {
+        b.handle_frame(f.clone(), now);
+    }
+    let acks = frames(&mut b); // two acks
+    assert_eq!(acks.len(), 2);
+    a.handle_frame(acks[0].clone(), now);
+    assert_eq!(a.state(), LinkState::Up);
+    a.send(msg(0), now).expect("up");
+    a.connect(now); // local reset while the second ack is still coming
+    a.handle_frame(acks[1].clone(), now);
+    a.send(msg(1), now).expect("not down");
+    // B now sees everything A sent, in order.
+    pass(&mut a, &mut b, now);
+    while pass(&mut b, &mut a, now) + pass(&mut a, &mut b, now) > 0 {}
+    assert_eq!(a.state(), LinkState::Up);
+    assert_eq!(b.state(), LinkState::Up);
+    for i in 2..20 {
+        a.send(msg(i), now).expect("up");
+        while pass(&mut a, &mut b, now) + pass(&mut b, &mut a, now) > 0 {}
+    }
+    let got = messages(&events(&mut b));
+    let expected_tail: Vec<Value> = (1..20).map(msg).collect();
+    assert!(
+        got == expected_tail || got[1..] == expected_tail[..] && got[0] == msg(0),
+        "{got:?}"
+    );
+}

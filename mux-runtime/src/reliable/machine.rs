@@ -273,6 +273,13 @@ impl Machine {
             Phase::Up { .. } => {
                 let lost = self.flush();
                 self.events.push_back(Event::Reset { lost });
+                // Closing first makes the peer drop its state before our
+                // request arrives, even within its echo hold-off; otherwise
+                // a late ack to an earlier request could bring us up in a
+                // new epoch while the peer stays in the old one.
+                self.push(Frame::Close {
+                    reason: "link reset".to_owned(),
+                });
             }
             Phase::Idle | Phase::Down => {}
         }

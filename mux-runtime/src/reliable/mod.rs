@@ -27,7 +27,15 @@
 //! sides, and the handshake runs again. A request within half a timeout of
 //! coming up is an echo of the handshake just finished and is ignored; a
 //! peer that really restarted repeats its request. [`Machine::connect`] while
-//! up is the same reset started locally.
+//! up is the same reset started locally; it sends a closing frame before the
+//! request so the peer drops its state even within that hold-off.
+//!
+//! The reset frames carry no nonce, so an ack cannot say which request it
+//! answers. On a link that keeps order this is harmless except in one
+//! corner: a side that restarts right after a handshake that needed
+//! retries, whose closing frame and request are both lost, may take a late
+//! ack of the old handshake as the answer to its new request. A watchdog
+//! or request timeout above this layer is the backstop there.
 //!
 //! **Sequence numbers** count messages from 0 after each handshake and travel
 //! modulo the agreed window `m`. The receiver accepts up to `m/2` ahead of
