@@ -278,7 +278,14 @@ pub fn parse(text: &str, file: &str, boards: &Boards) -> Result<Manifest, Manife
 /// against the manifest's folder, `[apps] paths` must exist (the default
 /// `apps` is dropped when there is no such folder).
 pub fn load(path: &Path, boards: &Boards) -> Result<Manifest, ManifestError> {
-    let shown = path.display().to_string();
+    // Shown relative to the working directory when inside it: `moat.toml:7:9`.
+    let shown = std::env::current_dir()
+        .ok()
+        .and_then(|cwd| path.strip_prefix(cwd).ok())
+        .filter(|rel| !rel.as_os_str().is_empty())
+        .unwrap_or(path)
+        .display()
+        .to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
         file: shown.clone(),
         line: None,

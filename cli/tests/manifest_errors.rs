@@ -271,3 +271,25 @@ fn a_numeric_node_port_explains_where_tcp_ports_go() {
         "{e}"
     );
 }
+
+#[test]
+fn the_cli_reports_a_bad_manifest_relative_to_the_project_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("moat.toml"),
+        format!("{HEAD}[nodes.pump]\nboard = \"esp8622\"\n"),
+    )
+    .unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_moat"))
+        .args(["build", "--json"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("moat.toml:5:9: nodes.pump.board: unknown board `esp8622`; known boards:"),
+        "{e}"
+    );
+    assert!(o.stdout.is_empty());
+}
