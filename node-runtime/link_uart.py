@@ -1,0 +1,139 @@
+# moat node runtime: the UART link: SerialPacker frames carrying the
+# reliable layer (§4). Config `link: {uart: {...}}`:
+#   port: UART id (device) or a tty/pty path (unix; `dev` also accepted)
+#   b: baud rate (device), m: max packet (default 127), s: start byte (0x85),
+#   idle: ms of silence that resets the frame parser (100),
+#   t: retransmit timeout ms (1000), w: window (8), r: retries (5)
+import asyncio
+import select
+from time import ticks_ms, ticks_diff
+from asyncio import core
+from proto import Link
+from msgpack import unpackb
+from serpack import Frames
+from reliable import Reliable
+import err
+
+_QMAX = 4  # messages queued before writers wait
+
+
+def _open(c):
+    p = c.get("port", c.get("dev"))
+    if isinstance(p, str):
+        f = open(p, "r+b")
+        try:
+            import termios
+
+            termios.setraw(f.fileno())
+        except Exception as e:
+            err.log("uart: cannot set raw mode:", repr(e))
+        return f
+    from machine import UART
+
+    return UART(p or 0, c.get("b", 115200))
+
+
+class UartLink(Link):
+    def __init__(self, root, c):
+        m = c.get("m", 127)
+        super().__init__(root, "uart", m - 20)  # room for {s, r, x, d}
+        self.fr = Frames(m, c.get("s", 0x85), c.get("idle", 100))
+        self.rel = Reliable(self, c.get("t", 1000), c.get("w", 8), c.get("r", 5), m)
+        self.fb = bytearray(m + 5)
+        self.io = _open(c)
+        self.room = asyncio.Event()
+        self.one = bytearray(1)
+        self.pl = select.poll()
+        self.pl.register(self.io, select.POLLIN)
+
+    # --- events from the reliable layer
+    def on_up(self):
+        if self not in self.root.links:
+            self.attach()
+        asyncio.create_task(self.announce(True))
+
+    def on_msg(self, d):
+        self.rx(d)
+
+    def on_reset(self):
+        self.detach()  # the peer restarted: its requests and ours are void
+        self.room.set()
+
+    def on_down(self, why):
+        err.log("uart link down:", why)
+        self.detach()
+        self.room.set()
+
+    # --- I/O
+    def _flush(self):
+        out = self.rel.out
+        while out:
+            f = out.pop(0)
+            n = self.fr.frame(f, self.fb)
+            self.io.write(memoryview(self.fb)[:n])
+
+    async def _write(self, buf):
+        while self.rel.busy() >= _QMAX and self.rel.up():
+            self.room.clear()
+            await self.room.wait()
+        if not self.rel.send(bytes(buf), ticks_ms()):
+            raise err.LinkDown(self.name)
+        self._flush()
+
+    def _ready(self):
+        for _ in self.pl.ipoll(0):
+            return True
+        return False
+
+    async def _timer(self):
+        downed = None
+        while True:
+            now = ticks_ms()
+            r = self.rel
+            r.tick(now)
+            if r.ph == 4:  # down: try again after a while
+                if downed is None:
+                    downed = now
+                elif ticks_diff(now, downed) > r.ct * 2:
+                    downed = None
+                    r.connect(now)
+            if r.busy() < _QMAX:
+                self.room.set()
+            self._flush()
+            await asyncio.sleep_ms(min(100, r.t // 4))
+
+    async def serve(self):
+        self.rel.connect(ticks_ms())
+        self._flush()
+        t = asyncio.create_task(self._timer())
+        fr = self.fr
+        one = self.one
+        try:
+            while True:
+                yield core._io_queue.queue_read(self.io)
+                while self._ready():
+                    if not self.io.readinto(one):
+                        break
+                    p = fr.feed(one[0])
+                    if p is not None:
+                        self._frame(p)
+                if self.rel.busy() < _QMAX:
+                    self.room.set()
+        finally:
+            t.cancel()
+            self.rel.close("node stopping")
+            self._flush()
+            self.detach()
+
+    def _frame(self, p):
+        try:
+            f = unpackb(p)
+        except ValueError:
+            self.rel.bad += 1
+            return
+        self.rel.on_frame(f, ticks_ms())
+        self._flush()
+
+
+async def serve(root, c):
+    await UartLink(root, c).serve()
