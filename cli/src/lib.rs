@@ -7,6 +7,7 @@ pub mod board;
 pub mod build;
 pub mod client;
 pub mod embedded;
+pub mod flash;
 pub mod hash_table;
 pub mod local_node;
 pub mod manifest;

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+pub mod esp_rom_sim;
 pub mod node;
 
 /// The `moat` binary (built on first use).
