@@ -15,7 +15,7 @@ pub mod tcp;
 pub mod usb;
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -186,6 +186,8 @@ pub struct ConnectCtx {
     pub console: broadcast::Sender<Bytes>,
     pub bytes: Arc<ByteCounters>,
     pub timeout: Duration,
+    /// A process link's child pid while it runs (0: none).
+    pub pid: Arc<AtomicU32>,
 }
 
 impl ConnectCtx {
@@ -220,6 +222,7 @@ struct Shared {
     past: Mutex<EndpointStats>,
     reconnects: AtomicU64,
     failures: AtomicU64,
+    pid: Arc<AtomicU32>,
     stop: CancellationToken,
 }
 
@@ -258,6 +261,7 @@ impl NodeLink {
             past: Mutex::default(),
             reconnects: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            pid: Arc::default(),
             stop: CancellationToken::new(),
         });
         tokio::spawn(supervise(shared.clone(), handler, options));
@@ -313,6 +317,14 @@ impl NodeLink {
         self.shared.console.subscribe()
     }
 
+    /// The node's process id, for a process link whose child runs.
+    pub fn pid(&self) -> Option<u32> {
+        match self.shared.pid.load(Ordering::Relaxed) {
+            0 => None,
+            pid => Some(pid),
+        }
+    }
+
     pub fn stats(&self) -> LinkStats {
         let s = &self.shared;
         let past = *s.past.lock().unwrap_or_else(|p| p.into_inner());
@@ -344,6 +356,7 @@ async fn supervise(shared: Arc<Shared>, handler: Arc<dyn Handler>, options: Link
         console: shared.console.clone(),
         bytes: shared.bytes.clone(),
         timeout: options.connect_timeout,
+        pid: shared.pid.clone(),
     };
     let mut backoff = Backoff::new(options.backoff_min, options.backoff_max);
     let mut connected_before = false;

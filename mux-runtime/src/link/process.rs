@@ -8,6 +8,8 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -72,6 +74,8 @@ pub async fn connect(spec: &ProcessSpec, ctx: &ConnectCtx) -> Result<Connection,
         return Err("the child process has no stdio pipes".into());
     };
     tokio::spawn(copy_console(stderr, ctx.console.clone()));
+    let pid = ctx.pid.clone();
+    pid.store(child.id().unwrap_or(0), Ordering::Relaxed);
     let mut stdout = Counted::new(stdout, ctx.bytes.clone());
     let waited = tokio::time::timeout(
         ctx.timeout,
@@ -81,6 +85,7 @@ pub async fn connect(spec: &ProcessSpec, ctx: &ConnectCtx) -> Result<Connection,
     let rest = match waited {
         Ok(Ok(rest)) => rest,
         Ok(Err(tail)) => {
+            pid.store(0, Ordering::Relaxed);
             let status = child
                 .wait()
                 .await
@@ -93,6 +98,7 @@ pub async fn connect(spec: &ProcessSpec, ctx: &ConnectCtx) -> Result<Connection,
             ));
         }
         Err(_) => {
+            pid.store(0, Ordering::Relaxed);
             let _ = child.kill().await;
             return Err(format!(
                 "{} did not print `{}` within {:?}; is it a moat node runtime?",
@@ -111,7 +117,7 @@ pub async fn connect(spec: &ProcessSpec, ctx: &ConnectCtx) -> Result<Connection,
     let endpoint = Endpoint::spawn_parts(source, sink, ctx.handler.clone(), ctx.endpoint_config());
     Ok(Connection {
         endpoint,
-        teardown: Some(teardown(child).boxed()),
+        teardown: Some(teardown(child, pid).boxed()),
     })
 }
 
@@ -183,11 +189,12 @@ async fn copy_console<R: AsyncRead + Unpin>(
 
 /// The endpoint has closed (so has the node's stdin): give the node a
 /// moment to exit by itself, then kill it.
-async fn teardown(mut child: Child) {
+async fn teardown(mut child: Child, pid: Arc<AtomicU32>) {
     match tokio::time::timeout(EXIT_GRACE, child.wait()).await {
         Ok(Ok(status)) => tracing::info!("node process exited: {status}"),
         _ => {
             let _ = child.kill().await;
         }
     }
+    pid.store(0, Ordering::Relaxed);
 }

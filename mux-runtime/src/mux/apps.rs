@@ -105,6 +105,9 @@ fn ls(core: &Core) -> Value {
         if let crate::link::LinkState::Down(why) = &state {
             info.push(("why", Value::from(why.as_str())));
         }
+        if let Some(pid) = n.link.pid() {
+            info.push(("pid", Value::from(pid)));
+        }
         if let Some(t) = n.watchdog {
             info.push(("wdt", Value::from(t.as_secs_f64())));
         }

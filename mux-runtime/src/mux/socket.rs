@@ -20,7 +20,7 @@ pub fn default_path(project: &str) -> PathBuf {
 /// `$XDG_RUNTIME_DIR/moat`, else `/tmp/moat-$UID`.
 pub fn default_dir() -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(dir) if !dir.is_empty() && Path::new(&dir).is_dir() => PathBuf::from(dir).join("moat"),
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("moat"),
         _ => {
             // SAFETY: getuid has no preconditions and cannot fail.
             let uid = unsafe { libc::getuid() };

@@ -1,0 +1,176 @@
+//! `moat mux`: the multiplexer for every node of the project, serving
+//! clients (`moat cmd`, `cfg`, `fs`, `monitor`, other programs) on one Unix
+//! socket until Ctrl-C or SIGTERM. Link changes are printed as they happen.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use moat::local_node;
+use moat::manifest::{Link, Node, DEFAULT_BAUD};
+use moat::project::Project;
+use mux_runtime::framing::SerialPackerConfig;
+use mux_runtime::link::{LinkSpec, LinkState, ProcessSpec, SerialSpec};
+use mux_runtime::mux::{Mux, MuxConfig, NodeConfig};
+use mux_runtime::reliable;
+use mux_runtime::Value;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The socket to serve on (default: $MOAT_SOCKET, else
+    /// $XDG_RUNTIME_DIR/moat/<project>.sock, else /tmp/moat-$UID/<project>.sock).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Print link changes as JSON lines on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let project = Project::find_from_cwd()?;
+    let socket = match (&a.socket, std::env::var_os(moat::client::SOCKET_ENV)) {
+        (Some(p), _) => p.clone(),
+        (None, Some(p)) if !p.is_empty() => PathBuf::from(p),
+        _ => moat::client::default_socket(project.name()),
+    };
+    let nodes = project
+        .manifest
+        .nodes
+        .iter()
+        .map(|n| node_config(&project, n))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if nodes.is_empty() {
+        bail!("the project has no nodes: add a [nodes.NAME] table to moat.toml");
+    }
+    let config = MuxConfig::new(project.name(), &socket, nodes);
+    tokio::runtime::Runtime::new()
+        .context("starting the async runtime")?
+        .block_on(serve(config, a.json))
+}
+
+/// How the mux reaches `node`, from its manifest entry.
+pub fn node_config(project: &Project, node: &Node) -> anyhow::Result<NodeConfig> {
+    let port = || {
+        node.port.clone().with_context(|| {
+            format!(
+                "node `{}` has a {} link but no `port`: set `port = \"/dev/tty…\"` under [nodes.{}]",
+                node.name,
+                node.link.kind(),
+                node.name
+            )
+        })
+    };
+    let link = match &node.link {
+        Link::Tcp { host, port } => LinkSpec::Tcp {
+            addr: format!("{host}:{port}"),
+        },
+        Link::Process => {
+            let cmd = local_node::command(project, node)?;
+            let cwd = cmd
+                .get_current_dir()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| local_node::node_dir(project, &node.name));
+            let args = cmd
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            LinkSpec::Process(ProcessSpec::new(cmd.get_program(), args, cwd))
+        }
+        Link::Serial(s) => LinkSpec::Serial(SerialSpec {
+            path: port()?,
+            baud: s.baud,
+            packer: SerialPackerConfig {
+                max_packet: s.max as usize,
+                ..SerialPackerConfig::default()
+            },
+            reliable: reliable::Config {
+                window: u16::try_from(s.window).unwrap_or(u16::MAX),
+                timeout_ms: u64::from(s.timeout_ms),
+                retries: s.retries,
+            },
+        }),
+        Link::Usb => LinkSpec::Usb {
+            path: port()?,
+            baud: DEFAULT_BAUD,
+        },
+    };
+    Ok(NodeConfig {
+        name: node.name.clone(),
+        link,
+        watchdog: watchdog_period(&node.config()),
+    })
+}
+
+/// The node's `wdt.t` (seconds, default 10) when it has a `wdt` section.
+fn watchdog_period(config: &Value) -> Option<Duration> {
+    let wdt = config.get("wdt")?;
+    let secs = match wdt.get("t") {
+        Some(Value::Int(t)) => *t as f64,
+        Some(Value::Float(t)) => *t,
+        _ => 10.0,
+    };
+    (secs > 0.0).then(|| Duration::from_secs_f64(secs))
+}
+
+async fn serve(config: MuxConfig, json: bool) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("watching SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("watching SIGINT")?;
+    let names: Vec<String> = config.nodes.iter().map(|n| n.name.clone()).collect();
+    let project = config.project.clone();
+    let mux = Mux::start(config).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"event": "serving", "project": project, "socket": mux.socket(), "nodes": names})
+        );
+    } else {
+        eprintln!(
+            "mux for `{project}` serving {} node(s) on {}",
+            names.len(),
+            mux.socket().display()
+        );
+    }
+    for name in &names {
+        let mut states = mux.link(name).expect("started").watch_state();
+        let name = name.clone();
+        tokio::spawn(async move {
+            let mut last = String::new();
+            loop {
+                let state = states.borrow_and_update().clone();
+                // Connecting after a failure is noise; say up and down.
+                if !matches!(state, LinkState::Connecting) && state.to_string() != last {
+                    last = state.to_string();
+                    report(json, &name, &state);
+                }
+                if states.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = term.recv() => {}
+    }
+    if !json {
+        eprintln!("stopping the mux");
+    }
+    mux.shutdown().await;
+    Ok(())
+}
+
+fn report(json: bool, node: &str, state: &LinkState) {
+    if json {
+        let why = match state {
+            LinkState::Down(why) => Some(why.as_str()),
+            _ => None,
+        };
+        println!(
+            "{}",
+            serde_json::json!({"event": "link", "node": node, "state": state.name(), "why": why})
+        );
+    } else {
+        eprintln!("{node}: link {state}");
+    }
+}

@@ -1,0 +1,432 @@
+//! `moat mux` end to end: real unix-port satellites (built by `moat build`,
+//! installed by `moat flash`) run as process nodes under a `moat mux`
+//! child process; clients talk to it over its Unix socket.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::StreamExt;
+use moat_e2e::{moat, run_ok};
+use mux_runtime::endpoint::{Endpoint, Notice};
+use mux_runtime::error::WellKnown;
+use mux_runtime::message::path;
+use mux_runtime::Value;
+use tokio::time::timeout;
+
+/// Bounds a failure; a working setup never comes near it.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A test app written into each node's folder (a filesystem module).
+const TAPP: &str = r#"
+from app import App
+
+
+class T(App):
+    def cmd_say(self, m=""):
+        print(m)
+        return m
+
+    def cmd_who(self):
+        return self.root.cfg.get("who")
+"#;
+
+fn kw(pairs: &[(&str, Value)]) -> Value {
+    Value::map(pairs.iter().map(|(k, v)| (*k, v.clone())))
+}
+
+/// A temporary project with unix nodes on process links, flashed, and a
+/// `moat mux` serving it.
+struct MuxProject {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    socket: PathBuf,
+    mux: Child,
+    /// `moat run` of the TCP nodes.
+    runners: Vec<Child>,
+}
+
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+impl MuxProject {
+    /// Process nodes `names` share the satellite's firmware (built once
+    /// per test process by `moat build`); each is flashed with `moat flash`.
+    fn start(names: &[&str]) -> anyhow::Result<MuxProject> {
+        MuxProject::start_with(names, &[])
+    }
+
+    /// Like [`start`](MuxProject::start), plus nodes on TCP links that
+    /// `moat run` starts (the mux connects to them).
+    fn start_with(names: &[&str], tcp_names: &[&str]) -> anyhow::Result<MuxProject> {
+        moat_e2e::unix_satellite()?;
+        let sat = moat_e2e::satellite_project()?;
+        let dir = tempfile::Builder::new().prefix("moat-mux-").tempdir()?;
+        let root = dir.path().join("proj");
+        copy_dir(&sat.join("apps"), &root.join("apps"))?;
+        let mut toml = String::from(
+            "[project]\nname = \"muxe2e\"\n[micropython]\nversion = \"1.25.0\"\n[apps]\npaths = [\"apps\"]\n",
+        );
+        let links = names
+            .iter()
+            .map(|n| (*n, "{ kind = \"process\" }".to_owned()))
+            .chain(tcp_names.iter().map(|n| {
+                let port = moat_e2e::node::free_port();
+                (
+                    *n,
+                    format!("{{ kind = \"tcp\", host = \"127.0.0.1\", port = {port} }}"),
+                )
+            }))
+            .collect::<Vec<_>>();
+        for (name, link) in &links {
+            toml.push_str(&format!(
+                "[nodes.{name}]\nboard = \"unix\"\nlink = {link}\n\
+                 [nodes.{name}.config]\napps = {{ fs = \"fs.Files\", c = \"counter.Counter\", t = \"tapp.T\" }}\n\
+                 c = {{ step = 1, ms = 20 }}\nwho = \"{name}\"\n"
+            ));
+        }
+        std::fs::write(root.join("moat.toml"), toml)?;
+        // The satellite's build serves every node: same board, same apps.
+        let built = sat.join(".moat/build/demo");
+        for (name, _) in &links {
+            let to = root.join(".moat/build").join(name);
+            copy_dir(&built.join("firmware"), &to.join("firmware"))?;
+            std::fs::copy(built.join("record.json"), to.join("record.json"))?;
+        }
+        run_ok(moat(&root).arg("flash"))?;
+        for (name, _) in &links {
+            std::fs::write(root.join(".moat/nodes").join(name).join("tapp.py"), TAPP)?;
+        }
+        let runners = tcp_names
+            .iter()
+            .map(|n| {
+                moat(&root)
+                    .args(["run", "--node", n])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .context("starting moat run")
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let socket = dir.path().join("mux.sock");
+        let mux = moat(&root)
+            .args(["mux", "--socket"])
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting moat mux")?;
+        let project = MuxProject {
+            _dir: dir,
+            root,
+            socket,
+            mux,
+            runners,
+        };
+        project.wait_for_socket()?;
+        Ok(project)
+    }
+
+    fn wait_for_socket(&self) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "moat mux did not open {}",
+                self.socket.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    async fn client(&self) -> Endpoint {
+        Endpoint::connect_unix(&self.socket).await.unwrap()
+    }
+
+    /// `mux.ls` entry of `node`.
+    async fn ls(&self, client: &Endpoint, node: &str) -> Value {
+        let ls = client.call(["mux", "ls"], Value::Nil).await.unwrap();
+        ls.get(node).cloned().expect("node listed by mux.ls")
+    }
+
+    /// Waits until every node's link is up.
+    async fn wait_up(&self, client: &Endpoint, nodes: &[&str]) {
+        timeout(PATIENCE, async {
+            loop {
+                let ls = client.call(["mux", "ls"], Value::Nil).await.unwrap();
+                if nodes
+                    .iter()
+                    .all(|n| ls.get(n).and_then(|i| i.get("state")) == Some(&"up".into()))
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("every node's link comes up");
+    }
+
+    /// SIGTERM to the mux; waits for it to exit.
+    fn stop(&mut self) -> std::process::ExitStatus {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(self.mux.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.mux.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "moat mux ignores SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for MuxProject {
+    fn drop(&mut self) {
+        if self.mux.try_wait().ok().flatten().is_none() {
+            self.stop();
+        }
+        for runner in &mut self.runners {
+            // SAFETY: kill(2) of our own child; `moat run` passes it on.
+            unsafe { libc::kill(runner.id() as i32, libc::SIGTERM) };
+            let _ = runner.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_clients_mixing_requests_and_streams_see_only_their_own_answers() {
+    let p = MuxProject::start(&["pump"]).unwrap();
+    let first = p.client().await;
+    p.wait_up(&first, &["pump"]).await;
+    let mut jobs = Vec::new();
+    for id in 0..50i64 {
+        let c = p.client().await;
+        jobs.push(tokio::spawn(async move {
+            let mine = kw(&[("m", id.into())]);
+            for _ in 0..3 {
+                let got = c.call(["pump", "ping"], mine.clone()).await.unwrap();
+                assert_eq!(got, mine, "client {id} got another's reply");
+            }
+            let items: Vec<_> = c
+                .stream(["pump", "ping"], mine.clone(), 20)
+                .take(3)
+                .collect()
+                .await;
+            assert_eq!(items, vec![Ok(mine.clone()); 3], "client {id}'s stream");
+            let got = c.call(["pump", "ping"], mine.clone()).await.unwrap();
+            assert_eq!(got, mine);
+        }));
+    }
+    for job in jobs {
+        timeout(PATIENCE, job).await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_client_disconnecting_mid_stream_has_it_cancelled_on_the_node() {
+    let p = MuxProject::start(&["pump"]).unwrap();
+    let watcher = p.client().await;
+    p.wait_up(&watcher, &["pump"]).await;
+    let c = p.client().await;
+    let mut st = c.stream(["pump", "c", "get"], Value::Nil, 10);
+    for _ in 0..3 {
+        assert!(timeout(PATIENCE, st.next()).await.unwrap().unwrap().is_ok());
+    }
+    drop(st);
+    drop(c);
+    // Once the cancellation arrived the node sends nothing more: its
+    // message count stands still (the counter alone would change every 20 ms).
+    let count = |info: Value| info.get("messages_in").and_then(Value::as_int).unwrap();
+    let mut last = count(p.ls(&watcher, "pump").await);
+    let settled = timeout(PATIENCE, async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let now = count(p.ls(&watcher, "pump").await);
+            if now == last {
+                return;
+            }
+            last = now;
+        }
+    })
+    .await;
+    assert!(
+        settled.is_ok(),
+        "the node kept streaming after the client left"
+    );
+}
+
+#[tokio::test]
+async fn killing_a_node_fails_its_requests_with_lnkerr_and_the_link_comes_back() {
+    let p = MuxProject::start(&["pump"]).unwrap();
+    let c = p.client().await;
+    p.wait_up(&c, &["pump"]).await;
+    let mut notices = c.notices();
+    let pid = p
+        .ls(&c, "pump")
+        .await
+        .get("pid")
+        .and_then(Value::as_int)
+        .unwrap();
+    let mut st = c.stream(["pump", "c", "get"], Value::Nil, 10);
+    assert!(timeout(PATIENCE, st.next()).await.unwrap().unwrap().is_ok());
+    // SAFETY: kill(2) of the node process the mux started for this test.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    let failed = timeout(PATIENCE, async {
+        while let Some(item) = st.next().await {
+            if let Err(e) = item {
+                return e;
+            }
+        }
+        panic!("the stream ended without an error");
+    })
+    .await
+    .unwrap();
+    assert_eq!(failed.kind(), Some(WellKnown::LinkDown));
+    let down = Notice {
+        path: path(["pump", "link"]),
+        data: Value::Bool(false),
+    };
+    timeout(PATIENCE, async {
+        while notices.recv().await.unwrap() != down {}
+    })
+    .await
+    .expect("clients are told the link is down");
+    p.wait_up(&c, &["pump"]).await;
+    let info = p.ls(&c, "pump").await;
+    assert!(info.get("reconnects").and_then(Value::as_int).unwrap() >= 1);
+    assert_ne!(
+        info.get("pid").and_then(Value::as_int),
+        Some(pid),
+        "a new process"
+    );
+    let pong = c
+        .call(["pump", "ping"], kw(&[("m", "back".into())]))
+        .await
+        .unwrap();
+    assert_eq!(pong, kw(&[("m", "back".into())]));
+}
+
+#[tokio::test]
+async fn two_nodes_under_one_mux_answer_by_name() {
+    let p = MuxProject::start(&["pump", "valve"]).unwrap();
+    let c = p.client().await;
+    p.wait_up(&c, &["pump", "valve"]).await;
+    for node in ["pump", "valve"] {
+        let who = c.call([node, "t", "who"], Value::Nil).await.unwrap();
+        assert_eq!(who, Value::from(node));
+    }
+    let err = c.call(["nope", "ping"], Value::Nil).await.unwrap_err();
+    assert_eq!(err.kind(), Some(WellKnown::NoPath));
+}
+
+#[tokio::test]
+async fn console_output_and_requests_share_the_stdio_link() {
+    let p = MuxProject::start(&["pump"]).unwrap();
+    let c = p.client().await;
+    p.wait_up(&c, &["pump"]).await;
+    let said = c
+        .call(
+            ["pump", "t", "say"],
+            kw(&[("m", "hello from the node".into())]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(said, "hello from the node".into());
+    let text = timeout(PATIENCE, async {
+        loop {
+            let got = c
+                .call(["mux", "console"], kw(&[("n", "pump".into())]))
+                .await
+                .unwrap();
+            let Value::Bin(bytes) = got else {
+                panic!("console is bytes, got {got:?}")
+            };
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            if text.contains("hello from the node") {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the print reaches the console capture");
+    assert!(!text.contains("moat: stdio ready"));
+    // And the link still answers requests afterwards.
+    assert!(c.call(["pump", "sys", "info"], Value::Nil).await.is_ok());
+}
+
+#[tokio::test]
+async fn moat_cmd_gives_the_same_output_directly_and_through_the_mux() {
+    let p = MuxProject::start_with(&[], &["tnode"]).unwrap();
+    let c = p.client().await;
+    p.wait_up(&c, &["tnode"]).await;
+    let cmd = |via_mux: bool| {
+        let mut cmd = moat(&p.root);
+        cmd.arg("cmd");
+        if via_mux {
+            cmd.arg("--socket").arg(&p.socket);
+        } else {
+            cmd.arg("--direct");
+        }
+        cmd.args(["tnode", "t.say", "m=hi there"]);
+        cmd
+    };
+    let via_mux = run_ok(&mut cmd(true)).unwrap();
+    let direct = run_ok(&mut cmd(false)).unwrap();
+    assert!(
+        String::from_utf8_lossy(&via_mux.stdout).contains("hi there"),
+        "{via_mux:?}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&via_mux.stdout),
+        String::from_utf8_lossy(&direct.stdout)
+    );
+    let json = |mut c: std::process::Command| {
+        let out = run_ok(c.arg("--json")).unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    assert_eq!(json(cmd(true)), json(cmd(false)));
+}
+
+#[tokio::test]
+async fn the_socket_is_private_and_removed_when_the_mux_stops() {
+    let mut p = MuxProject::start(&["pump"]).unwrap();
+    let mode = std::fs::metadata(&p.socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // A second mux on the same socket is refused, naming the socket.
+    let second = moat(&p.root)
+        .args(["mux", "--socket"])
+        .arg(&p.socket)
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("already serving"), "stderr: {err}");
+    let status = p.stop();
+    assert!(
+        status.success(),
+        "moat mux exits cleanly on SIGTERM: {status}"
+    );
+    assert!(!p.socket.exists(), "the socket is removed");
+}
