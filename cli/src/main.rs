@@ -40,6 +40,8 @@ enum Command {
     Fs(commands::fs::Command),
     /// Run a unix-board node in the foreground.
     Run(commands::run::Args),
+    /// Serve every node of the project to clients on one Unix socket.
+    Mux(commands::mux::Args),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +63,7 @@ fn main() -> ExitCode {
         Command::Flash(a) => commands::flash::run(a),
         Command::Fs(c) => commands::fs::run(c),
         Command::Run(a) => commands::run::run(a),
+        Command::Mux(a) => commands::mux::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

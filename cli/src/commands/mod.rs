@@ -7,5 +7,6 @@ pub mod cmd;
 pub mod flash;
 pub mod fs;
 pub mod init;
+pub mod mux;
 pub mod run;
 pub mod wire;
