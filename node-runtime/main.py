@@ -127,6 +127,15 @@ async def node(cfg):
 
 
 def main():
+    # The unix port run as `-m main` installs no SIGINT handler: without
+    # this, Ctrl-C (or `moat run` stopping the node) kills the process and
+    # the next boot takes that for a crash.
+    try:
+        import micropython
+
+        micropython.kbd_intr(3)
+    except (ImportError, AttributeError):
+        pass
     clean = False
     while True:
         cfg, mode = load(clean)

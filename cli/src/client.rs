@@ -3,7 +3,8 @@
 //! 1. Through the project's multiplexer when one runs: its Unix socket is
 //!    `--socket PATH`, else `$MOAT_SOCKET`, else the project's default
 //!    ([`default_socket`]: `$XDG_RUNTIME_DIR/moat/<project>.sock`, or
-//!    `/tmp/moat-<uid>/<project>.sock` without `XDG_RUNTIME_DIR`). Command
+//!    `/tmp/moat-<uid>/<project>.sock` without `XDG_RUNTIME_DIR`, the same
+//!    rule `moat mux` binds by). Command
 //!    paths get the node's name in front (`["pump", "sys", "info"]`).
 //! 2. Otherwise directly over the node's link from the manifest (TCP to
 //!    `host:port`).
@@ -16,12 +17,17 @@
 use crate::manifest::{Link, Node};
 use crate::project::{Project, ProjectError};
 use anyhow::{bail, Context};
-use mux_runtime::endpoint::{Endpoint, ReplyStream};
+use mux_runtime::endpoint::{Endpoint, NoHandler, ReplyStream};
 use mux_runtime::error::RemoteError;
+use mux_runtime::framing::SerialPackerConfig;
+use mux_runtime::link::{LinkOptions, LinkSpec, NodeLink, ProcessSpec, SerialSpec};
 use mux_runtime::message::PathElem;
+use mux_runtime::reliable;
 use mux_runtime::Value;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Environment variable naming the mux's socket.
 pub const SOCKET_ENV: &str = "MOAT_SOCKET";
@@ -41,26 +47,11 @@ pub struct Target {
     pub direct: bool,
 }
 
-/// The default socket of project `project` given the environment:
+/// The default socket of `project`: the one `moat mux` binds,
 /// `$XDG_RUNTIME_DIR/moat/<project>.sock`, else
 /// `/tmp/moat-<uid>/<project>.sock`.
-pub fn default_socket_in(project: &str, xdg_runtime_dir: Option<OsString>, uid: u32) -> PathBuf {
-    let file = format!("{project}.sock");
-    match xdg_runtime_dir.filter(|d| !d.is_empty()) {
-        Some(dir) => PathBuf::from(dir).join("moat").join(file),
-        None => PathBuf::from(format!("/tmp/moat-{uid}")).join(file),
-    }
-}
-
-/// The default socket of `project` in this process's environment.
 pub fn default_socket(project: &str) -> PathBuf {
-    default_socket_in(project, std::env::var_os("XDG_RUNTIME_DIR"), current_uid())
-}
-
-/// This process's real user id.
-pub fn current_uid() -> u32 {
-    // SAFETY: getuid has no preconditions and cannot fail.
-    unsafe { libc::getuid() }
+    mux_runtime::mux::socket::default_path(project)
 }
 
 /// Where the mux's socket is looked for, and whether the user named it.
@@ -134,6 +125,8 @@ pub enum Route {
     Mux(PathBuf),
     /// Directly over TCP to `host:port`.
     Tcp(String),
+    /// Directly over a serial or USB device (`serial /dev/ttyUSB0`).
+    Device(String),
 }
 
 impl std::fmt::Display for Route {
@@ -141,12 +134,13 @@ impl std::fmt::Display for Route {
         match self {
             Route::Mux(p) => write!(f, "mux at {}", p.display()),
             Route::Tcp(a) => write!(f, "tcp {a}"),
+            Route::Device(d) => f.write_str(d),
         }
     }
 }
 
 /// A connection to one node, through the mux or directly.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Client {
     endpoint: Endpoint,
     /// `[node]` through the mux, empty when direct.
@@ -155,6 +149,9 @@ pub struct Client {
     route: Route,
     /// Largest message the node accepts (cfg's `link.*.m`, default 1024).
     message_limit: usize,
+    /// A direct serial/USB link (kept open while the client lives; its
+    /// console output is [`Client::console`]).
+    link: Option<NodeLink>,
 }
 
 /// Message size assumed when the node's config names none (the node
@@ -203,7 +200,8 @@ impl Client {
             }
         }
         let node = node.context("talking to a node directly needs its project (moat.toml)")?;
-        Client::direct(node).await
+        let project = project.expect("a node implies its project");
+        Client::direct(project, node).await
     }
 
     /// Through the mux at `choice`; `None` when the default socket has no
@@ -219,6 +217,7 @@ impl Client {
                 node: node.to_owned(),
                 route: Route::Mux(choice.path.clone()),
                 message_limit: DEFAULT_MESSAGE_LIMIT,
+                link: None,
             })),
             Err(e) if choice.explicit => Err(anyhow::Error::new(e).context(format!(
                 "the mux socket {} was named explicitly (--socket or ${SOCKET_ENV}); start `moat mux` or drop it to talk to the node directly",
@@ -235,7 +234,7 @@ impl Client {
     }
 
     /// Over the node's own link.
-    pub async fn direct(node: &Node) -> anyhow::Result<Client> {
+    pub async fn direct(project: &Project, node: &Node) -> anyhow::Result<Client> {
         match &node.link {
             Link::Tcp { host, port } => {
                 let addr = format!("{host}:{port}");
@@ -251,17 +250,36 @@ impl Client {
                     node: node.name.clone(),
                     route: Route::Tcp(addr),
                     message_limit: DEFAULT_MESSAGE_LIMIT,
+                    link: None,
                 })
             }
             Link::Process => bail!(
                 "node `{}` has a process link: it runs as a child of the mux; start `moat mux` and try again",
                 node.name
             ),
-            other => bail!(
-                "talking to node `{}` over a {} link without the mux is not supported yet: start `moat mux` and try again",
-                node.name,
-                other.kind()
-            ),
+            Link::Serial(_) | Link::Usb => {
+                let spec = link_spec(project, node)?;
+                let route = Route::Device(format!("{} {}", spec.kind(), spec.target()));
+                let options = LinkOptions {
+                    connect_timeout: DEVICE_TIMEOUT,
+                    ..LinkOptions::default()
+                };
+                let link = NodeLink::spawn(&node.name, spec, Arc::new(NoHandler), options);
+                let up = tokio::time::timeout(DEVICE_TIMEOUT, link.wait_up()).await;
+                let Ok(Some(endpoint)) = up else {
+                    let why = link.state().to_string();
+                    link.stop().await;
+                    bail!("cannot reach node `{}` over {route}: {why}", node.name);
+                };
+                Ok(Client {
+                    endpoint,
+                    prefix: Vec::new(),
+                    node: node.name.clone(),
+                    route,
+                    message_limit: DEFAULT_MESSAGE_LIMIT,
+                    link: Some(link),
+                })
+            }
         }
     }
 
@@ -270,7 +288,7 @@ impl Client {
     pub fn from_endpoint(endpoint: Endpoint, node: &str, route: Route) -> Client {
         let prefix = match route {
             Route::Mux(_) => vec![PathElem::Name(node.to_owned())],
-            Route::Tcp(_) => Vec::new(),
+            Route::Tcp(_) | Route::Device(_) => Vec::new(),
         };
         Client {
             endpoint,
@@ -278,6 +296,7 @@ impl Client {
             node: node.to_owned(),
             route,
             message_limit: DEFAULT_MESSAGE_LIMIT,
+            link: None,
         }
     }
 
@@ -331,10 +350,86 @@ impl Client {
         self.message_limit
     }
 
-    /// Closes the connection.
-    pub fn close(&self) {
-        self.endpoint.close();
+    /// Console output of a direct serial/USB link, from now on; `None`
+    /// for other routes (through the mux it is `mux.console`).
+    pub fn console(&self) -> Option<tokio::sync::broadcast::Receiver<bytes::Bytes>> {
+        self.link.as_ref().map(NodeLink::console)
     }
+
+    /// Calls `path` from the root of whatever the client is connected to
+    /// (the mux's own apps, e.g. `["mux", "ls"]`), without the node prefix.
+    pub async fn endpoint_call(
+        &self,
+        path: &[PathElem],
+        kwargs: Value,
+    ) -> Result<Value, RemoteError> {
+        self.endpoint.call(path.to_vec(), kwargs).await
+    }
+
+    /// Streams `path` from the root of whatever the client is connected to
+    /// (e.g. `["mux", "console"]`), without the node prefix.
+    pub fn endpoint_stream(&self, path: &[PathElem], kwargs: Value, every_ms: u32) -> ReplyStream {
+        self.endpoint.stream(path.to_vec(), kwargs, every_ms)
+    }
+
+    /// Closes the connection (and a direct device link).
+    pub async fn close(&self) {
+        self.endpoint.close();
+        if let Some(link) = &self.link {
+            link.stop().await;
+        }
+    }
+}
+
+/// How long a direct serial/USB link may take to come up.
+const DEVICE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the mux (or a direct client) reaches `node`: its manifest link as
+/// a [`LinkSpec`]. A process link starts the installed firmware
+/// ([`crate::local_node::command`]).
+pub fn link_spec(project: &Project, node: &Node) -> anyhow::Result<LinkSpec> {
+    let device = || {
+        node.port.clone().with_context(|| {
+            format!(
+                "node `{}` names no device: set `port = \"/dev/ttyUSB0\"` in [nodes.{}] of moat.toml",
+                node.name, node.name
+            )
+        })
+    };
+    Ok(match &node.link {
+        Link::Tcp { host, port } => LinkSpec::Tcp {
+            addr: format!("{host}:{port}"),
+        },
+        Link::Usb => LinkSpec::Usb {
+            path: device()?,
+            baud: crate::manifest::DEFAULT_BAUD,
+        },
+        Link::Serial(s) => LinkSpec::Serial(SerialSpec {
+            path: device()?,
+            baud: s.baud,
+            packer: SerialPackerConfig {
+                max_packet: s.max as usize,
+                ..SerialPackerConfig::default()
+            },
+            reliable: reliable::Config {
+                window: u16::try_from(s.window).unwrap_or(u16::MAX),
+                timeout_ms: u64::from(s.timeout_ms),
+                retries: s.retries,
+            },
+        }),
+        Link::Process => {
+            let cmd = crate::local_node::command(project, node)?;
+            let args = cmd
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            let cwd = cmd
+                .get_current_dir()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| crate::local_node::node_dir(project, &node.name));
+            LinkSpec::Process(ProcessSpec::new(cmd.get_program(), args, cwd))
+        }
+    })
 }
 
 /// Runs `fut` on a fresh single-threaded tokio runtime (each client verb

@@ -42,6 +42,8 @@ enum Command {
     Run(commands::run::Args),
     /// Serve every node of the project to clients on one Unix socket.
     Mux(commands::mux::Args),
+    /// Show a node's console output live.
+    Monitor(commands::monitor::Args),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +66,7 @@ fn main() -> ExitCode {
         Command::Fs(c) => commands::fs::run(c),
         Command::Run(a) => commands::run::run(a),
         Command::Mux(a) => commands::mux::run(a),
+        Command::Monitor(a) => commands::monitor::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,6 +7,7 @@ pub mod cmd;
 pub mod flash;
 pub mod fs;
 pub mod init;
+pub mod monitor;
 pub mod mux;
 pub mod run;
 pub mod wire;
