@@ -8,6 +8,14 @@ VERSION = "0.1.0"
 
 
 class Sys(App):
+    def sub(self, key):
+        # `sys.up`: the module table and reloading, for `moat diff-update`
+        if key == "up":
+            from update import Update
+
+            return Update({}, "up", self.root)
+        return super().sub(key)
+
     def cmd_is_up(self):
         asyncio.create_task(self.root.announce(True))
 
