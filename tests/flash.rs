@@ -317,3 +317,103 @@ fn missing_and_busy_ports_are_told_apart() {
     drop(holder);
     assert!(sim.finish().ops.is_empty());
 }
+
+// ---- `moat flash` end to end --------------------------------------------
+
+/// A project made by `moat init` for `board` whose node `demo` has fake
+/// built artefacts (as `moat build` would leave them).
+fn project_with_artefacts(board: &str, images: &[Image]) -> moat_e2e::TempProject {
+    let p = moat_e2e::temp_project(board).unwrap();
+    let fw = p.path().join(".moat/build/demo/firmware");
+    for i in images {
+        let f = fw.join(&i.name);
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(f, &i.data).unwrap();
+    }
+    p
+}
+
+#[test]
+fn moat_flash_plan_json_lists_each_artefact_at_its_board_offset() {
+    let images = esp32_images();
+    let p = project_with_artefacts("esp32", &images);
+    let out = moat_e2e::run_ok(p.moat().args([
+        "flash",
+        "--plan",
+        "--json",
+        "--port",
+        "/dev/ttyUSB7",
+        "--baud",
+        "921600",
+    ]))
+    .unwrap();
+    let plans: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let plan = &plans[0];
+    assert_eq!(plan["node"], "demo");
+    assert_eq!(plan["method"], "espflash");
+    assert_eq!(plan["destination"]["kind"], "serial");
+    assert_eq!(plan["destination"]["port"], "/dev/ttyUSB7");
+    assert_eq!(plan["destination"]["baud"], 921_600);
+    assert_eq!(plan["config"], "moat.cfg");
+    let writes: Vec<(String, u64, u64)> = plan["writes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w["name"].as_str().unwrap().to_owned(),
+                w["offset"].as_u64().unwrap(),
+                w["size"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, u64, u64)> = images
+        .iter()
+        .map(|i| (i.name.clone(), u64::from(i.offset), i.data.len() as u64))
+        .collect();
+    assert_eq!(writes, expected);
+}
+
+#[test]
+fn moat_flash_writes_an_esp32_node_through_the_simulator() {
+    let images = esp32_images();
+    let p = project_with_artefacts("esp32", &images);
+    let sim = Sim::start(SimConfig::new(SimChip::Esp32)).unwrap();
+    let out = moat_e2e::run_ok(p.moat().args([
+        "flash",
+        "--json",
+        "--port",
+        sim.path(),
+        "--before",
+        "no-reset",
+        "--after",
+        "no-reset-no-stub",
+        "--no-config",
+    ]))
+    .unwrap();
+    let r = sim.finish();
+    assert_flash_holds(&r.flash, &images);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let results: Vec<&str> = report[0]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["result"].as_str().unwrap())
+        .collect();
+    assert_eq!(results, ["verified"; 3]);
+}
+
+#[test]
+fn moat_flash_names_the_wrong_chip_and_fails() {
+    let p = project_with_artefacts("esp8266", &[esp8266_image(8192)]);
+    let sim = Sim::start(SimConfig::new(SimChip::Esp32)).unwrap();
+    let out = p
+        .moat()
+        .args(["flash", "--port", sim.path(), "--before", "no-reset"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("wrong chip") && err.contains("esp32"), "{err}");
+    assert!(!sim.finish().ops.contains(&op::FLASH_BEGIN));
+}

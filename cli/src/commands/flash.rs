@@ -2,7 +2,9 @@
 //!
 //! For boards that run on this machine (flash method `local`: `unix`) that
 //! is the node's folder `.moat/nodes/<node>/` (see [`moat::local_node`]).
-//! Other methods are not implemented yet and say so.
+//! Devices are flashed through [`moat::flash`] (espflash, the ESP8266 ROM
+//! loader, UF2, probe-rs), then get their `moat.cfg` over the link; see
+//! the "Devices" section below.
 
 use anyhow::bail;
 use moat::board::Flash;
@@ -20,6 +22,8 @@ pub struct Args {
     /// Start the node afterwards (in the foreground, as `moat run`).
     #[arg(long)]
     pub run: bool,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -36,16 +40,27 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if a.run && nodes.len() > 1 {
         bail!("--run starts one node: say which with --node NAME");
     }
+    if a.device.plan {
+        return print_plans(&project, &nodes, &a);
+    }
     let mut out = Vec::new();
     for node in &nodes {
         let board = project.board_of(node);
         let installed = match &board.flash {
             Flash::Local => local_node::install(&project, node)?,
-            other => bail!(
-                "node `{}`: flashing {} is not implemented yet (issue: moat flash)",
-                node.name,
-                other.method()
-            ),
+            Flash::Espflash { .. }
+            | Flash::Esp8266Rom
+            | Flash::Uf2 { .. }
+            | Flash::ProbeRs { .. } => {
+                if a.run {
+                    bail!(
+                        "--run starts a node on this machine; node `{}` is a device: flash it, then start `moat mux`",
+                        node.name
+                    );
+                }
+                out.push(flash_device(&project, node, &a)?);
+                continue;
+            }
         };
         if a.json {
             out.push(serde_json::json!({
@@ -75,4 +90,299 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         });
     }
     Ok(())
+}
+
+// ---- Devices (flash methods other than `local`) ----------------------------
+
+use indicatif::{ProgressBar, ProgressStyle};
+use moat::flash::{self, After, Before, Destination, FlashPlan};
+use moat::manifest::Node;
+use mux_runtime::{msgpack, Value};
+use std::path::PathBuf;
+
+/// Options for flashing devices.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct DeviceArgs {
+    /// Print what would be written where, and flash nothing.
+    #[arg(long)]
+    pub plan: bool,
+    /// The device's serial port (default: the node's `port`); any path.
+    #[arg(long, value_name = "PATH")]
+    pub port: Option<String>,
+    /// Baud rate after connecting (espflash: 460800; ESP8266: 115200).
+    #[arg(long)]
+    pub baud: Option<u32>,
+    /// How to enter the ROM loader (`no-reset` for adapters without
+    /// DTR/RTS: hold BOOT while resetting by hand).
+    #[arg(long, value_enum, default_value_t = Before::DefaultReset)]
+    pub before: Before,
+    /// What to do after flashing (`no-reset-no-stub`: touch no reset line).
+    #[arg(long, value_enum, default_value_t = After::HardReset)]
+    pub after: After,
+    /// ESP32: flash through the ROM loader, not the RAM stub.
+    #[arg(long)]
+    pub no_stub: bool,
+    /// ESP32: skip the MD5 check after writing.
+    #[arg(long)]
+    pub no_verify: bool,
+    /// ESP32: write regions even when the flash already holds them.
+    #[arg(long)]
+    pub no_skip: bool,
+    /// UF2 boards: write the image to this file instead of the drive.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// UF2 boards: the bootloader drive's mount point (default: searched).
+    #[arg(long, value_name = "DIR")]
+    pub drive: Option<PathBuf>,
+    /// Do not upload `moat.cfg` over the link after flashing.
+    #[arg(long)]
+    pub no_config: bool,
+}
+
+impl DeviceArgs {
+    fn options(&self) -> flash::Options {
+        flash::Options {
+            port: self.port.clone(),
+            baud: self.baud,
+            before: self.before,
+            after: self.after,
+            no_stub: self.no_stub,
+            no_verify: self.no_verify,
+            no_skip: self.no_skip,
+            out: self.out.clone(),
+            drive: self.drive.clone(),
+        }
+    }
+}
+
+fn print_plans(project: &Project, nodes: &[Node], a: &Args) -> anyhow::Result<()> {
+    let opts = a.device.options();
+    let plans = nodes
+        .iter()
+        .map(|n| flash::plan(project, n, &opts))
+        .collect::<Result<Vec<FlashPlan>, _>>()?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&plans)?);
+        return Ok(());
+    }
+    for p in &plans {
+        println!(
+            "{} (board {}, {}): {}",
+            p.node,
+            p.board,
+            p.method,
+            describe(&p.destination)
+        );
+        for w in &p.writes {
+            let at = w.offset.map(|o| format!(" at {o:#x}")).unwrap_or_default();
+            println!(
+                "  {}{at}: {} bytes, sha256 {}",
+                w.name,
+                w.size,
+                &w.sha256[..16]
+            );
+        }
+        println!("  verify: {}", p.verify);
+        if let Some(c) = &p.config {
+            println!("  then: upload {c} over the link");
+        }
+    }
+    Ok(())
+}
+
+fn describe(d: &Destination) -> String {
+    match d {
+        Destination::Local { dir } => format!("install in {}", dir.display()),
+        Destination::Serial {
+            port,
+            chip,
+            baud,
+            before,
+            after,
+        } => format!(
+            "{chip} on {port} at {baud} baud (before: {}, after: {})",
+            serde_json::to_value(before)
+                .unwrap_or_default()
+                .as_str()
+                .unwrap_or("?"),
+            serde_json::to_value(after)
+                .unwrap_or_default()
+                .as_str()
+                .unwrap_or("?")
+        ),
+        Destination::Drive {
+            volume,
+            drive: Some(d),
+        } => format!("{volume} drive at {}", d.display()),
+        Destination::Drive {
+            volume,
+            drive: None,
+        } => format!("the mounted {volume} drive"),
+        Destination::File { path } => format!("UF2 file {}", path.display()),
+        Destination::Probe { chip } => format!("{chip} through a debug probe"),
+    }
+}
+
+/// Flashes one device node, uploads its config and (ESP8266: no MD5 in
+/// the ROM) checks that it runs the build just written.
+fn flash_device(project: &Project, node: &Node, a: &Args) -> anyhow::Result<serde_json::Value> {
+    let board = project.board_of(node);
+    let opts = a.device.options();
+    let plan = flash::plan(project, node, &opts)?;
+    if !a.json {
+        eprintln!(
+            "{}: flashing {} ({})",
+            node.name,
+            describe(&plan.destination),
+            plan.method
+        );
+    }
+    let mut bars = Bars::new(a.json);
+    let outcome = flash::execute(&plan, board, &opts, &mut bars)
+        .map_err(|e| anyhow::anyhow!("node `{}`: {e}", node.name))?;
+    drop(bars);
+    let to_file = matches!(plan.destination, Destination::File { .. });
+    let mut config_uploaded = false;
+    let mut build_checked = None;
+    if !a.device.no_config && !to_file && plan.config.is_some() {
+        let (uploaded, checked) = after_flash(project, node, &plan, a.json).map_err(|e| {
+            anyhow::anyhow!(
+                "node `{}`: the firmware was flashed, but {e:#}; once the node is reachable run `moat flash --node {} --plan` to check and `moat fs put` the config, or flash again",
+                node.name,
+                node.name
+            )
+        })?;
+        config_uploaded = uploaded;
+        build_checked = checked;
+    }
+    if !a.json {
+        for (name, result) in &outcome.results {
+            println!("{}: {name}: {result}", node.name);
+        }
+        if config_uploaded {
+            println!("{}: config uploaded", node.name);
+        }
+        match (&outcome.check_after_boot, build_checked) {
+            (Some(_), Some(true)) => println!(
+                "{}: the node runs the flashed build (module hashes match)",
+                node.name
+            ),
+            (Some(note), None) => println!("{}: not verified: {note}", node.name),
+            _ => {}
+        }
+    }
+    Ok(serde_json::json!({
+        "node": node.name,
+        "board": board.name,
+        "method": plan.method,
+        "target": outcome.target,
+        "results": outcome.results.iter().map(|(n, r)| serde_json::json!({"name": n, "result": r})).collect::<Vec<_>>(),
+        "config_uploaded": config_uploaded,
+        "build_checked": build_checked,
+    }))
+}
+
+/// Uploads `moat.cfg` (and the fallback config) over the node's link and,
+/// where the flash method could not verify, compares the node's frozen
+/// module hashes (`sys.hash`) with the build record. Returns (uploaded,
+/// build checked).
+fn after_flash(
+    project: &Project,
+    node: &Node,
+    plan: &FlashPlan,
+    json: bool,
+) -> anyhow::Result<(bool, Option<bool>)> {
+    let config = node.config();
+    let cfg = msgpack::to_vec(&config);
+    let fallback = msgpack::to_vec(&local_node::fallback_config(&config));
+    let record = moat::build::record::Record::load(
+        &local_node::build_dir(project, &node.name).join("record.json"),
+    );
+    let check = plan.method == "esp8266-rom";
+    moat::client::block_on(async {
+        let mut client = moat::client::Client::direct(project, node)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach it to upload the config: {e:#}"))?;
+        super::fs::write_file(&mut client, local_node::CONFIG_FILE, &cfg, json).await?;
+        super::fs::write_file(&mut client, local_node::FALLBACK_FILE, &fallback, json).await?;
+        let mut checked = None;
+        if let (true, Some(rec)) = (check, record) {
+            let hashes = client
+                .call_names(&["sys", "hash"], Value::Map(vec![]))
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot read its module hashes (sys.hash): {e}"))?;
+            for (module, hex) in &rec.inputs.modules {
+                let want = Value::Bin(hex::decode(hex).unwrap_or_default());
+                if hashes.get(module.as_str()) != Some(&want) {
+                    anyhow::bail!(
+                        "it does not run the build just flashed (frozen module `{module}` differs): the write failed unnoticed, flash again"
+                    );
+                }
+            }
+            checked = Some(true);
+        }
+        client.close().await;
+        Ok((true, checked))
+    })?
+}
+
+/// indicatif bars for [`flash::Progress`] (hidden with `--json`).
+struct Bars {
+    quiet: bool,
+    bar: Option<ProgressBar>,
+    label: String,
+}
+
+impl Bars {
+    fn new(quiet: bool) -> Bars {
+        Bars {
+            quiet,
+            bar: None,
+            label: String::new(),
+        }
+    }
+}
+
+impl flash::Progress for Bars {
+    fn start(&mut self, label: &str, total: u64) {
+        self.label = label.to_owned();
+        if self.quiet {
+            return;
+        }
+        let bar = ProgressBar::new(total.max(1));
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg:40} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_message(label.to_owned());
+        self.bar = Some(bar);
+    }
+
+    fn set(&mut self, done: u64) {
+        if let Some(b) = &self.bar {
+            b.set_position(done);
+        }
+    }
+
+    fn finish(&mut self, outcome: &str) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+        if !self.quiet {
+            eprintln!("{}: {outcome}", self.label);
+        }
+    }
+
+    fn note(&mut self, message: &str) {
+        if self.quiet {
+            return;
+        }
+        match &self.bar {
+            Some(b) => b.println(message),
+            None => eprintln!("{message}"),
+        }
+    }
 }

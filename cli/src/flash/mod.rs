@@ -146,9 +146,11 @@ pub struct FlashPlan {
     pub writes: Vec<Write>,
     /// How the result is checked.
     pub verify: String,
-    /// The node's config, uploaded over the link after flashing.
+    /// The file the node's config (from moat.toml) is uploaded to over
+    /// the link after flashing (`moat.cfg`); None for local boards, whose
+    /// folder gets it directly.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub config: Option<PathBuf>,
+    pub config: Option<String>,
 }
 
 /// How the chip is put into its ROM loader before flashing.
@@ -305,7 +307,6 @@ pub fn plan_for(
             "probe-rs verifies after programming".to_owned(),
         ),
     };
-    let config = build_dir.join(crate::local_node::CONFIG_FILE);
     Ok(FlashPlan {
         node: node.to_owned(),
         board: board.name.clone(),
@@ -313,7 +314,8 @@ pub fn plan_for(
         destination,
         writes,
         verify,
-        config: (config.is_file() && !matches!(board.flash, Flash::Local)).then_some(config),
+        config: (!matches!(board.flash, Flash::Local))
+            .then(|| crate::local_node::CONFIG_FILE.to_owned()),
     })
 }
 
@@ -324,13 +326,17 @@ pub fn plan(
     opts: &Options,
 ) -> Result<FlashPlan, FlashError> {
     let board = project.board_of(node);
-    plan_for(
+    let mut plan = plan_for(
         &node.name,
         node.port.as_deref(),
         board,
         &crate::local_node::build_dir(project, &node.name),
         opts,
-    )
+    )?;
+    if let Destination::Local { dir } = &mut plan.destination {
+        *dir = crate::local_node::node_dir(project, &node.name);
+    }
+    Ok(plan)
 }
 
 /// Carries out a plan for a non-local board.
