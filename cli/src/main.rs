@@ -44,6 +44,8 @@ enum Command {
     Mux(commands::mux::Args),
     /// Show a node's console output live.
     Monitor(commands::monitor::Args),
+    /// The whole flow in a temporary project: init, build, flash, mux, commands.
+    Demo(commands::demo::Args),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
         Command::Run(a) => commands::run::run(a),
         Command::Mux(a) => commands::mux::run(a),
         Command::Monitor(a) => commands::monitor::run(a),
+        Command::Demo(a) => commands::demo::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

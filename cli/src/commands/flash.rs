@@ -19,7 +19,8 @@ pub struct Args {
     /// Print JSON (one object per node).
     #[arg(long)]
     pub json: bool,
-    /// Start the node afterwards (in the foreground, as `moat run`).
+    /// Start `moat mux` afterwards (in the foreground): it runs nodes with
+    /// a process link and serves every node to clients.
     #[arg(long)]
     pub run: bool,
     #[command(flatten)]
@@ -37,9 +38,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             project.manifest.nodes.clone()
         }
     };
-    if a.run && nodes.len() > 1 {
-        bail!("--run starts one node: say which with --node NAME");
-    }
     if a.device.plan {
         return print_plans(&project, &nodes, &a);
     }
@@ -85,8 +83,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         println!("{}", serde_json::Value::Array(out));
     }
     if a.run {
-        return super::run::run(super::run::Args {
-            node: Some(nodes[0].name.clone()),
+        return super::mux::run(super::mux::Args {
+            socket: None,
+            json: a.json,
         });
     }
     Ok(())

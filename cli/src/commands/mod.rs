@@ -4,6 +4,7 @@ pub mod boards;
 pub mod build;
 pub mod cfg;
 pub mod cmd;
+pub mod demo;
 pub mod flash;
 pub mod fs;
 pub mod init;
