@@ -674,10 +674,16 @@ fn local_reset_right_after_a_retried_handshake_keeps_both_sides_in_step() {
     a.send(msg(0), now).expect("up");
     a.connect(now); // local reset while the second ack is still coming
     a.handle_frame(acks[1].clone(), now);
+    assert_eq!(a.state(), LinkState::Connecting, "late ack ignored");
     a.send(msg(1), now).expect("not down");
     // B now sees everything A sent, in order.
     pass(&mut a, &mut b, now);
     while pass(&mut b, &mut a, now) + pass(&mut a, &mut b, now) > 0 {}
+    // A's request is repeated after its timeout and answered.
+    let now = now + 1000 * MS;
+    a.handle_timeout(now);
+    b.handle_timeout(now);
+    while pass(&mut a, &mut b, now) + pass(&mut b, &mut a, now) > 0 {}
     assert_eq!(a.state(), LinkState::Up);
     assert_eq!(b.state(), LinkState::Up);
     for i in 2..20 {

@@ -154,6 +154,9 @@ enum Phase {
     Requesting {
         tries: u32,
         next_at: Instant,
+        /// Acks before this are answers to an earlier request (after a
+        /// local reset) and are ignored.
+        quiet_until: Instant,
     },
     /// We answered with `n: 2`; waiting for `n: 3`.
     Accepting {
@@ -268,9 +271,11 @@ impl Machine {
     /// While up this is a local reset: what is pending is discarded and
     /// reported as [`Event::Reset`].
     pub fn connect(&mut self, now: Instant) {
+        let mut quiet_until = now;
         match self.phase {
             Phase::Requesting { .. } | Phase::Accepting { .. } => return,
             Phase::Up { .. } => {
+                quiet_until = now + self.timeout / 2;
                 let lost = self.flush();
                 self.events.push_back(Event::Reset { lost });
                 // Closing first makes the peer drop its state before our
@@ -287,6 +292,7 @@ impl Machine {
         self.phase = Phase::Requesting {
             tries: 1,
             next_at: now + Duration::from_millis(self.config.timeout_ms),
+            quiet_until,
         };
     }
 
@@ -354,7 +360,11 @@ impl Machine {
     /// exhausted. Calling it early or often is harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.phase {
-            Phase::Requesting { tries, next_at } if now >= next_at => {
+            Phase::Requesting {
+                tries,
+                next_at,
+                quiet_until,
+            } if now >= next_at => {
                 if tries > self.config.retries {
                     self.go_down(format!(
                         "peer did not answer {tries} reset requests (is it running and on this port?)"
@@ -364,6 +374,7 @@ impl Machine {
                     self.phase = Phase::Requesting {
                         tries: tries + 1,
                         next_at: now + Duration::from_millis(self.config.timeout_ms),
+                        quiet_until,
                     };
                 }
             }
@@ -419,6 +430,10 @@ impl Machine {
                 self.phase = Phase::Accepting { tries, next_at };
             }
             (ResetStep::Request, _) => self.accept(timeout, window, now),
+            (ResetStep::Ack, Phase::Requesting { quiet_until, .. }) if now < quiet_until => {
+                // Most likely a late answer to a request from before our
+                // reset; our request is repeated after the timeout.
+            }
             (ResetStep::Ack, Phase::Requesting { .. } | Phase::Accepting { .. }) => {
                 // Accepting gets an ack when both sides requested at once.
                 self.timeout = timeout;

@@ -31,11 +31,11 @@
 //! request so the peer drops its state even within that hold-off.
 //!
 //! The reset frames carry no nonce, so an ack cannot say which request it
-//! answers. On a link that keeps order this is harmless except in one
-//! corner: a side that restarts right after a handshake that needed
-//! retries, whose closing frame and request are both lost, may take a late
-//! ack of the old handshake as the answer to its new request. A watchdog
-//! or request timeout above this layer is the backstop there.
+//! answers. After a local reset the requester therefore also ignores acks
+//! for half a timeout (late answers to an earlier request); its request is
+//! repeated after the timeout. Like the echo hold-off, this relies on frames
+//! not lingering on the link for more than half a timeout, which holds for a
+//! serial line (a frame is gone or delivered within milliseconds).
 //!
 //! **Sequence numbers** count messages from 0 after each handshake and travel
 //! modulo the agreed window `m`. The receiver accepts up to `m/2` ahead of
