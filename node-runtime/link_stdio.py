@@ -14,7 +14,7 @@ READY = "moat: stdio ready"
 
 class StdioLink(Link):
     def __init__(self, root, c):
-        super().__init__(root, "stdio", c.get("m", 4096))
+        super().__init__(root, "stdio", c.get("m", 1024))
         self.i = sys.stdin.buffer
         self.o = sys.stdout.buffer
         self.idle = c.get("idle", 1000)

@@ -41,7 +41,12 @@ class SockLink(Link):
 
     async def serve(self):
         self.task = asyncio.current_task()
-        u = Unpacker(self.m)
+        try:
+            u = Unpacker(self.m)
+        except MemoryError:
+            err.log("tcp: no memory for another link")
+            self.s.close()
+            return
         rd = self.rd
         self.attach()
         try:
@@ -84,7 +89,7 @@ class SockLink(Link):
 
 
 def _opts(c):
-    m = c.get("m", 4096)
+    m = c.get("m", 1024)
     return m, c.get("idle", 1000)
 
 

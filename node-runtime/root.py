@@ -99,7 +99,8 @@ class Root(App):
     def reboot(self, m):
         # m: 1 soft reset, 2 hard reset, 3 stop; say goodbye on every link first
         self.boot = m
-        asyncio.create_task(self._down())
+        # inside the TaskGroup, so the node does not end before we are done
+        self.tg.start(self._down())
 
     async def _down(self):
         for t in self.closers:

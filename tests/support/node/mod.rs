@@ -93,11 +93,19 @@ pub struct Node {
 
 impl Node {
     /// A node folder with no config yet; `heap_kb` is passed as `-X heapsize`.
+    /// Running from sources (`$MOAT_MICROPYTHON`) compiles every module on
+    /// the node, which needs more heap: there at least 256 KiB are used.
     pub fn new(heap_kb: u32) -> Node {
+        let fw = firmware();
+        let heap_kb = if fw.micropypath.is_some() {
+            heap_kb.max(256)
+        } else {
+            heap_kb
+        };
         Node {
             dir: tempfile::tempdir().expect("temp dir"),
             logs: tempfile::tempdir().expect("temp dir"),
-            fw: firmware(),
+            fw,
             heap_kb,
             port: free_port(),
             child: None,
