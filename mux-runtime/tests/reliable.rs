@@ -521,10 +521,11 @@ fn stale_ack_that_does_not_fit_what_is_in_flight_is_ignored() {
     frames(&mut a);
     // r=5 would acknowledge more than was sent.
     a.handle_frame(Frame::ack(0, 5, vec![]), now);
-    // x listing a number not in flight.
+    // x listing a number not in flight, or one `r` already covers.
     a.handle_frame(Frame::ack(0, 0, vec![6]), now);
+    a.handle_frame(Frame::ack(0, 1, vec![0]), now);
     assert_eq!(a.in_flight(), 2);
-    assert_eq!(a.stats().stale_acks, 2);
+    assert_eq!(a.stats().stale_acks, 3);
     a.handle_frame(Frame::ack(0, 2, vec![]), now);
     assert_eq!(a.in_flight(), 0);
 }

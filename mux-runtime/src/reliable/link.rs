@@ -203,7 +203,10 @@ where
                 },
                 f = transport.next() => match f {
                     Some(Ok(v)) => machine.handle_value(&v, now()),
-                    Some(Err(e)) => tracing::debug!("reliable: transport dropped a frame: {e}"),
+                    Some(Err(e)) => {
+                        tracing::debug!("reliable: transport dropped a frame: {e}");
+                        machine.count_bad_frame();
+                    }
                     None => {
                         machine.close("transport closed");
                         forward_events(&mut machine, &events).await;

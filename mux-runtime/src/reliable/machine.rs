@@ -332,6 +332,13 @@ impl Machine {
         }
     }
 
+    /// Counts a frame the transport received but could not read (bad CRC,
+    /// undecodable payload). It is simply lost; retransmission recovers.
+    pub fn count_bad_frame(&mut self) {
+        self.stats.frames_received += 1;
+        self.stats.bad_frames += 1;
+    }
+
     /// Feeds a received frame.
     pub fn handle_frame(&mut self, frame: Frame, now: Instant) {
         self.stats.frames_received += 1;
