@@ -30,10 +30,17 @@ struct Fixture {
     /// test starts one.
     runtime: tempfile::TempDir,
     node: Option<Child>,
+    mux: Option<Child>,
 }
 
 impl Fixture {
     fn new() -> Fixture {
+        Fixture::with_link(None)
+    }
+
+    /// A project whose node uses `link` (a TOML inline table) instead of
+    /// its own TCP port.
+    fn with_link(link: Option<&str>) -> Fixture {
         let firmware = unix_satellite().expect("the shared firmware builds");
         let project = temp_project("unix").expect("moat init");
         let port = free_port();
@@ -43,11 +50,21 @@ impl Fixture {
             text.contains("port = 27587"),
             "moat init's manifest changed:\n{text}"
         );
-        std::fs::write(
-            &manifest,
-            text.replace("port = 27587", &format!("port = {port}")),
-        )
-        .unwrap();
+        let text = match link {
+            None => text.replace("port = 27587", &format!("port = {port}")),
+            Some(link) => text
+                .lines()
+                .map(|l| {
+                    if l.starts_with("link = ") {
+                        format!("link = {link}")
+                    } else {
+                        l.to_owned()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+        };
+        std::fs::write(&manifest, text).unwrap();
         // What `moat build` leaves for this node (the same sources as the
         // shared satellite project, so the same firmware).
         let built = project.path().join(".moat/build/demo/firmware");
@@ -58,6 +75,7 @@ impl Fixture {
             port,
             runtime: tempfile::tempdir().unwrap(),
             node: None,
+            mux: None,
         };
         run_ok(&mut f.moat(&["flash"])).expect("moat flash");
         f
@@ -104,6 +122,71 @@ impl Fixture {
         }
     }
 
+    /// The mux's default socket for this project (what clients find).
+    fn socket(&self) -> PathBuf {
+        let name = self
+            .root()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        self.runtime
+            .path()
+            .join("moat")
+            .join(format!("{name}.sock"))
+    }
+
+    /// `moat mux` in the background on the project's default socket,
+    /// until `moat cmd ping` answers through it.
+    fn start_mux(&mut self) {
+        let log = std::fs::File::create(self.runtime.path().join("mux.log")).unwrap();
+        let child = self
+            .moat(&["mux"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("moat mux starts");
+        self.mux = Some(child);
+        let end = Instant::now() + WAIT;
+        loop {
+            if self.socket().exists() && self.out(&["cmd", "ping"]).status.success() {
+                return;
+            }
+            if let Some(status) = self.mux.as_mut().unwrap().try_wait().unwrap() {
+                panic!("moat mux ended ({status}):\n{}", self.mux_log());
+            }
+            assert!(
+                Instant::now() < end,
+                "no node answers through the mux:\n{}",
+                self.mux_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn mux_log(&self) -> String {
+        std::fs::read_to_string(self.runtime.path().join("mux.log")).unwrap_or_default()
+    }
+
+    /// Stops the mux as SIGTERM does; it must exit cleanly.
+    fn stop_mux(&mut self) {
+        let Some(mut child) = self.mux.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let end = Instant::now() + WAIT;
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > end {
+                let _ = child.kill();
+                panic!("moat mux did not stop on SIGTERM:\n{}", self.mux_log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn node_log(&self) -> String {
         std::fs::read_to_string(self.runtime.path().join("node.log")).unwrap_or_default()
     }
@@ -141,6 +224,12 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
+        if self.mux.is_some() && !std::thread::panicking() {
+            self.stop_mux();
+        } else if let Some(mut mux) = self.mux.take() {
+            let _ = mux.kill();
+            let _ = mux.wait();
+        }
         if self.node.is_some() {
             let _ = self.interrupt();
         }
@@ -330,4 +419,171 @@ fn fs_put_and_get_round_trip_binary_data() {
     assert!(!f.node_dir().join("data").exists());
     let out = f.out(&["fs", "get", "../outside", "-"]);
     assert!(!out.status.success());
+}
+
+#[test]
+fn client_verbs_find_the_projects_mux_and_reach_a_process_node_through_it() {
+    let mut f = Fixture::with_link(Some("{ kind = \"process\" }"));
+    // Without the mux a process node cannot be reached; the error says
+    // what to start.
+    let out = f.out(&["cmd", "ping"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("moat mux"), "{}", stderr(&out));
+
+    f.start_mux();
+    assert!(f.socket().exists());
+    assert_eq!(f.ok(&["cmd", "ping", "m=hi"]), "{m: hi}\n");
+    assert_eq!(f.ok(&["cfg", "get", "c.step"]), "1\n");
+    let scratch = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..=255u8).cycle().take(5000).collect();
+    let local = scratch.path().join("d.bin");
+    std::fs::write(&local, &data).unwrap();
+    f.ok(&["fs", "put", local.to_str().unwrap(), "d.bin"]);
+    assert_eq!(std::fs::read(f.node_dir().join("d.bin")).unwrap(), data);
+    // --direct skips the mux, --socket names it.
+    assert!(!f.out(&["cmd", "--direct", "ping"]).status.success());
+    let socket = f.socket();
+    assert_eq!(
+        f.ok(&["cmd", "--socket", socket.to_str().unwrap(), "ping", "m=s"]),
+        "{m: s}\n"
+    );
+    // A named socket nobody serves is an error, not a silent fallback.
+    let out = f.out(&["cmd", "--socket", "/nonexistent/moat.sock", "ping"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("/nonexistent/moat.sock"),
+        "{}",
+        stderr(&out)
+    );
+    f.stop_mux();
+}
+
+#[test]
+fn every_client_verb_prints_the_same_directly_and_through_the_mux() {
+    let mut f = Fixture::new();
+    f.start();
+    f.ok(&["fs", "mkdir", "d"]);
+    std::fs::write(f.node_dir().join("d/a.txt"), "hello").unwrap();
+    let commands: &[&[&str]] = &[
+        &["cmd", "ping", "m=[1, x]"],
+        &["cmd", "ping", "m=hi", "--json"],
+        &["cmd", "sys.dir"],
+        &["cmd", "sys.nope"],
+        &["cmd", "sys.nope", "--json"],
+        &["cfg", "get", "c"],
+        &["cfg", "get", "--json"],
+        &["fs", "ls", "-l", "d"],
+        &["fs", "get", "d/a.txt", "-"],
+        &["fs", "get", "d/missing.txt", "-"],
+    ];
+    let run_all = |f: &Fixture, extra: &[&str]| -> Vec<(bool, String, String)> {
+        commands
+            .iter()
+            .map(|c| {
+                let mut args = c.to_vec();
+                args.extend(extra);
+                let out = f.out(&args);
+                (
+                    out.status.success(),
+                    String::from_utf8_lossy(&out.stdout).into_owned(),
+                    stderr(&out),
+                )
+            })
+            .collect()
+    };
+    let direct = run_all(&f, &[]);
+    f.start_mux();
+    let via_mux = run_all(&f, &[]);
+    let forced_direct = run_all(&f, &["--direct"]);
+    for ((c, d), m) in commands.iter().zip(&direct).zip(&via_mux) {
+        assert_eq!(d, m, "`moat {}` directly vs through the mux", c.join(" "));
+    }
+    assert_eq!(direct, forced_direct);
+    // And the mux really carried them: its link to the node counted them.
+    let ls: serde_json::Value =
+        serde_json::from_str(&f.ok(&["cmd", "mux", "ls", "--json"])).unwrap();
+    assert!(
+        ls["demo"]["messages_out"].as_u64().unwrap() >= commands.len() as u64,
+        "{ls}"
+    );
+    assert_eq!(ls["demo"]["state"], "up");
+    f.stop_mux();
+}
+
+#[test]
+fn monitor_shows_the_console_of_a_node_under_the_mux() {
+    let mut f = Fixture::with_link(Some("{ kind = \"process\" }"));
+    // A module on the node's filesystem that prints when imported, and an
+    // app using it: its output is console output on the stdio link.
+    std::fs::write(
+        f.node_dir().join("talker.py"),
+        "from app import App\n\n\nclass Talker(App):\n    def cmd_say(self, m):\n        print(m)\n        return m\n",
+    )
+    .unwrap();
+    f.start_mux();
+    f.ok(&["cfg", "set", "apps.tk", "talker.Talker"]);
+    f.ok(&["cmd", "cfg.x", "p=[tk]"]);
+    let mut monitor = f
+        .moat(&["monitor"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = monitor.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut stdout = stdout;
+        let mut buf = [0u8; 256];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let end = Instant::now() + WAIT;
+    let mut seen = Vec::new();
+    let mut k = 0;
+    while !String::from_utf8_lossy(&seen).contains("said 3") {
+        assert!(
+            Instant::now() < end,
+            "monitor showed: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        if f.out(&["cmd", "tk.say", &format!("m=said {k}")])
+            .status
+            .success()
+        {
+            k += 1;
+        }
+        while let Ok(chunk) = rx.recv_timeout(Duration::from_millis(100)) {
+            seen.extend(chunk);
+        }
+    }
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    f.stop_mux();
+}
+
+#[test]
+fn monitor_explains_that_a_tcp_link_carries_no_console() {
+    let mut f = Fixture::new();
+    f.start();
+    let out = f.out(&["monitor"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no console output"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn demo_runs_the_whole_flow_and_exits_zero() {
+    // Builds a project of its own (a minute or two the first time).
+    let out = run_ok(moat(&std::env::temp_dir()).arg("demo")).expect("moat demo");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for expected in ["[5/5]", "$ moat cmd ping m=hello", "{m: hello}", "done"] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
 }

@@ -29,6 +29,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The mux's own app: `moat cmd mux ls` talks to it.
+pub const MUX_APP: &str = mux_runtime::mux::route::MUX_APP;
+
 /// Environment variable naming the mux's socket.
 pub const SOCKET_ENV: &str = "MOAT_SOCKET";
 
@@ -178,9 +181,12 @@ impl Client {
 
     /// Connects to the node `target` names in `project`.
     pub async fn connect_in(project: Option<&Project>, target: &Target) -> anyhow::Result<Client> {
+        // `mux` names the mux's own app (`moat cmd mux ls`): no node
+        // can have that name, and only a mux answers it.
+        let to_mux = target.node.as_deref() == Some(MUX_APP);
         let node = match project {
-            Some(p) => Some(pick_node(p, target.node.as_deref())?),
-            None => None,
+            Some(p) if !to_mux => Some(pick_node(p, target.node.as_deref())?),
+            _ => None,
         };
         let node_name = node
             .map(|n| n.name.clone())
@@ -198,6 +204,9 @@ impl Client {
                     return Ok(client);
                 }
             }
+        }
+        if to_mux {
+            bail!("no mux is running for this project: start `moat mux` (or name its socket with --socket)");
         }
         let node = node.context("talking to a node directly needs its project (moat.toml)")?;
         let project = project.expect("a node implies its project");

@@ -90,14 +90,34 @@ pub struct Installed {
     pub firmware_changed: bool,
 }
 
-/// The fallback config: only the node's links, so that after a crash the
-/// node is still reachable (and `cfg`, always present, can repair it).
+/// The fallback config: the node's links, plus its `fs` app when it has
+/// one, so that after a crash the node is still reachable and repairable
+/// (`cfg`, always present, fixes the config; `fs` the files).
 pub fn fallback_config(config: &Value) -> Value {
-    match config.get("link") {
-        Some(link) => Value::map([("link", link.clone())]),
-        None => Value::Map(vec![]),
+    let mut out = Vec::new();
+    if let Some(link) = config.get("link") {
+        out.push(("link", link.clone()));
     }
+    let files = config.get("apps").and_then(|apps| match apps {
+        Value::Map(pairs) => pairs
+            .iter()
+            .find(|(_, class)| class.as_str() == Some(FILES_APP)),
+        _ => None,
+    });
+    if let Some((Value::Str(name), class)) = files {
+        out.push((
+            "apps",
+            Value::Map(vec![(name.as_str().into(), class.clone())]),
+        ));
+        if let Some(settings) = config.get(name) {
+            out.push((name.as_str(), settings.clone()));
+        }
+    }
+    Value::map(out)
 }
+
+/// The node runtime's file app, kept in the fallback config.
+const FILES_APP: &str = "fs.Files";
 
 /// Installs `node`'s built firmware and its config into its folder, each
 /// file atomically (temporary name, then rename). Files the node or the

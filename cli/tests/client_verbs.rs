@@ -435,7 +435,11 @@ fn install_puts_firmware_and_configs_in_the_node_folder_and_keeps_user_files() {
     .unwrap();
     assert_eq!(
         fallback,
-        Value::map([("link", cfg.get("link").unwrap().clone())])
+        Value::map([
+            ("link", cfg.get("link").unwrap().clone()),
+            ("apps", Value::map([("fs", "fs.Files".into())])),
+        ]),
+        "the fallback keeps the links and the file app, nothing else"
     );
     assert_eq!(std::fs::read(dir.join("user.txt")).unwrap(), b"mine");
     use std::os::unix::fs::PermissionsExt;
