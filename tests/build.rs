@@ -306,3 +306,19 @@ fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn the_same_project_in_another_folder_builds_identical_firmware() {
+    if !build_tools_present() {
+        return;
+    }
+    unix_satellite().expect("unix satellite builds");
+    let original = satellite_project().unwrap();
+    let first = build_json(&original, &[]).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("elsewhere");
+    copy_tree(&original, &copy).unwrap();
+    let second = build_json(&copy, &[]).unwrap();
+    assert_eq!(second[0]["rebuilt"], true, "a copy has no build state");
+    assert_eq!(second[0]["firmware_sha256"], first[0]["firmware_sha256"]);
+}

@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Steps assumed for a first compile (a unix build prints about this many).
-const FIRST_BUILD_STEPS: u64 = 320;
+const FIRST_BUILD_STEPS: u64 = 260;
 
 /// What to build: a node, or a generic firmware for a board.
 #[derive(Debug, Clone)]
@@ -205,6 +205,11 @@ impl<'p> Builder<'p> {
             .with_context(|| format!("cannot create {}", dir.display()))?;
         let _lock = cache::lock(&dir.join(".lock"))?;
         let board = &target.board;
+        // The board's MicroPython patches (micropython-patches/), if any:
+        // then it builds from a patched copy of the tree.
+        let tree = crate::patches::tree_for_board(&tree, &board.name, &self.cache, &mut |m| {
+            progress.note("micropython", m)
+        })?;
 
         // 1. Stage the runtime, render the manifest.
         let gen = dir.join("gen");
@@ -275,6 +280,34 @@ impl<'p> Builder<'p> {
         build_args.extend(board.vars.iter().map(|(k, v)| format!("{k}={v}")));
         build_args.push(format!("MPY_LIB_DIR={}", lib_dir.display()));
         build_args.push(format!("FROZEN_MANIFEST={}", manifest.display()));
+        // Paths of this machine must not reach the firmware (debug info,
+        // hence the build id): map them to fixed names, so a fresh checkout
+        // anywhere builds the same bytes. GCC applies the last matching
+        // map: most specific last. `{BUILD}` is the port's build folder,
+        // named below after all the variables.
+        if port_takes_cflags_extra(&port_dir) {
+            let maps = [
+                (tree.root.display().to_string(), "/moat/micropython"),
+                (dir.display().to_string(), "/moat/target"),
+                ("{BUILD}".to_string(), "/moat/build"),
+            ]
+            .map(|(from, to)| format!("-ffile-prefix-map={from}={to}"))
+            .join(" ");
+            match build_args
+                .iter_mut()
+                .find(|a| a.starts_with("CFLAGS_EXTRA="))
+            {
+                Some(a) => *a = format!("{a} {maps}"),
+                None => build_args.push(format!("CFLAGS_EXTRA={maps}")),
+            }
+        }
+        // A fresh BUILD= folder whenever a variable changes (make does not
+        // rebuild objects on flag changes).
+        let key = sha256_hex(format!("{}\n{}", tree.id, build_args.join("\n")).as_bytes());
+        let port_build = dir.join(format!("port-{}", &key[..12]));
+        for a in &mut build_args {
+            *a = a.replace("{BUILD}", &port_build.display().to_string());
+        }
         let inputs = record::Inputs {
             moat: env!("CARGO_PKG_VERSION").into(),
             source: tree.id.clone(),
@@ -332,8 +365,6 @@ impl<'p> Builder<'p> {
             );
         }
         tools::require(&[tools::MAKE, tools::PYTHON3])?;
-        let key = sha256_hex(format!("{}\n{}", tree.id, build_args.join("\n")).as_bytes());
-        let port_build = dir.join(format!("port-{}", &key[..12]));
         remove_stale_port_builds(&dir, &port_build)?;
         let log = dir.join("build.log");
         let _ = std::fs::remove_file(&log);
@@ -413,6 +444,11 @@ impl<'p> Builder<'p> {
         }
         Ok(dirs)
     }
+}
+
+/// Whether the port's Makefile honours `CFLAGS_EXTRA`.
+fn port_takes_cflags_extra(port_dir: &Path) -> bool {
+    std::fs::read_to_string(port_dir.join("Makefile")).is_ok_and(|m| m.contains("CFLAGS_EXTRA"))
 }
 
 fn remove_stale_port_builds(dir: &Path, keep: &Path) -> anyhow::Result<()> {

@@ -1,7 +1,7 @@
 //! `moat build`: firmware for the project's nodes (see `moat::build`).
 
 use indicatif::{ProgressBar, ProgressStyle};
-use moat::build::progress::{is_step_line, Progress, Silent};
+use moat::build::progress::{is_step_line, Progress};
 use moat::build::{self, Builder};
 use moat::project::Project;
 use moat::source::Cache;
@@ -17,7 +17,8 @@ pub struct Args {
     #[arg(long)]
     board: Option<String>,
     /// Print one JSON object per node (node, board, firmware,
-    /// firmware_sha256, modules, rebuilt) instead of progress.
+    /// firmware_sha256, modules, rebuilt) on stdout; stage notes still go
+    /// to stderr, without a progress bar.
     #[arg(long)]
     json: bool,
 }
@@ -26,11 +27,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let project = Project::find_from_cwd()?;
     let targets = build::select(&project, args.node.as_deref(), args.board.as_deref())?;
     let mut builder = Builder::new(&project, Cache::from_env()?)?;
-    let mut bar = Bar::new();
-    let mut silent = Silent;
+    let mut bar = Bar::new(!args.json && std::io::stderr().is_terminal());
     for target in &targets {
-        let progress: &mut dyn Progress = if args.json { &mut silent } else { &mut bar };
-        let out = builder.build(target, progress)?;
+        let out = builder.build(target, &mut bar)?;
         if args.json {
             println!("{}", out.to_json());
         } else {
@@ -47,19 +46,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Progress on stderr: a bar fed by make's step lines on a terminal, plain
-/// stage lines otherwise.
+/// Progress on stderr: a bar fed by make's step lines (on a terminal,
+/// without `--json`), plain stage lines otherwise.
 struct Bar {
     tty: bool,
     bar: Option<ProgressBar>,
 }
 
 impl Bar {
-    fn new() -> Self {
-        Bar {
-            tty: std::io::stderr().is_terminal(),
-            bar: None,
-        }
+    fn new(tty: bool) -> Self {
+        Bar { tty, bar: None }
     }
 }
 
