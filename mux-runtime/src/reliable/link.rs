@@ -201,6 +201,10 @@ where
                     }
                     None => ctl_open = false,
                 },
+                // Due timers first: a busy transport must not starve them.
+                _ = sleep_until(deadline), if deadline.is_some() => {
+                    machine.handle_timeout(now());
+                }
                 f = transport.next() => match f {
                     Some(Ok(v)) => machine.handle_value(&v, now()),
                     Some(Err(e)) => {
@@ -224,9 +228,6 @@ where
                         return Ok(*machine.stats());
                     }
                 },
-                _ = sleep_until(deadline), if deadline.is_some() => {
-                    machine.handle_timeout(now());
-                }
             }
         }
     }
