@@ -37,7 +37,7 @@ use std::fmt;
 use std::future::Future;
 use std::path::Path as FsPath;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
 use futures::{Sink, SinkExt, Stream, StreamExt};
@@ -121,8 +121,10 @@ struct Shared {
     name: String,
     state: Mutex<State>,
     out: mpsc::UnboundedSender<Value>,
-    notices: broadcast::Sender<Notice>,
-    console: broadcast::Sender<Bytes>,
+    /// Made on first subscription: most peers (the mux's clients) never
+    /// subscribe, and a channel preallocates all its slots.
+    notices: OnceLock<broadcast::Sender<Notice>>,
+    console: OnceLock<broadcast::Sender<Bytes>>,
     closed: CancellationToken,
     counters: Counters,
     handler: Arc<dyn Handler>,
@@ -208,8 +210,8 @@ impl Endpoint {
                 down: None,
             }),
             out,
-            notices: broadcast::channel(BROADCAST_DEPTH).0,
-            console: broadcast::channel(BROADCAST_DEPTH).0,
+            notices: OnceLock::new(),
+            console: OnceLock::new(),
             closed: closed.clone(),
             counters: Counters::default(),
             handler,
@@ -362,12 +364,18 @@ impl Endpoint {
     /// Unsolicited messages and fire-and-forget requests from the peer,
     /// from now on.
     pub fn notices(&self) -> broadcast::Receiver<Notice> {
-        self.shared.notices.subscribe()
+        self.shared
+            .notices
+            .get_or_init(|| broadcast::channel(BROADCAST_DEPTH).0)
+            .subscribe()
     }
 
     /// Console bytes from the peer (lossless and serial links), from now on.
     pub fn console(&self) -> broadcast::Receiver<Bytes> {
-        self.shared.console.subscribe()
+        self.shared
+            .console
+            .get_or_init(|| broadcast::channel(BROADCAST_DEPTH).0)
+            .subscribe()
     }
 
     /// Whether the link is still up.
@@ -507,7 +515,9 @@ impl Shared {
             Message::Unsolicited { path, data } => {
                 self.handler.notify(path.clone(), data.clone());
                 // No subscribers is fine: nobody is interested.
-                let _ = self.notices.send(Notice { path, data });
+                if let Some(tx) = self.notices.get() {
+                    let _ = tx.send(Notice { path, data });
+                }
             }
             Message::Cancel { seq } => {
                 if let Some(task) = self.lock().serving.finish(seq) {
@@ -661,7 +671,9 @@ where
                     .counters
                     .console_bytes_in
                     .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                let _ = shared.console.send(bytes);
+                if let Some(tx) = shared.console.get() {
+                    let _ = tx.send(bytes);
+                }
             }
             Some(Err(e)) => {
                 tracing::warn!(peer = %shared.name, "link failed: {e}");
