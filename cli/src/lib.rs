@@ -17,3 +17,4 @@ pub mod render;
 pub mod source;
 pub mod template;
 pub mod tools;
+pub mod update;

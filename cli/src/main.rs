@@ -33,6 +33,8 @@ enum Command {
     Cfg(commands::cfg::Command),
     /// Call a command on a node: `moat cmd [NODE] PATH [k=v …]`.
     Cmd(commands::cmd::Args),
+    /// Send a node only the modules that changed (no reflash).
+    DiffUpdate(commands::diff_update::Args),
     /// Install a node's built firmware and config (unix: into .moat/nodes/NODE/).
     Flash(commands::flash::Args),
     /// Files on a node.
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
         Command::Cfg(c) => commands::cfg::run(c),
         Command::Cmd(a) => commands::cmd::run(a),
         Command::Flash(a) => commands::flash::run(a),
+        Command::DiffUpdate(a) => commands::diff_update::run(a),
         Command::Fs(c) => commands::fs::run(c),
         Command::Run(a) => commands::run::run(a),
         Command::Mux(a) => commands::mux::run(a),

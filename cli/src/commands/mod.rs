@@ -5,6 +5,7 @@ pub mod build;
 pub mod cfg;
 pub mod cmd;
 pub mod demo;
+pub mod diff_update;
 pub mod flash;
 pub mod fs;
 pub mod init;

@@ -1,0 +1,86 @@
+//! `--mpy`: modules compiled with the mpy-cross of the firmware's own
+//! MicroPython tree (the source provider builds it into the cache), so the
+//! node can load them (an `.mpy` from another version is refused at
+//! import).
+
+use anyhow::{bail, Context};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A MicroPython cross-compiler.
+#[derive(Clone, Debug)]
+pub struct MpyCross {
+    pub path: PathBuf,
+    /// `MicroPython v1.25.0 …` as `--version` prints it.
+    pub version: String,
+}
+
+impl MpyCross {
+    /// The compiler at `path`, asked for its version.
+    pub fn at(path: &Path) -> anyhow::Result<MpyCross> {
+        let out = Command::new(path)
+            .arg("--version")
+            .output()
+            .with_context(|| format!("cannot run {}", path.display()))?;
+        if !out.status.success() {
+            bail!(
+                "{} --version failed: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(MpyCross {
+            path: path.to_owned(),
+            version: String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        })
+    }
+
+    /// Whether this compiler belongs to MicroPython `version` (`1.25.0`,
+    /// as the node's `sys.info` reports it).
+    pub fn matches(&self, version: &str) -> bool {
+        self.version
+            .split_whitespace()
+            .any(|w| w.trim_start_matches('v').trim_end_matches([',', ';']) == version)
+    }
+
+    /// Compiles module `name`'s `source` to `.mpy` bytes. The file name
+    /// recorded in the output is `name.py`, so the result depends only on
+    /// the source (equal sources give equal hashes).
+    pub fn compile(&self, name: &str, source: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let dir = tempfile::tempdir().context("cannot create a temporary folder")?;
+        let src = dir.path().join("in.py");
+        let out = dir.path().join("out.mpy");
+        std::fs::write(&src, source)?;
+        let run = Command::new(&self.path)
+            .arg("-o")
+            .arg(&out)
+            .arg("-s")
+            .arg(format!("{name}.py"))
+            .arg(&src)
+            .output()
+            .with_context(|| format!("cannot run {}", self.path.display()))?;
+        if !run.status.success() {
+            bail!(
+                "mpy-cross cannot compile module `{name}`: {}",
+                String::from_utf8_lossy(&run.stderr).trim()
+            );
+        }
+        std::fs::read(&out).with_context(|| format!("mpy-cross wrote no {}", out.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_is_matched_word_by_word() {
+        let m = MpyCross {
+            path: "mpy-cross".into(),
+            version: "MicroPython v1.25.0 on 2025-04-15; mpy-cross emitting mpy v6.3".into(),
+        };
+        assert!(m.matches("1.25.0"));
+        assert!(!m.matches("1.24.1"));
+        assert!(!m.matches("1.25"));
+    }
+}
