@@ -698,3 +698,41 @@ fn local_reset_right_after_a_retried_handshake_keeps_both_sides_in_step() {
         "{got:?}"
     );
 }
+
+#[test]
+fn frames_decode_whatever_the_key_order_as_micropython_may_send() {
+    let data = Value::map([
+        ("d", Value::from("hi")),
+        ("x", Value::from(vec![Value::from(3u8)])),
+        ("r", Value::from(1u8)),
+        ("s", Value::from(2u8)),
+        ("zz", Value::from("unknown keys are ignored")),
+    ]);
+    assert_eq!(
+        Frame::from_value(&data),
+        Ok(Frame::Data {
+            s: 2,
+            r: 1,
+            x: vec![3],
+            d: Some(Value::from("hi"))
+        })
+    );
+    let reset = Value::map([
+        (
+            "c",
+            Value::map([("m", Value::from(16u8)), ("t", Value::from(250u16))]),
+        ),
+        ("n", Value::from(2u8)),
+        ("a", Value::from("r")),
+    ]);
+    assert_eq!(
+        Frame::from_value(&reset),
+        Ok(Frame::Reset {
+            step: ResetStep::Ack,
+            params: Params {
+                timeout_ms: 250,
+                window: 16
+            }
+        })
+    );
+}
