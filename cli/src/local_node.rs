@@ -208,6 +208,13 @@ pub fn command(project: &Project, node: &Node) -> anyhow::Result<Command> {
     }
     let port = match &node.link {
         crate::manifest::Link::Tcp { port, .. } => port.to_string(),
+        // An emulated UART behind a socket: `port = "tcp:127.0.0.1:N"`.
+        crate::manifest::Link::Serial(_) => node
+            .port
+            .as_deref()
+            .and_then(crate::emulator::socket_port)
+            .unwrap_or(crate::manifest::DEFAULT_TCP_PORT)
+            .to_string(),
         _ => crate::manifest::DEFAULT_TCP_PORT.to_string(),
     };
     let argv = run.argv(&firmware, &[("port", &port)]);

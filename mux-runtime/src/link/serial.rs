@@ -25,7 +25,8 @@ use crate::value::Value;
 /// A serial link's settings.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SerialSpec {
-    /// Device path, e.g. `/dev/ttyUSB0` or a pty.
+    /// Device path, e.g. `/dev/ttyUSB0` or a pty, or `tcp:HOST:PORT` for a
+    /// UART behind a TCP socket (an emulator's).
     pub path: String,
     pub baud: u32,
     pub packer: SerialPackerConfig,
@@ -33,6 +34,16 @@ pub struct SerialSpec {
 }
 
 pub async fn connect(spec: &SerialSpec, ctx: &ConnectCtx) -> Result<Connection, ConnectError> {
+    // `tcp:HOST:PORT`: a UART exposed as a TCP socket (an emulator's serial
+    // port, e.g. QEMU's `-serial tcp:…`); the bytes are as lossy-framed as
+    // on a wire.
+    if let Some(addr) = spec.path.strip_prefix("tcp:") {
+        let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| {
+            format!("cannot connect to the UART socket {addr}: {e} (is the emulator running?)")
+        })?;
+        let _ = stream.set_nodelay(true);
+        return run(spec, ctx, stream).await;
+    }
     let port = tokio_serial::new(&spec.path, spec.baud)
         .open_native_async()
         .map_err(|e| {
@@ -41,6 +52,13 @@ pub async fn connect(spec: &SerialSpec, ctx: &ConnectCtx) -> Result<Connection, 
                 spec.path
             )
         })?;
+    run(spec, ctx, port).await
+}
+
+async fn run<IO>(spec: &SerialSpec, ctx: &ConnectCtx, port: IO) -> Result<Connection, ConnectError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let codec = SerialPackerCodec::new(spec.packer)
         .map_err(|e| format!("serial link {}: {e}", spec.path))?;
     let framed = Framed::new(Counted::new(port, ctx.bytes.clone()), codec);
