@@ -50,12 +50,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             | Flash::Esp8266Rom
             | Flash::Uf2 { .. }
             | Flash::ProbeRs { .. } => {
-                if a.run {
-                    bail!(
-                        "--run starts a node on this machine; node `{}` is a device: flash it, then start `moat mux`",
-                        node.name
-                    );
-                }
                 out.push(flash_device(&project, node, &a)?);
                 continue;
             }
