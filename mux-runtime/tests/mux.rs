@@ -579,3 +579,128 @@ async fn console_output_can_be_streamed() {
         "clients are disconnected at shutdown"
     );
 }
+
+// Links over a pty: the fake node holds the master end, the link opens the
+// slave's path like a real device.
+
+/// The fake node side of a pty: SerialPacker frames + the reliable layer,
+/// serving [`NodeApp`].
+fn serial_fake_node(master: tokio_serial::SerialStream) -> Endpoint {
+    use futures::StreamExt;
+    use mux_runtime::framing::{Incoming, SerialPackerCodec, SerialPackerConfig};
+    use mux_runtime::reliable::{self, Event};
+    let frames = Framed::new(
+        master,
+        SerialPackerCodec::new(SerialPackerConfig::default()).unwrap(),
+    )
+    .filter_map(|item| async move {
+        match item {
+            Ok(Incoming::Message(v)) => Some(Ok::<_, mux_runtime::framing::FramingError>(v)),
+            Ok(Incoming::Console(_)) => None,
+            Err(e) => Some(Err(e)),
+        }
+    });
+    let (handle, events, _task) =
+        reliable::spawn(Box::pin(frames), reliable::Config::default()).unwrap();
+    let source = futures::stream::unfold(events, |mut events| async move {
+        loop {
+            match events.recv().await? {
+                Event::Message(v) => return Some((Ok::<_, String>(Incoming::Message(v)), events)),
+                Event::Down { reason, .. } => return Some((Err(reason), events)),
+                _ => {}
+            }
+        }
+    })
+    .boxed();
+    let sink = Box::pin(futures::sink::unfold(handle, |h, msg: Value| async move {
+        h.send(msg).await.map(|()| h)
+    }));
+    Endpoint::spawn_parts(
+        source,
+        sink,
+        Arc::new(NodeApp {
+            name: "uart".into(),
+            up: Arc::default(),
+            ticks: AtomicUsize::new(0),
+            wdt_fed: Arc::default(),
+        }),
+        EndpointConfig {
+            name: "uart".into(),
+        },
+    )
+}
+
+#[tokio::test]
+async fn a_serial_link_over_a_pty_carries_requests_through_the_reliable_layer() {
+    use mux_runtime::link::{NodeLink, SerialSpec};
+    use tokio_serial::SerialPort;
+    let (master, slave) = tokio_serial::SerialStream::pair().unwrap();
+    let path = slave.name().expect("the pty slave has a path");
+    let _node = serial_fake_node(master);
+    let link = NodeLink::spawn(
+        "uart",
+        LinkSpec::Serial(SerialSpec {
+            path,
+            baud: 115_200,
+            packer: Default::default(),
+            reliable: Default::default(),
+        }),
+        Arc::new(mux_runtime::endpoint::NoHandler),
+        fast_links(),
+    );
+    let ep = timeout(PATIENCE, link.wait_up()).await.unwrap().unwrap();
+    for k in 0..20i64 {
+        let got = ep.call(["echo"], kw(&[("k", k.into())])).await.unwrap();
+        assert_eq!(got, kw(&[("k", k.into())]));
+    }
+    assert!(link.stats().bytes_out > 0 && link.stats().bytes_in > 0);
+    link.stop().await;
+    drop(slave);
+}
+
+#[tokio::test]
+async fn a_usb_link_over_a_pty_mixes_console_text_and_messages() {
+    use mux_runtime::framing::{Incoming, LosslessCodec};
+    use mux_runtime::link::NodeLink;
+    use mux_runtime::message::Message;
+    use tokio::io::AsyncWriteExt;
+    use tokio_serial::SerialPort;
+    use tokio_util::codec::FramedRead;
+    let (master, slave) = tokio_serial::SerialStream::pair().unwrap();
+    let path = slave.name().expect("the pty slave has a path");
+    let (rd, mut wr) = tokio::io::split(master);
+    // The fake node prints a line before each answer.
+    tokio::spawn(async move {
+        let mut requests = FramedRead::new(rd, LosslessCodec::default());
+        while let Some(Ok(item)) = requests.next().await {
+            let Incoming::Message(v) = item else { continue };
+            let Ok(Message::Request { seq, data, .. }) = Message::from_value(v) else {
+                continue;
+            };
+            wr.write_all(b"working on it\n").await.unwrap();
+            wr.write_all(&Message::reply(seq + 1, data).to_bytes())
+                .await
+                .unwrap();
+        }
+    });
+    let link = NodeLink::spawn(
+        "usb",
+        LinkSpec::Usb {
+            path,
+            baud: 115_200,
+        },
+        Arc::new(mux_runtime::endpoint::NoHandler),
+        fast_links(),
+    );
+    let mut console = link.console();
+    let ep = timeout(PATIENCE, link.wait_up()).await.unwrap().unwrap();
+    let got = ep.call(["echo"], kw(&[("x", 1.into())])).await.unwrap();
+    assert_eq!(got, kw(&[("x", 1.into())]));
+    let mut text = Vec::new();
+    while !text.ends_with(b"working on it\n") {
+        let chunk = timeout(PATIENCE, console.recv()).await.unwrap().unwrap();
+        text.extend_from_slice(&chunk);
+    }
+    link.stop().await;
+    drop(slave);
+}
