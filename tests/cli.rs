@@ -369,6 +369,31 @@ fn cfg_set_changes_the_running_config_and_save_keeps_it() {
     assert!(all.get("extra").is_none(), "{all}");
     let out = f.out(&["cfg", "get", "no.such.key"]);
     assert!(!out.status.success());
+
+    // A subtree too big for one message comes from the node in parts;
+    // `cfg get` fetches them and puts the whole together.
+    let list: Vec<String> = (0..40).map(|i| format!("item{i:03}")).collect();
+    let list_arg = format!("[{}]", list.join(", "));
+    for k in ["a", "b", "c", "d", "e"] {
+        f.ok(&["cfg", "set", &format!("big.{k}"), &list_arg]);
+    }
+    f.ok(&["cfg", "set", "big.n", "5"]);
+    let raw = f.ok(&["cmd", "cfg.r", "p=[big]", "--json"]);
+    let raw: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(
+        raw[0],
+        serde_json::json!({"n": 5}),
+        "the node answers in parts: {raw}"
+    );
+    let big: serde_json::Value =
+        serde_json::from_str(&f.ok(&["cfg", "get", "big", "--json"])).unwrap();
+    for k in ["a", "b", "c", "d", "e"] {
+        assert_eq!(big[k], serde_json::json!(list), "{k}");
+    }
+    assert_eq!(big["n"], 5);
+    let all: serde_json::Value = serde_json::from_str(&f.ok(&["cfg", "get", "--json"])).unwrap();
+    assert_eq!(all["big"], big);
+    assert_eq!(all["c"]["step"], 5);
 }
 
 #[test]
