@@ -1,4 +1,4 @@
-//! `moat cfg get|set`: read and change a node's running config with its
+//! `moat cfg get|set|upload`: read and change a node's running config with its
 //! `cfg` app (`cfg.r`, `cfg.w`, `cfg.s`, `cfg.x`; protocol.md §3).
 
 use super::cmd::remote_failure;
@@ -19,6 +19,9 @@ pub enum Command {
     ///
     /// Examples: moat cfg set wdt.t 20 --save; moat cfg set apps.t --delete
     Set(SetArgs),
+    /// Replace the node's moat.cfg with the manifest's config (atomically)
+    /// and restart its apps; `--dry-run` shows the difference.
+    Upload(super::cfg_upload::Args),
 }
 
 #[derive(clap::Args)]
@@ -59,6 +62,7 @@ pub fn run(c: Command) -> anyhow::Result<()> {
     match c {
         Command::Get(a) => get(a),
         Command::Set(a) => set(a),
+        Command::Upload(a) => super::cfg_upload::run(a),
     }
 }
 

@@ -3,6 +3,7 @@
 pub mod boards;
 pub mod build;
 pub mod cfg;
+pub mod cfg_upload;
 pub mod cmd;
 pub mod demo;
 pub mod diff_update;

@@ -331,8 +331,11 @@ async fn session(
             }
         }
         Restart::SoftReset | Restart::Reboot => {
-            let (m, what) = if how == Restart::Reboot {
+            let (m, what) = if how == Restart::Reboot && restarts_itself(project, node) {
                 (2, "reboot")
+            } else if how == Restart::Reboot {
+                // A unix node run by `moat run` would end on a hard reset.
+                (1, "reboot")
             } else {
                 (1, "soft-reset")
             };
@@ -407,6 +410,13 @@ async fn session(
     }
     report.bytes_sent = conn.bytes_out().await? - b1;
     Ok(report)
+}
+
+/// Whether a hard reset brings the node back by itself: a device does, a
+/// unix node only when the mux runs it (process link).
+fn restarts_itself(project: &Project, node: &Node) -> bool {
+    project.board_of(node).flash != crate::board::Flash::Local
+        || node.link == crate::manifest::Link::Process
 }
 
 /// Waits until app `a` answers `dir` (it restarts in the background).

@@ -11,6 +11,7 @@
 //!    node imports the new modules.
 
 pub mod apply;
+pub mod config;
 pub mod meter;
 pub mod mpy;
 pub mod plan;

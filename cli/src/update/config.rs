@@ -1,0 +1,181 @@
+//! `moat cfg upload`: replace a node's `moat.cfg` with the one the manifest
+//! gives (`[nodes.NAME.config]` plus the derived `link`), atomically, and
+//! make it the running config.
+//!
+//! The file goes up like a module (temporary name, hash check, rename).
+//! Then the running config becomes the new one (`cfg.w p=[]`) and the
+//! apps restart (`cfg.x`); when the `link` section changed (links are set
+//! up at boot) or the config does not fit one message, the runtime
+//! restarts instead (`sys.boot m=1`, which reads the new file).
+
+use super::meter::Metered;
+use super::upload::Files;
+use crate::client::Target;
+use crate::local_node::CONFIG_FILE;
+use crate::manifest::Node;
+use crate::project::Project;
+use crate::render;
+use mux_runtime::msgpack::{self, Limits};
+use mux_runtime::Value;
+use std::time::Duration;
+
+/// One difference between two configs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    Added(Vec<String>, Value),
+    Removed(Vec<String>, Value),
+    Changed(Vec<String>, Value, Value),
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let path = |p: &[String]| p.join(".");
+        match self {
+            Change::Added(p, v) => write!(f, "+ {} = {}", path(p), render::human_compact(v)),
+            Change::Removed(p, v) => write!(f, "- {} = {}", path(p), render::human_compact(v)),
+            Change::Changed(p, a, b) => write!(
+                f,
+                "~ {}: {} -> {}",
+                path(p),
+                render::human_compact(a),
+                render::human_compact(b)
+            ),
+        }
+    }
+}
+
+fn key_text(k: &Value) -> String {
+    k.as_str()
+        .map_or_else(|| render::human_compact(k), str::to_owned)
+}
+
+/// The differences from `old` to `new`, maps compared key by key (in
+/// `new`'s order, then keys only `old` has).
+pub fn diff(old: &Value, new: &Value) -> Vec<Change> {
+    let mut out = vec![];
+    walk(old, new, &mut vec![], &mut out);
+    out
+}
+
+fn walk(old: &Value, new: &Value, at: &mut Vec<String>, out: &mut Vec<Change>) {
+    match (old, new) {
+        (Value::Map(a), Value::Map(b)) => {
+            for (k, v) in b {
+                at.push(key_text(k));
+                match a.iter().find(|(ka, _)| ka == k) {
+                    Some((_, va)) => walk(va, v, at, out),
+                    None => out.push(Change::Added(at.clone(), v.clone())),
+                }
+                at.pop();
+            }
+            for (k, v) in a {
+                if !b.iter().any(|(kb, _)| kb == k) {
+                    at.push(key_text(k));
+                    out.push(Change::Removed(at.clone(), v.clone()));
+                    at.pop();
+                }
+            }
+        }
+        (a, b) if a == b => {}
+        (a, b) => out.push(Change::Changed(at.clone(), a.clone(), b.clone())),
+    }
+}
+
+/// What `moat cfg upload` found and did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    /// Differences from the node's file to the manifest's config; `None`
+    /// when the node had no readable `moat.cfg`.
+    pub changes: Option<Vec<Change>>,
+    /// Whether the file was replaced.
+    pub uploaded: bool,
+    /// `apps`, `soft-reset` or `none`.
+    pub restart: &'static str,
+}
+
+/// Uploads `node`'s config from the manifest (see the module docs).
+pub async fn upload(
+    project: &Project,
+    node: &Node,
+    target: &Target,
+    dry_run: bool,
+) -> anyhow::Result<Outcome> {
+    let new = node.config();
+    let bytes = msgpack::to_vec(&new);
+    let mut conn = Metered::connect(project, node, target).await?;
+    let result = async {
+        let limit = conn.client.message_limit().await;
+        let old_bytes = Files::new(&conn.client, limit).get(CONFIG_FILE).await?;
+        let old = old_bytes
+            .as_deref()
+            .and_then(|b| msgpack::decode_exact(b, &Limits::default()).ok());
+        let changes = old.as_ref().map(|o| diff(o, &new));
+        let same = old_bytes.as_deref() == Some(bytes.as_slice());
+        if dry_run || same {
+            return Ok(Outcome {
+                changes,
+                uploaded: false,
+                restart: "none",
+            });
+        }
+        let mut files = Files::new(&conn.client, limit);
+        files.put(CONFIG_FILE, &bytes, &|_| {}).await?;
+        let link_changed = old.as_ref().and_then(|o| o.get("link")) != new.get("link");
+        let restart = if link_changed || bytes.len() + 64 > limit {
+            conn.client
+                .call_names(&["sys", "boot"], Value::map([("m", Value::from(1))]))
+                .await
+                .map_err(|e| anyhow::anyhow!("sys.boot: {e}"))?;
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            conn.wait_back(Duration::from_secs(30)).await?;
+            "soft-reset"
+        } else {
+            let p = Value::Array(vec![]);
+            conn.client
+                .call_names(
+                    &["cfg", "w"],
+                    Value::map([("p", p.clone()), ("d", new.clone())]),
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("cfg.w: {e}"))?;
+            conn.client
+                .call_names(&["cfg", "x"], Value::map([("p", p)]))
+                .await
+                .map_err(|e| anyhow::anyhow!("cfg.x: {e}"))?;
+            "apps"
+        };
+        Ok(Outcome {
+            changes,
+            uploaded: true,
+            restart,
+        })
+    }
+    .await;
+    conn.close().await;
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diff_names_added_removed_and_changed_paths() {
+        let old = Value::map([
+            ("apps", Value::map([("c", "counter.Counter".into())])),
+            ("c", Value::map([("step", 1.into()), ("ms", 1000.into())])),
+            ("gone", true.into()),
+        ]);
+        let new = Value::map([
+            ("apps", Value::map([("c", "counter.Counter".into())])),
+            ("c", Value::map([("step", 2.into()), ("ms", 1000.into())])),
+            ("wdt", Value::map([("t", 10.into())])),
+        ]);
+        let d: Vec<String> = diff(&old, &new).iter().map(ToString::to_string).collect();
+        assert_eq!(
+            d,
+            vec!["~ c.step: 1 -> 2", "+ wdt = {t: 10}", "- gone = true"]
+        );
+        assert!(diff(&new, &new).is_empty());
+    }
+}
