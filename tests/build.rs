@@ -322,3 +322,56 @@ fn the_same_project_in_another_folder_builds_identical_firmware() {
     assert_eq!(second[0]["rebuilt"], true, "a copy has no build state");
     assert_eq!(second[0]["firmware_sha256"], first[0]["firmware_sha256"]);
 }
+
+/// Replaces the `version = "1.25.0"` line of a project's moat.toml.
+fn set_micropython(project: &Path, line: &str) {
+    let path = project.join("moat.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let old = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("version = "))
+        .expect("moat init writes [micropython] version")
+        .to_string();
+    std::fs::write(&path, text.replace(&old, line)).unwrap();
+}
+
+#[test]
+fn micropython_version_debian_lacks_is_refused_naming_what_it_offers() {
+    if !build_tools_present() {
+        return;
+    }
+    let p = temp_project("unix").unwrap();
+    set_micropython(p.path(), r#"version = "9.9.9""#);
+    let out = p.moat().arg("build").output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no MicroPython 9.9.9"), "{err}");
+    assert!(err.contains("1.25.0"), "names the version it offers: {err}");
+    assert!(!test_cache().join("moat/micropython/9.9.9").exists());
+}
+
+#[test]
+fn a_local_micropython_tree_given_as_path_builds() {
+    if !build_tools_present() {
+        return;
+    }
+    // The cached tree of the default version serves as a local checkout.
+    unix_satellite().expect("unix satellite builds (fills the cache)");
+    let tree = test_cache().join("moat/micropython/1.25.0");
+    let p = temp_project("unix").unwrap();
+    set_micropython(
+        p.path(),
+        &format!("path = {:?}", tree.display().to_string()),
+    );
+    let objs = build_json(p.path(), &[]).unwrap();
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(p.path().join(".moat/build/demo/record.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        record["inputs"]["source"],
+        format!("path:{}", tree.canonicalize().unwrap().display())
+    );
+    let fw = PathBuf::from(objs[0]["firmware"].as_str().unwrap());
+    assert_eq!(firmware_table(&fw).unwrap(), json_table(&objs[0]));
+}
