@@ -174,7 +174,7 @@ mod tests {
         let d: Vec<String> = diff(&old, &new).iter().map(ToString::to_string).collect();
         assert_eq!(
             d,
-            vec!["~ c.step: 1 -> 2", "+ wdt = {t: 10}", "- gone = true"]
+            vec!["~ c.step: 1 -> 2", "+ wdt = {t: 10}", "- gone = True"]
         );
         assert!(diff(&new, &new).is_empty());
     }
