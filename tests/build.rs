@@ -375,3 +375,65 @@ fn a_local_micropython_tree_given_as_path_builds() {
     let fw = PathBuf::from(objs[0]["firmware"].as_str().unwrap());
     assert_eq!(firmware_table(&fw).unwrap(), json_table(&objs[0]));
 }
+
+#[test]
+fn a_git_micropython_source_is_cloned_at_its_rev_and_builds() {
+    if !build_tools_present() {
+        return;
+    }
+    assert!(
+        on_path_any("git") || std::env::var_os("CI").is_none_or(|v| v != "true"),
+        "CI=true but git is missing"
+    );
+    if !on_path_any("git") {
+        eprintln!("SKIPPED: git not installed");
+        return;
+    }
+    // A local repository made from the cached tree stands in for upstream.
+    unix_satellite().expect("unix satellite builds (fills the cache)");
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("micropython.git");
+    copy_tree(&test_cache().join("moat/micropython/1.25.0"), &repo).unwrap();
+    let _ = std::fs::remove_dir_all(repo.join("mpy-cross/build"));
+    let git = |args: &[&str]| {
+        run_ok(
+            Command::new("git")
+                .arg("-C")
+                .arg(&repo)
+                .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+                .args(args),
+        )
+        .unwrap()
+    };
+    git(&["init", "-q"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-qm", "import"]);
+    git(&["tag", "v1.25.0"]);
+    // Later history must not leak into the build.
+    std::fs::write(repo.join("NEWER"), "x").unwrap();
+    git(&["add", "NEWER"]);
+    git(&["commit", "-qm", "newer"]);
+
+    let p = temp_project("unix").unwrap();
+    let url = format!("file://{}", repo.display());
+    // A cache of its own: the clone is keyed by URL and rev.
+    let cache = tmp.path().join("cache");
+    set_micropython(p.path(), &format!("git = {url:?}\nrev = \"v1.25.0\""));
+    let out = run_ok(
+        p.moat()
+            .args(["build", "--json"])
+            .env("XDG_CACHE_HOME", &cache),
+    )
+    .unwrap();
+    let objs = json_lines(&out.stdout).unwrap();
+    let fw = PathBuf::from(objs[0]["firmware"].as_str().unwrap());
+    assert_eq!(firmware_table(&fw).unwrap(), json_table(&objs[0]));
+    let trees: Vec<PathBuf> = std::fs::read_dir(cache.join("moat/micropython"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(trees.len(), 1, "{trees:?}");
+    assert!(trees[0].join("mpy-cross/build/mpy-cross").is_file());
+    assert!(!trees[0].join("NEWER").exists(), "checked out at the rev");
+}
