@@ -68,7 +68,10 @@ mod tests {
             .collect();
         assert_eq!(
             serials,
-            ["tcp:127.0.0.1:27600,server=on,wait=off", "file:/n/console.log"]
+            [
+                "tcp:127.0.0.1:27600,server=on,wait=off",
+                "file:/n/console.log"
+            ]
         );
         assert!(args.contains(&"-semihosting".to_owned()));
         assert_eq!(c.get_current_dir(), Some(Path::new("/n")));

@@ -1,0 +1,410 @@
+//! Emulated microcontrollers end to end: the `qemu-mps2` board (MicroPython's
+//! qemu port with moat's patch, under `qemu-system-arm`) built by `moat
+//! build`, installed by `moat flash`, started by `moat run`, reached over its
+//! lossy UART (SerialPacker + reliable layer) on QEMU's serial socket.
+//!
+//! The firmware is built once per test process into a shared project; tests
+//! that need their own emulator copy its firmware and config into a
+//! temporary folder (their own flash image) and start QEMU there.
+
+use anyhow::{bail, Context};
+use moat_e2e::{e2e_dir, moat, run_ok};
+use mux_runtime::framing::SerialPackerConfig;
+use mux_runtime::link::{LinkOptions, LinkSpec, NodeLink, SerialSpec};
+use mux_runtime::{reliable, Value};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// A test app: counts its calls, so a duplicated or lost request shows.
+const COUNTER_APP: &str = "\
+from app import App
+
+
+class Counter(App):
+    def __init__(self, cfg, name, root):
+        super().__init__(cfg, name, root)
+        self.n = 0
+
+    def cmd_inc(self):
+        self.n += 1
+        return self.n
+
+    def cmd_get(self):
+        return self.n
+";
+
+/// Whether QEMU and the ARM compiler are here. Under `CI=true` a missing
+/// one fails the test (`.ci/run` installs them); otherwise the test says
+/// why and returns.
+fn emulator_tools_present() -> bool {
+    if !moat_e2e::build_tools_present() {
+        return false;
+    }
+    let missing: Vec<&str> = ["qemu-system-arm", "arm-none-eabi-gcc", "patch"]
+        .into_iter()
+        .filter(|t| {
+            !std::env::var_os("PATH")
+                .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(t).is_file()))
+        })
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some_and(|v| v == "true") {
+        panic!("CI=true but {missing:?} are missing (apt-get install qemu-system-arm gcc-arm-none-eabi libnewlib-arm-none-eabi patch)");
+    }
+    eprintln!("SKIPPED: {missing:?} missing; install them to run this test");
+    false
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free local port")
+}
+
+fn write_manifest(root: &Path, port: u16) -> anyhow::Result<()> {
+    std::fs::write(
+        root.join("moat.toml"),
+        format!(
+            "[project]\nname = \"emu\"\n\n[apps]\npaths = [\"apps\"]\n\n\
+             [nodes.q]\nboard = \"qemu-mps2\"\nport = \"tcp:127.0.0.1:{port}\"\n\n\
+             [nodes.q.config]\napps = {{ fs = \"fs.Files\", c = \"counter.Counter\" }}\n"
+        ),
+    )?;
+    Ok(())
+}
+
+/// The shared qemu-mps2 project, built once per test process.
+fn qemu_project() -> anyhow::Result<PathBuf> {
+    static P: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    P.get_or_init(|| build_project().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn build_project() -> anyhow::Result<PathBuf> {
+    let base = e2e_dir();
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(base.join("qemu-mps2.lock"))?;
+    lock.lock().context("cannot lock the qemu project")?;
+    let root = base.join("qemu-mps2");
+    std::fs::create_dir_all(root.join("apps"))?;
+    std::fs::write(root.join("apps/counter.py"), COUNTER_APP)?;
+    write_manifest(&root, free_port())?;
+    let out = run_ok(moat(&root).args(["build", "--node", "q", "--json"]))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !text.contains("firmware.elf") {
+        bail!("moat build printed no firmware.elf: {text}");
+    }
+    Ok(root)
+}
+
+/// A QEMU running the shared firmware in its own folder (own flash image);
+/// killed on drop.
+struct Emulator {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Emulator {
+    fn start() -> anyhow::Result<Emulator> {
+        let project = qemu_project()?;
+        let dir = tempfile::Builder::new().prefix("moat-qemu-").tempdir()?;
+        let fw = project.join(".moat/build/q/firmware/firmware.elf");
+        std::fs::copy(&fw, dir.path().join("firmware.elf"))?;
+        std::fs::copy(
+            project.join(".moat/build/q/moat.cfg"),
+            dir.path().join("moat.cfg"),
+        )?;
+        let port = free_port();
+        let mut cmd = moat::emulator::qemu::command(
+            &dir.path().join("firmware.elf"),
+            port,
+            &moat::emulator::qemu::Console::File(dir.path().join("console.log")),
+            dir.path(),
+        );
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start qemu-system-arm")?;
+        let emu = Emulator { child, port, dir };
+        emu.wait_listening()?;
+        Ok(emu)
+    }
+
+    fn wait_listening(&self) -> anyhow::Result<()> {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(20) {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("QEMU never listened on port {}", self.port)
+    }
+
+    fn console(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serial_spec(path: String) -> LinkSpec {
+    LinkSpec::Serial(SerialSpec {
+        path,
+        baud: 115200,
+        packer: SerialPackerConfig {
+            max_packet: 255,
+            ..SerialPackerConfig::default()
+        },
+        reliable: reliable::Config {
+            window: 8,
+            timeout_ms: 1000,
+            retries: 5,
+        },
+    })
+}
+
+fn kw(pairs: &[(&str, Value)]) -> Value {
+    Value::Map(
+        pairs
+            .iter()
+            .map(|(k, v)| (Value::from(*k), v.clone()))
+            .collect(),
+    )
+}
+
+/// `moat build` → `moat flash` → `moat run` (QEMU via the board's run
+/// command) → `moat cmd`/`cfg`/`fs` over the emulated UART.
+#[test]
+fn qemu_node_built_flashed_and_run_answers_dir_ping_streams_cfg_and_fs() {
+    if !emulator_tools_present() {
+        return;
+    }
+    let root = qemu_project().unwrap();
+    let port = free_port();
+    write_manifest(&root, port).unwrap();
+    // A fresh flash image: the node takes moat.cfg from `moat flash`.
+    let _ = std::fs::remove_file(root.join(".moat/nodes/q/flash.bin"));
+    run_ok(moat(&root).arg("flash")).unwrap();
+    let mut run = moat(&root)
+        .arg("run")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+            let _ = self.0.wait();
+        }
+    }
+    let console = run.stdout.take().unwrap();
+    let _run = Kill(run);
+    let ok = |args: &[&str]| -> String {
+        let out = run_ok(moat(&root).args(args)).unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // Up as soon as QEMU listens and the node runs its link.
+    let t0 = Instant::now();
+    let dir = loop {
+        match run_ok(moat(&root).args(["cmd", "q", "sys.dir"])) {
+            Ok(out) => break String::from_utf8(out.stdout).unwrap(),
+            Err(e) if t0.elapsed() > Duration::from_secs(40) => {
+                panic!("node never answered: {e:#}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    };
+    assert!(dir.contains("mem") && dir.contains("info"), "{dir}");
+    assert_eq!(ok(&["cmd", "q", "ping", "m=hi"]).trim(), "{m: hi}");
+    let info = ok(&["cmd", "q", "sys.info", "--json"]);
+    assert!(info.contains("\"qemu\""), "{info}");
+    // A stream: three items, then stopped.
+    let items = ok(&["cmd", "q", "c.inc", "--stream", "50", "--count", "3"]);
+    assert_eq!(items.lines().count(), 3, "{items}");
+    // cfg write + save, read back after a soft reboot.
+    ok(&["cfg", "set", "c.limit", "7", "--save"]);
+    ok(&["cmd", "q", "sys.boot", "m=1"]);
+    let t0 = Instant::now();
+    let limit = loop {
+        match run_ok(moat(&root).args(["cfg", "get", "c.limit"])) {
+            Ok(out) => break String::from_utf8(out.stdout).unwrap(),
+            Err(e) if t0.elapsed() > Duration::from_secs(40) => {
+                panic!("no cfg after reboot: {e:#}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(300)),
+        }
+    };
+    assert_eq!(limit.trim(), "7");
+    // fs round trip, binary-safe.
+    let tmp = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..3000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    let local = tmp.path().join("blob.bin");
+    std::fs::write(&local, &data).unwrap();
+    ok(&["fs", "put", local.to_str().unwrap(), "blob.bin"]);
+    let back = tmp.path().join("back.bin");
+    ok(&["fs", "get", "blob.bin", back.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&back).unwrap(), data);
+    assert!(ok(&["fs", "ls"]).contains("blob.bin"));
+    // The console (UART1) went to `moat run`'s stdout, not into the link.
+    drop(console);
+}
+
+/// A proxy between QEMU's UART socket and the host that corrupts bytes in
+/// both directions (deterministically, about one byte in `every`).
+async fn corrupting_proxy(
+    listen: tokio::net::TcpListener,
+    upstream: u16,
+    every: u64,
+    flipped: Arc<AtomicU64>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok((client, _)) = listen.accept().await else {
+        return;
+    };
+    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
+        return;
+    };
+    let (cr, cw) = client.into_split();
+    let (sr, sw) = server.into_split();
+    let pump = |mut r: tokio::net::tcp::OwnedReadHalf,
+                mut w: tokio::net::tcp::OwnedWriteHalf,
+                seed: u64,
+                flipped: Arc<AtomicU64>| async move {
+        let mut state = seed;
+        let mut buf = [0u8; 512];
+        loop {
+            let n = match r.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            for b in &mut buf[..n] {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                if (state >> 33).is_multiple_of(every) {
+                    *b ^= 1 << ((state >> 20) % 8);
+                    flipped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if w.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    let up = tokio::spawn(pump(cr, sw, 1, flipped.clone()));
+    let down = tokio::spawn(pump(sr, cw, 2, flipped));
+    let _ = up.await;
+    let _ = down.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lossy_uart_with_corrupted_bytes_delivers_every_request_exactly_once() {
+    if !emulator_tools_present() {
+        return;
+    }
+    let emu = tokio::task::spawn_blocking(Emulator::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let listen = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_port = listen.local_addr().unwrap().port();
+    let flipped = Arc::new(AtomicU64::new(0));
+    tokio::spawn(corrupting_proxy(listen, emu.port, 200, flipped.clone()));
+    let link = NodeLink::spawn(
+        "q",
+        serial_spec(format!("tcp:127.0.0.1:{proxy_port}")),
+        Arc::new(mux_runtime::endpoint::NoHandler),
+        LinkOptions {
+            connect_timeout: Duration::from_secs(40),
+            ..LinkOptions::default()
+        },
+    );
+    let ep = tokio::time::timeout(Duration::from_secs(60), link.wait_up())
+        .await
+        .expect("the link came up")
+        .expect("an endpoint");
+    const N: i128 = 40;
+    let t0 = Instant::now();
+    for i in 1..=N {
+        let v = tokio::time::timeout(Duration::from_secs(60), ep.call(["c", "inc"], kw(&[])))
+            .await
+            .expect("no reply within 60 s")
+            .unwrap_or_else(|e| panic!("request {i} failed: {e:?}\nconsole:\n{}", emu.console()));
+        assert_eq!(
+            v,
+            Value::Int(i),
+            "request {i} ran a different number of times"
+        );
+    }
+    let rate = N as f64 / t0.elapsed().as_secs_f64();
+    let n = ep.call(["c", "get"], kw(&[])).await.unwrap();
+    assert_eq!(n, Value::Int(N));
+    assert!(
+        flipped.load(Ordering::Relaxed) > 0,
+        "the proxy corrupted nothing"
+    );
+    eprintln!(
+        "lossy UART: {N} requests, {:.1}/s, {} bytes corrupted",
+        rate,
+        flipped.load(Ordering::Relaxed)
+    );
+    link.stop().await;
+}
+
+#[test]
+fn qemu_node_boots_with_the_runtime_and_reports_its_heap() {
+    if !emulator_tools_present() {
+        return;
+    }
+    let emu = Emulator::start().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let link = NodeLink::spawn(
+            "q",
+            serial_spec(format!("tcp:127.0.0.1:{}", emu.port)),
+            Arc::new(mux_runtime::endpoint::NoHandler),
+            LinkOptions::default(),
+        );
+        let ep = tokio::time::timeout(Duration::from_secs(60), link.wait_up())
+            .await
+            .expect("the link came up")
+            .expect("an endpoint");
+        let mem = ep.call(["sys", "mem"], kw(&[])).await.unwrap();
+        let free = match mem.get("f") {
+            Some(Value::Int(f)) => *f,
+            other => panic!("sys.mem has no free figure: {other:?}"),
+        };
+        // 140 KB heap: the runtime and its apps leave most of it free.
+        assert!(free > 64 * 1024, "only {free} bytes free: {mem:?}");
+        eprintln!("qemu-mps2 heap after boot: {mem:?}");
+        // The flash image took over moat.cfg and the host copy is gone.
+        assert!(emu.dir.path().join("flash.bin").is_file());
+        assert!(!emu.dir.path().join("moat.cfg").exists());
+        link.stop().await;
+    });
+}
