@@ -388,3 +388,22 @@ async fn dropping_every_handle_closes_the_link() {
     let next = timeout(PATIENCE, peer.framed.next()).await.unwrap();
     assert!(next.is_none(), "the link should close, got {next:?}");
 }
+
+#[tokio::test]
+async fn a_peer_that_does_not_read_gets_its_stream_coalesced_not_queued_without_bound() {
+    let (ep, mut peer) = pair_with(Arc::new(TestApp));
+    peer.send(Message::request(["echo"], kw(&[("pad", "x".repeat(200).into())]), 2).streaming(1))
+        .await;
+    // The peer never reads again: the duplex fills, then our queue.
+    let high = mux_runtime::endpoint::HIGH_WATER;
+    timeout(PATIENCE, async {
+        while ep.stats().queued < high {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the queue fills up to the high-water mark");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(ep.stats().queued <= high, "queued {}", ep.stats().queued);
+    drop(peer);
+}

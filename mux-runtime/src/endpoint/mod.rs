@@ -36,12 +36,12 @@ pub mod table;
 use std::fmt;
 use std::future::Future;
 use std::path::Path as FsPath;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
 use futures::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -58,6 +58,15 @@ use table::{Delivery, Outcome, RequestTable, ServingTable};
 /// How many unsolicited messages / console chunks a slow subscriber may
 /// fall behind before it misses some (it is told how many it missed).
 const BROADCAST_DEPTH: usize = 256;
+
+/// Messages queued for the transport above which the tasks serving the
+/// peer's requests wait before sending more: a peer that does not read
+/// gets its streams coalesced (protocol §1.4) instead of growing our queue.
+pub const HIGH_WATER: usize = 256;
+
+/// The peer's requests served at once; beyond that new ones are refused
+/// (a peer flooding requests cannot spawn tasks without bound).
+pub const MAX_SERVING: usize = 4096;
 
 /// An unsolicited message or fire-and-forget request: `{a, d}` without `i`.
 #[derive(Clone, Debug, PartialEq)]
@@ -79,6 +88,8 @@ pub struct EndpointStats {
     pub pending: usize,
     /// The peer's requests we are serving right now.
     pub serving: usize,
+    /// Messages waiting for the transport.
+    pub queued: usize,
 }
 
 /// Settings for [`Endpoint::spawn_with`].
@@ -128,6 +139,10 @@ struct Shared {
     closed: CancellationToken,
     counters: Counters,
     handler: Arc<dyn Handler>,
+    /// Messages handed to the write loop and not yet written.
+    queued: AtomicUsize,
+    /// Signalled when the write loop has drained below [`HIGH_WATER`].
+    drained: Notify,
 }
 
 /// Closes the link when the last [`Endpoint`] handle is dropped (serving
@@ -215,6 +230,8 @@ impl Endpoint {
             closed: closed.clone(),
             counters: Counters::default(),
             handler,
+            queued: AtomicUsize::new(0),
+            drained: Notify::new(),
         });
         tokio::spawn(write_loop(shared.clone(), sink, out_rx));
         tokio::spawn(read_loop(shared.clone(), source));
@@ -403,6 +420,7 @@ impl Endpoint {
             bad_messages_in: c.bad_messages_in.load(Ordering::Relaxed),
             pending: state.requests.len(),
             serving: state.serving.len(),
+            queued: self.shared.queued.load(Ordering::Relaxed),
         }
     }
 
@@ -465,7 +483,33 @@ impl Shared {
 
     fn send(&self, msg: &Message) {
         if self.out.send(msg.to_value()).is_ok() {
+            self.queued.fetch_add(1, Ordering::Relaxed);
             self.counters.messages_out.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Waits while the transport is behind (more than [`HIGH_WATER`]
+    /// messages queued).
+    async fn room(&self) {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.queued.load(Ordering::Relaxed) < HIGH_WATER || self.closed.is_cancelled() {
+                return;
+            }
+            tokio::select! {
+                _ = drained => {}
+                _ = self.closed.cancelled() => return,
+            }
+        }
+    }
+
+    /// The write loop took `n` messages off the queue.
+    fn written(&self, n: usize) {
+        let before = self.queued.fetch_sub(n, Ordering::Relaxed);
+        if before >= HIGH_WATER && before - n < HIGH_WATER {
+            self.drained.notify_waiters();
         }
     }
 
@@ -575,6 +619,14 @@ impl Shared {
             self.send(&Message::error(seq, err));
             return;
         }
+        if state.serving.len() >= MAX_SERVING {
+            drop(state);
+            let err = RemoteError::generic(format!(
+                "{MAX_SERVING} requests are already running here; wait for answers before sending more"
+            ));
+            self.send(&Message::error(seq, err));
+            return;
+        }
         let shared = self.clone();
         // Spawned under the lock so the task cannot finish before it is
         // registered.
@@ -584,12 +636,15 @@ impl Shared {
                     Ok(v) => Message::reply(seq, v),
                     Err(e) => Message::error(seq, e),
                 };
+                shared.room().await;
                 shared.finish(seq, &answer);
             }),
             Some(every_ms) => tokio::spawn(async move {
                 let mut items = shared.handler.clone().stream(req, every_ms);
                 let mut n = 0;
                 while let Some(item) = items.next().await {
+                    // A peer that does not read: wait (the source coalesces).
+                    shared.room().await;
                     match item {
                         Ok(v) => {
                             n += 1;
@@ -697,11 +752,14 @@ where
                 v = out.recv() => match v { Some(v) => v, None => break },
             };
             sink.feed(first).await?;
+            let mut n = 1;
             // Batch whatever else is queued into one flush.
             while let Ok(v) = out.try_recv() {
                 sink.feed(v).await?;
+                n += 1;
             }
             sink.flush().await?;
+            shared.written(n);
         }
         // Best effort: whatever was queued before the close (e.g. the
         // answer to a last request) still goes out.
