@@ -396,7 +396,11 @@ mod tests {
             ("d", Value::Bin(vec![7; 300])),
         ]));
         for cut in 0..bytes.len() {
-            assert_eq!(decode(&bytes[..cut], &Limits::default()), Ok(None), "cut {cut}");
+            assert_eq!(
+                decode(&bytes[..cut], &Limits::default()),
+                Ok(None),
+                "cut {cut}"
+            );
         }
     }
 
@@ -412,7 +416,10 @@ mod tests {
     fn deep_nesting_is_refused() {
         let bytes = vec![0x91; 100];
         let err = decode(&bytes, &Limits::default()).unwrap_err();
-        assert!(matches!(err.kind, DecodeErrorKind::TooDeep { max: 32 }), "{err}");
+        assert!(
+            matches!(err.kind, DecodeErrorKind::TooDeep { max: 32 }),
+            "{err}"
+        );
     }
 
     #[test]
