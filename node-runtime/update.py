@@ -72,7 +72,9 @@ class Update(App):
     def cmd_mods(self, t=None, o=0):
         # {t: digest of the frozen table, p: search order, f: frozen table
         # (absent when `t` already names it), o: [[file, hash]] override
-        # files, l: ledger, n: offset of the next part (absent: complete)}
+        # files, l: ledger, v: the .mpy version this node loads
+        # (sys.implementation._mpy), n: offset of the next part (absent:
+        # complete)}
         try:
             from _hash import hashes
         except ImportError:
@@ -102,6 +104,7 @@ class Update(App):
         r = {"t": g, "p": ps}
         if o == 0:
             r["l"] = _ledger()
+            r["v"] = getattr(sys.implementation, "_mpy", None)
         # as many entries as fit in one message; `n` says where to go on
         room = self.root.m - 96 - sum(len(x) + 2 for x in r.get("l", ()))
         f = {}

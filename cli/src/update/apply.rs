@@ -10,7 +10,7 @@ use super::meter::Metered;
 use super::mpy::MpyCross;
 use super::plan::{self, Action, Plan, Restart, Wanted};
 use super::project::{self, ProjectModules};
-use super::table::{Assembler, Form, NodeTable, LEDGER};
+use super::table::{mpy_version, Assembler, Form, NodeTable, LEDGER};
 use super::upload::Files;
 use crate::build::record::Record;
 use crate::client::Target;
@@ -210,14 +210,26 @@ async fn session(
     let query_bytes = conn.bytes_out().await? - b0;
     let mpy = if opts.mpy {
         let c = MpyCross::at(&modules.tree.mpy_cross)?;
-        let info = call(&conn.client, &["sys", "info"], Value::Map(vec![])).await?;
-        let version = info.get("p").and_then(Value::as_str).unwrap_or("?");
-        if !c.matches(version) {
-            bail!(
-                "node `{}` runs MicroPython {version} but the project's mpy-cross is {:?}: .mpy files would not load; reflash the node or drop --mpy",
+        // An .mpy loads only where its version is the node's.
+        match (c.emits(), table.mpy.map(mpy_version)) {
+            (Some(ours), Some(theirs)) if ours != theirs => bail!(
+                "node `{}` loads .mpy v{}.{} but the project's mpy-cross emits v{}.{}: the files would not load; reflash the node or drop --mpy",
                 node.name,
+                theirs.0,
+                theirs.1,
+                ours.0,
+                ours.1
+            ),
+            (None, _) => bail!(
+                "cannot tell which .mpy version {} emits ({:?}); drop --mpy",
+                c.path.display(),
                 c.version
-            );
+            ),
+            (_, None) => bail!(
+                "node `{}` does not say which .mpy version it loads (no sys.implementation._mpy); drop --mpy",
+                node.name
+            ),
+            _ => {}
         }
         Some(c)
     } else {

@@ -35,12 +35,15 @@ impl MpyCross {
         })
     }
 
-    /// Whether this compiler belongs to MicroPython `version` (`1.25.0`,
-    /// as the node's `sys.info` reports it).
-    pub fn matches(&self, version: &str) -> bool {
-        self.version
-            .split_whitespace()
-            .any(|w| w.trim_start_matches('v').trim_end_matches([',', ';']) == version)
+    /// The `.mpy` version it emits (`… emitting mpy v6.3` → `(6, 3)`).
+    pub fn emits(&self) -> Option<(u32, u32)> {
+        let v = self.version.split("emitting mpy v").nth(1)?;
+        let v: String = v
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        let (a, b) = v.split_once('.')?;
+        Some((a.parse().ok()?, b.parse().ok()?))
     }
 
     /// Compiles module `name`'s `source` to `.mpy` bytes. The file name
@@ -74,13 +77,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn version_is_matched_word_by_word() {
-        let m = MpyCross {
+    fn emitted_mpy_version_is_read_from_the_version_line() {
+        let m = |v: &str| MpyCross {
             path: "mpy-cross".into(),
-            version: "MicroPython v1.25.0 on 2025-04-15; mpy-cross emitting mpy v6.3".into(),
+            version: v.into(),
         };
-        assert!(m.matches("1.25.0"));
-        assert!(!m.matches("1.24.1"));
-        assert!(!m.matches("1.25"));
+        let v = "MicroPython v1.25.0 on 2025-04-15; mpy-cross emitting mpy v6.3";
+        assert_eq!(m(v).emits(), Some((6, 3)));
+        assert_eq!(m("MicroPython 0e00085-dirty").emits(), None);
     }
 }

@@ -466,6 +466,7 @@ mod tests {
                 })
                 .collect(),
             ledger: BTreeSet::new(),
+            mpy: None,
         }
     }
 

@@ -24,6 +24,12 @@ pub const LEDGER: &str = "moat.upd";
 /// Suffix of a file being uploaded (a leftover means an interrupted run).
 pub const TEMP_SUFFIX: &str = ".moat-tmp";
 
+/// The `(version, sub-version)` of `.mpy` files a node with
+/// `sys.implementation._mpy == mpy` loads.
+pub fn mpy_version(mpy: u32) -> (u32, u32) {
+    (mpy & 0xff, (mpy >> 8) & 3)
+}
+
 /// A module file's form.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Form {
@@ -96,6 +102,9 @@ pub struct NodeTable {
     pub files: Vec<NodeFile>,
     /// Modules diff-update put on the node that the firmware lacks.
     pub ledger: BTreeSet<String>,
+    /// The `.mpy` version the node loads (`sys.implementation._mpy`:
+    /// version in the low byte, sub-version in bits 8–9).
+    pub mpy: Option<u32>,
 }
 
 /// The digest of a frozen table, as the node computes it: SHA-256 over
@@ -192,6 +201,10 @@ impl Assembler {
                 .iter()
                 .map(|p| text(p, "p"))
                 .collect::<anyhow::Result<_>>()?;
+            self.table.mpy = part
+                .get("v")
+                .and_then(Value::as_int)
+                .and_then(|v| u32::try_from(v).ok());
             if let Some(l) = part.get("l").and_then(Value::as_array) {
                 for n in l {
                     self.table.ledger.insert(text(n, "l")?);
@@ -348,6 +361,12 @@ mod tests {
         ] {
             assert!(Assembler::new(None).feed(&bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn mpy_version_comes_from_the_low_bits() {
+        // MicroPython 1.25 on x64: 2822 = 0x0b06 → v6.3 (arch in the top bits).
+        assert_eq!(mpy_version(2822), (6, 3));
     }
 
     #[test]
