@@ -66,12 +66,19 @@ impl MuxProject {
     /// Process nodes `names` share the satellite's firmware (built once
     /// per test process by `moat build`); each is flashed with `moat flash`.
     fn start(names: &[&str]) -> anyhow::Result<MuxProject> {
-        MuxProject::start_with(names, &[])
+        MuxProject::start_with(names, &[], "", "")
     }
 
     /// Like [`start`](MuxProject::start), plus nodes on TCP links that
     /// `moat run` starts (the mux connects to them).
-    fn start_with(names: &[&str], tcp_names: &[&str]) -> anyhow::Result<MuxProject> {
+    /// `extra_apps` is added inside every node's `apps = { … }` (starting
+    /// with a comma), `extra_config` to its config table.
+    fn start_with(
+        names: &[&str],
+        tcp_names: &[&str],
+        extra_apps: &str,
+        extra_config: &str,
+    ) -> anyhow::Result<MuxProject> {
         moat_e2e::unix_satellite()?;
         let sat = moat_e2e::satellite_project()?;
         let dir = tempfile::Builder::new().prefix("moat-mux-").tempdir()?;
@@ -94,8 +101,8 @@ impl MuxProject {
         for (name, link) in &links {
             toml.push_str(&format!(
                 "[nodes.{name}]\nboard = \"unix\"\nlink = {link}\n\
-                 [nodes.{name}.config]\napps = {{ fs = \"fs.Files\", c = \"counter.Counter\", t = \"tapp.T\" }}\n\
-                 c = {{ step = 1, ms = 20 }}\nwho = \"{name}\"\n"
+                 [nodes.{name}.config]\napps = {{ fs = \"fs.Files\", c = \"counter.Counter\", t = \"tapp.T\"{extra_apps} }}\n\
+                 c = {{ step = 1, ms = 20 }}\nwho = \"{name}\"\n{extra_config}\n"
             ));
         }
         std::fs::write(root.join("moat.toml"), toml)?;
@@ -378,7 +385,7 @@ async fn console_output_and_requests_share_the_stdio_link() {
 
 #[tokio::test]
 async fn moat_cmd_gives_the_same_output_directly_and_through_the_mux() {
-    let p = MuxProject::start_with(&[], &["tnode"]).unwrap();
+    let p = MuxProject::start_with(&[], &["tnode"], "", "").unwrap();
     let c = p.client().await;
     p.wait_up(&c, &["tnode"]).await;
     let cmd = |via_mux: bool| {
@@ -407,6 +414,40 @@ async fn moat_cmd_gives_the_same_output_directly_and_through_the_mux() {
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
     assert_eq!(json(cmd(true)), json(cmd(false)));
+}
+
+#[tokio::test]
+async fn the_watchdog_feeder_keeps_a_node_with_a_wdt_section_alive() {
+    // t = 1 s, started by the first sys.wdt (s = 0), no grace period: a
+    // node nobody feeds exits within a second of that first keepalive.
+    let p = MuxProject::start_with(
+        &["pump"],
+        &[],
+        ", wdt = \"wdt.Watchdog\"",
+        "wdt = { t = 1, s = 0, n = -1 }",
+    )
+    .unwrap();
+    let c = p.client().await;
+    p.wait_up(&c, &["pump"]).await;
+    let on = |state: Value| state.get("on") == Some(&Value::Bool(true));
+    timeout(PATIENCE, async {
+        while !on(c.call(["pump", "wdt", "state"], Value::Nil).await.unwrap()) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the feeder's sys.wdt started the watchdog");
+    // Three timeouts later the node still runs on its first process.
+    let pid = p.ls(&c, "pump").await.get("pid").cloned();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let info = p.ls(&c, "pump").await;
+    assert_eq!(info.get("state"), Some(&"up".into()));
+    assert_eq!(info.get("reconnects"), Some(&Value::from(0u64)));
+    assert_eq!(info.get("pid").cloned(), pid);
+    assert!(on(c
+        .call(["pump", "wdt", "state"], Value::Nil)
+        .await
+        .unwrap()));
 }
 
 #[tokio::test]

@@ -44,6 +44,9 @@ use console::Capture;
 pub use router::Uplink;
 pub use socket::BindError;
 
+/// Messages queued for a client beyond which it misses unsolicited ones.
+const BACKLOG_LIMIT: usize = 4 * crate::endpoint::HIGH_WATER;
+
 /// Default console capture per node: 64 KiB.
 pub const CONSOLE_BUFFER: usize = 64 * 1024;
 
@@ -143,6 +146,11 @@ impl Core {
     pub fn broadcast(&self, path: Path, data: Value) {
         let clients: Vec<Endpoint> = self.clients().values().cloned().collect();
         for client in clients {
+            // A client that does not read misses notices rather than
+            // growing the mux's memory.
+            if client.stats().queued >= BACKLOG_LIMIT {
+                continue;
+            }
             // A client that just went away: nothing to do.
             let _ = client.send(path.clone(), data.clone());
         }
