@@ -146,6 +146,7 @@ fn port_info(port: &str) -> serialport::UsbPortInfo {
         serial_number: None,
         manufacturer: None,
         product: None,
+        interface: None,
     })
 }
 

@@ -303,7 +303,12 @@ pub fn plan_for(
             "UF2 rules checked before copying; the bootloader checks each block".to_owned(),
         ),
         Flash::ProbeRs { chip } => (
-            Destination::Probe { chip: chip.clone() },
+            {
+                // Names the chip's problem before anything else happens.
+                #[cfg(feature = "probe-rs")]
+                probe::lookup(chip)?;
+                Destination::Probe { chip: chip.clone() }
+            },
             "probe-rs verifies after programming".to_owned(),
         ),
     };
