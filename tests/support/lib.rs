@@ -25,6 +25,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 pub mod esp_rom_sim;
+pub mod fault_proxy;
 pub mod node;
 
 /// The `moat` binary (built on first use).
