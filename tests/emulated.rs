@@ -267,8 +267,110 @@ fn qemu_node_built_flashed_and_run_answers_dir_ping_streams_cfg_and_fs() {
     ok(&["fs", "get", "blob.bin", back.to_str().unwrap()]);
     assert_eq!(std::fs::read(&back).unwrap(), data);
     assert!(ok(&["fs", "ls"]).contains("blob.bin"));
+    // diff-update: one changed app module goes over the UART; the app
+    // restarts running the new code.
+    let counter = root.join("apps/counter.py");
+    let changed = COUNTER_APP.replace("self.n += 1", "self.n += 100");
+    std::fs::write(&counter, &changed).unwrap();
+    let plan = ok(&["diff-update", "--json"]);
+    std::fs::write(&counter, COUNTER_APP).unwrap();
+    let plan: serde_json::Value = serde_json::from_str(plan.trim()).unwrap();
+    assert_eq!(plan["uploaded"], serde_json::json!(["counter"]), "{plan}");
+    let t0 = Instant::now();
+    let v = loop {
+        match run_ok(moat(&root).args(["cmd", "q", "c.inc"])) {
+            Ok(out) => break String::from_utf8(out.stdout).unwrap(),
+            Err(e) if t0.elapsed() > Duration::from_secs(40) => {
+                panic!("no app after update: {e:#}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(300)),
+        }
+    };
+    assert_eq!(v.trim(), "100", "the updated module does not run");
     // The console (UART1) went to `moat run`'s stdout, not into the link.
     drop(console);
+}
+
+/// `moat mux` starts the emulator itself, and starts it again when the
+/// node resets (QEMU exits): the link comes back by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mux_starts_the_emulator_and_restarts_it_after_a_hard_reset() {
+    if !emulator_tools_present() {
+        return;
+    }
+    let shared = tokio::task::spawn_blocking(qemu_project)
+        .await
+        .unwrap()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("proj");
+    std::fs::create_dir_all(root.join("apps")).unwrap();
+    std::fs::write(root.join("apps/counter.py"), COUNTER_APP).unwrap();
+    write_manifest(&root, free_port()).unwrap();
+    let to = root.join(".moat/build/q");
+    std::fs::create_dir_all(to.join("firmware")).unwrap();
+    for f in ["firmware/firmware.elf", "record.json", "moat.cfg"] {
+        std::fs::copy(shared.join(".moat/build/q").join(f), to.join(f)).unwrap();
+    }
+    run_ok(moat(&root).arg("flash")).unwrap();
+    let socket = dir.path().join("mux.sock");
+    let mux = moat(&root)
+        .args(["mux", "--socket"])
+        .arg(&socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Stop(Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+            let _ = self.0.wait();
+        }
+    }
+    let _mux = Stop(mux);
+    let t0 = Instant::now();
+    let ep = loop {
+        if let Ok(ep) = mux_runtime::endpoint::Endpoint::connect_unix(&socket).await {
+            break ep;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "no mux socket");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Polls `c.get` until the node answers.
+    let answer = |what: &'static str| {
+        let ep = ep.clone();
+        async move {
+            let t0 = Instant::now();
+            loop {
+                match ep.call(["q", "c", "get"], kw(&[])).await {
+                    Ok(v) => return v,
+                    Err(e) if t0.elapsed() > Duration::from_secs(60) => {
+                        panic!("{what}: the node never answered: {e:?}")
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        }
+    };
+    assert_eq!(answer("first boot").await, Value::Int(0));
+    assert_eq!(
+        ep.call(["q", "c", "inc"], kw(&[])).await.unwrap(),
+        Value::Int(1)
+    );
+    // A hard reset ends QEMU; a new one boots with a fresh counter.
+    let _ = ep
+        .call(["q", "sys", "boot"], kw(&[("m", Value::Int(2))]))
+        .await;
+    let t0 = Instant::now();
+    while answer("after the reset").await != Value::Int(0) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the node kept its counter: it was not restarted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// A proxy between QEMU's UART socket and the host that corrupts bytes in

@@ -94,6 +94,26 @@ pub fn node_config(project: &Project, node: &Node) -> anyhow::Result<NodeConfig>
             baud: DEFAULT_BAUD,
         },
     };
+    // An emulated board (it has a run command; its UART is a socket): the
+    // mux starts the emulator and starts it again when it exits.
+    let link = match link {
+        LinkSpec::Serial(uart)
+            if uart.path.starts_with("tcp:") && project.board_of(node).run.is_some() =>
+        {
+            let cmd = local_node::command(project, node)?;
+            let cwd = cmd
+                .get_current_dir()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| local_node::node_dir(project, &node.name));
+            let args = cmd
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            let emulator = ProcessSpec::new(cmd.get_program(), args, cwd);
+            LinkSpec::Emulated { emulator, uart }
+        }
+        other => other,
+    };
     Ok(NodeConfig {
         name: node.name.clone(),
         link,

@@ -9,6 +9,7 @@
 
 pub mod backoff;
 mod counted;
+pub mod emulated;
 pub mod process;
 pub mod serial;
 pub mod tcp;
@@ -42,6 +43,12 @@ pub enum LinkSpec {
     Serial(SerialSpec),
     /// USB CDC (or any tty): lossless stream, console bytes interleaved.
     Usb { path: String, baud: u32 },
+    /// An emulated board: the link starts the emulator and talks to the
+    /// node's UART on the emulator's socket ([`emulated`]).
+    Emulated {
+        emulator: ProcessSpec,
+        uart: SerialSpec,
+    },
 }
 
 impl LinkSpec {
@@ -52,6 +59,7 @@ impl LinkSpec {
             LinkSpec::Process(_) => "process",
             LinkSpec::Serial(_) => "serial",
             LinkSpec::Usb { .. } => "usb",
+            LinkSpec::Emulated { .. } => "emulated",
         }
     }
 
@@ -62,6 +70,9 @@ impl LinkSpec {
             LinkSpec::Process(p) => p.program.display().to_string(),
             LinkSpec::Serial(s) => s.path.clone(),
             LinkSpec::Usb { path, .. } => path.clone(),
+            LinkSpec::Emulated { emulator, uart } => {
+                format!("{} ({})", uart.path, emulator.program.display())
+            }
         }
     }
 }
@@ -207,6 +218,7 @@ async fn connect(spec: &LinkSpec, ctx: &ConnectCtx) -> Result<Connection, Connec
         LinkSpec::Process(p) => process::connect(p, ctx).await,
         LinkSpec::Serial(s) => serial::connect(s, ctx).await,
         LinkSpec::Usb { path, baud } => usb::connect(path, *baud, ctx).await,
+        LinkSpec::Emulated { emulator, uart } => emulated::connect(emulator, uart, ctx).await,
     }
 }
 

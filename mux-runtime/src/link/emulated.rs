@@ -1,0 +1,120 @@
+//! A node on an emulated board (QEMU): the emulator is a child process the
+//! link starts, and the node's UART is a TCP socket the emulator listens
+//! on, spoken to like any lossy UART ([`serial`](super::serial): SerialPacker
+//! frames and the reliable layer). The emulator's stdout and stderr (the
+//! board's console UART) are console output.
+//!
+//! When the emulator exits (the node reset itself, or crashed) the socket
+//! closes, the connection ends and the supervisor starts a new emulator.
+
+use std::process::Stdio;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use futures::FutureExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+
+use super::{serial, ConnectCtx, ConnectError, Connection, ProcessSpec, SerialSpec};
+
+/// How often to look for the emulator's socket while it starts.
+const POLL: Duration = Duration::from_millis(50);
+
+pub async fn connect(
+    emulator: &ProcessSpec,
+    uart: &SerialSpec,
+    ctx: &ConnectCtx,
+) -> Result<Connection, ConnectError> {
+    let Some(addr) = uart.path.strip_prefix("tcp:") else {
+        return Err(format!(
+            "an emulated node's UART must be a socket `tcp:HOST:PORT`, not {}",
+            uart.path
+        ));
+    };
+    let mut child = Command::new(&emulator.program)
+        .args(&emulator.args)
+        .current_dir(&emulator.cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            format!(
+                "cannot start the emulator {} in {}: {e} (is it installed? run `moat flash` first)",
+                emulator.program.display(),
+                emulator.cwd.display()
+            )
+        })?;
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(copy_console(out, ctx.console.clone()));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(copy_console(err, ctx.console.clone()));
+    }
+    ctx.pid.store(child.id().unwrap_or(0), Ordering::Relaxed);
+    // Wait for the socket: the emulator listens shortly after it starts.
+    let t0 = Instant::now();
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            ctx.pid.store(0, Ordering::Relaxed);
+            return Err(format!(
+                "the emulator {} exited ({status}) before listening on {addr}",
+                emulator.program.display()
+            ));
+        }
+        if t0.elapsed() > ctx.timeout {
+            ctx.pid.store(0, Ordering::Relaxed);
+            let _ = child.kill().await;
+            return Err(format!(
+                "the emulator {} did not listen on {addr} within {:?}",
+                emulator.program.display(),
+                ctx.timeout
+            ));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let conn = match serial::connect(uart, ctx).await {
+        Ok(c) => c,
+        Err(e) => {
+            ctx.pid.store(0, Ordering::Relaxed);
+            let _ = child.kill().await;
+            return Err(e);
+        }
+    };
+    let pid = ctx.pid.clone();
+    let inner = conn.teardown;
+    Ok(Connection {
+        endpoint: conn.endpoint,
+        teardown: Some(
+            async move {
+                if let Some(t) = inner {
+                    t.await;
+                }
+                let _ = child.kill().await;
+                pid.store(0, Ordering::Relaxed);
+            }
+            .boxed(),
+        ),
+    })
+}
+
+async fn copy_console<R: AsyncRead + Unpin>(
+    mut from: R,
+    to: tokio::sync::broadcast::Sender<bytes::Bytes>,
+) {
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        buf.clear();
+        match from.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let _ = to.send(buf.split().freeze());
+            }
+        }
+    }
+}
