@@ -417,3 +417,59 @@ fn moat_flash_names_the_wrong_chip_and_fails() {
     assert!(err.contains("wrong chip") && err.contains("esp32"), "{err}");
     assert!(!sim.finish().ops.contains(&op::FLASH_BEGIN));
 }
+
+#[test]
+fn moat_flash_writes_an_esp8266_node_and_says_the_rom_cannot_verify() {
+    let image = esp8266_image(50_000);
+    let p = project_with_artefacts("esp8266", std::slice::from_ref(&image));
+    let sim = Sim::start(SimConfig::new(SimChip::Esp8266)).unwrap();
+    let out = moat_e2e::run_ok(p.moat().args([
+        "flash",
+        "--port",
+        sim.path(),
+        "--before",
+        "no-reset",
+        "--after",
+        "no-reset-no-stub",
+        "--no-config",
+    ]))
+    .unwrap();
+    let r = sim.finish();
+    assert_flash_holds(&r.flash, &[image]);
+    assert!(r.rebooted);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("firmware.bin: written"), "{stdout}");
+    assert!(
+        stdout.contains("not verified") && stdout.contains("sys.info"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_failed_config_upload_after_flashing_fails_the_command_and_says_what_was_done() {
+    let image = esp8266_image(8192);
+    let p = project_with_artefacts("esp8266", std::slice::from_ref(&image));
+    let sim = Sim::start(SimConfig::new(SimChip::Esp8266)).unwrap();
+    // The simulated chip "runs" no node runtime after FLASH_END: the link
+    // never comes up.
+    let out = p
+        .moat()
+        .args([
+            "flash",
+            "--port",
+            sim.path(),
+            "--before",
+            "no-reset",
+            "--after",
+            "no-reset-no-stub",
+        ])
+        .output()
+        .unwrap();
+    assert_flash_holds(&sim.finish().flash, &[image]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the firmware was flashed, but") && err.contains("config"),
+        "{err}"
+    );
+}
