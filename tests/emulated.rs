@@ -504,6 +504,17 @@ fn qemu_node_boots_with_the_runtime_and_reports_its_heap() {
         // 140 KB heap: the runtime and its apps leave most of it free.
         assert!(free > 64 * 1024, "only {free} bytes free: {mem:?}");
         eprintln!("qemu-mps2 heap after boot: {mem:?}");
+        // The request rate of a clean emulated UART (a figure, not a test).
+        let t0 = Instant::now();
+        for _ in 0..50 {
+            ep.call(["ping"], kw(&[("m", Value::from("x"))]))
+                .await
+                .unwrap();
+        }
+        eprintln!(
+            "qemu-mps2 UART: {:.0} ping/s",
+            50.0 / t0.elapsed().as_secs_f64()
+        );
         // The flash image took over moat.cfg and the host copy is gone.
         assert!(emu.dir.path().join("flash.bin").is_file());
         assert!(!emu.dir.path().join("moat.cfg").exists());
