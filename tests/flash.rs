@@ -473,3 +473,20 @@ fn a_failed_config_upload_after_flashing_fails_the_command_and_says_what_was_don
         "{err}"
     );
 }
+
+#[test]
+fn a_reset_that_cannot_happen_on_the_port_is_reported_after_a_complete_write() {
+    let sim = Sim::start(SimConfig::new(SimChip::Esp32)).unwrap();
+    let images = esp32_images();
+    let opts = SerialOptions {
+        after: After::HardReset, // DTR/RTS ioctls fail on a pty
+        ..pty_opts(&sim, 115_200, true)
+    };
+    let e = flash::espflash::flash("esp32", &images, &opts, &mut Silent).unwrap_err();
+    assert_flash_holds(&sim.finish().flash, &images);
+    let e = e.to_string();
+    assert!(
+        e.contains("written and verified") && e.contains("--after no-reset-no-stub"),
+        "{e}"
+    );
+}

@@ -102,6 +102,15 @@ pub fn flash(
     let result = flasher.write_bins_to_flash(&segments, &mut cb);
     let (current, results) = (cb.current, cb.results);
     if let Err(e) = result {
+        if results.len() == images.len() {
+            // Every image went through; only FLASH_END or the reset failed.
+            return Err(FlashError::Invalid(format!(
+                "every image was written{} to {port}, but finishing failed ({e}): \
+                 press the board's reset button; with an adapter without DTR/RTS flash with \
+                 `--after no-reset-no-stub`",
+                if opts.verify { " and verified" } else { "" }
+            )));
+        }
         let during = match current {
             Some(i) => format!("writing {}", images[i].name),
             None => "finishing".to_owned(),
