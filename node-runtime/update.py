@@ -135,11 +135,21 @@ class Update(App):
                 pass
 
     def cmd_load(self, m=()):
-        # import each module: {name: why} for those that fail
+        # import each module: {name: why} for those that fail. One at a
+        # time, and a module nothing had loaded is forgotten again, so the
+        # check costs no RAM; the answer stays small (first few failures).
+        import gc
+
         r = {}
         for n in m:
+            was = n in sys.modules
             try:
                 __import__(n)
             except Exception as e:
-                r[n] = repr(e)
+                r[n] = repr(e)[:80]
+                if len(r) >= 8:
+                    break
+            if not was:
+                sys.modules.pop(n, None)
+            gc.collect()
         return r

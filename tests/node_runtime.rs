@@ -5,6 +5,7 @@
 //! heapsize=64k` (an ESP8266-sized budget). `bench_heap_and_round_trips`
 //! prints the heap and request-rate figures (`--nocapture` to see them).
 
+use moat_e2e::node::uart::UartHost;
 use moat_e2e::node::{kw, path, run_script, Conn, Node, NodeErr, WAIT};
 use mux_runtime::Value;
 use std::time::{Duration, Instant};
@@ -54,6 +55,9 @@ class T(App):
     async def cmd_slow(self, t=100):
         await asyncio.sleep_ms(t)
         return t
+
+    async def cmd_ask(self, v=0):
+        return await self.root.call(["host", "echo"], v=v)
 
     async def stream_count(self, send, r, n=3):
         for j in range(n):
@@ -136,6 +140,9 @@ both_heaps!(
     malformed_input_never_stops_the_node,
     stdio_link_carries_messages_and_console,
     failing_app_is_reported_and_restarted,
+    apps_call_out_through_the_link,
+    tcp_client_link_connects_out,
+    uart_link_survives_byte_errors,
 );
 
 fn builtins_answer(heap: u32) {
@@ -633,6 +640,144 @@ fn failing_app_is_reported_and_restarted(heap: u32) {
     assert_eq!(c.ok("t.get", none()), int(1));
     assert!(n.running());
     assert!(n.console().contains("app bad failed"), "{}", n.console());
+}
+
+/// The node's own request: `{a, d, i}` with an even `i`.
+fn node_request(c: &mut Conn) -> (Value, Value, i128) {
+    let m = c.next_within(WAIT).expect("no request from the node");
+    let i = m
+        .get("i")
+        .and_then(Value::as_int)
+        .expect("request without i");
+    assert_eq!(i % 2, 0, "the node's own numbers are even: {m}");
+    (
+        m.get("a").cloned().unwrap(),
+        m.get("d").cloned().unwrap(),
+        i,
+    )
+}
+
+fn apps_call_out_through_the_link(heap: u32) {
+    let (_n, mut c) = standard(heap);
+    let i = c.request("t.ask", kw([("v", int(5))]), None);
+    let (a, d, j) = node_request(&mut c);
+    assert_eq!(a, path("host.echo"));
+    assert_eq!(d, kw([("v", int(5))]));
+    c.send(&Value::map([("d", int(10)), ("i", Value::Int(j + 1))]));
+    assert_eq!(c.answer(i, WAIT).unwrap().get("d"), Some(&int(10)));
+
+    // an error reply raises in the app and travels on to our request
+    let i = c.request("t.ask", kw([("v", int(6))]), None);
+    let (_, _, j) = node_request(&mut c);
+    c.send(&Value::map([
+        ("d", Value::Array(vec![s("k")])),
+        ("i", Value::Int(j + 1)),
+        ("e", proxy("_KyErr")),
+    ]));
+    let m = c.answer(i, WAIT).unwrap();
+    assert_eq!(m.get("e"), Some(&proxy("_KyErr")), "{m}");
+    assert_eq!(m.get("d"), Some(&Value::Array(vec![s("k")])), "{m}");
+
+    // cancelling our request cancels the node's own call upstream
+    let i = c.request("t.ask", kw([("v", int(7))]), None);
+    let (_, _, j) = node_request(&mut c);
+    c.send(&Value::map([("i", Value::Int(i))]));
+    let m = c.next_within(WAIT).expect("upstream cancellation");
+    assert_eq!(m, Value::map([("i", Value::Int(j))]));
+}
+
+fn tcp_client_link_connects_out(heap: u32) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let mut n = Node::new(heap);
+    n.write_cfg(
+        "moat.cfg",
+        &Value::map([(
+            "link",
+            kw([("client", kw([("h", s("127.0.0.1")), ("p", port.into())]))]),
+        )]),
+    );
+    n.start();
+    let mut c = Conn::accept(&l);
+    let up = c.wait_unsolicited(&path("link"), WAIT).expect("link up");
+    assert_eq!(up.get("d"), Some(&Value::Bool(true)));
+    assert_eq!(c.ok("ping", kw([("m", int(3))])), kw([("m", int(3))]));
+    // the node reconnects after the host drops the connection
+    drop(c);
+    let mut c = Conn::accept(&l);
+    assert_eq!(c.ok("ping", kw([("m", int(4))])), kw([("m", int(4))]));
+    assert!(n.running());
+}
+
+fn uart_link_survives_byte_errors(heap: u32) {
+    // 3 bytes in 1000 get a bit flipped, both ways: many frames are lost
+    let mut h = UartHost::new(3, 200);
+    let mut n = Node::new(heap);
+    n.write_cfg(
+        "moat.cfg",
+        &Value::map([
+            (
+                "link",
+                kw([(
+                    "uart",
+                    kw([
+                        ("port", s(h.pty.path.to_str().unwrap())),
+                        ("t", int(200)),
+                        ("r", int(10)),
+                    ]),
+                )]),
+            ),
+            ("apps", kw([("fs", s("fs.Files"))])),
+        ]),
+    );
+    n.start();
+    h.connect();
+    h.wait_link_up();
+    for j in 0..30 {
+        let m = s(&"x".repeat(j * 3));
+        assert_eq!(
+            h.call("ping", kw([("m", m.clone())])).unwrap(),
+            kw([("m", m)])
+        );
+    }
+    // binary data through the reliable layer, in chunks that fit 127-byte frames
+    let all: Vec<u8> = (0..=255u8).collect();
+    let f = h
+        .call("fs.open", kw([("p", s("u")), ("m", s("w"))]))
+        .unwrap();
+    for (k, chunk) in all.chunks(64).enumerate() {
+        let d = kw([
+            ("f", f.clone()),
+            ("d", Value::Bin(chunk.to_vec())),
+            ("o", int(k as i64 * 64)),
+        ]);
+        assert_eq!(h.call("fs.wr", d).unwrap(), int(64));
+    }
+    h.call("fs.cl", kw([("f", f)])).unwrap();
+    assert_eq!(std::fs::read(n.dir.path().join("u")).unwrap(), all);
+    let f = h.call("fs.open", kw([("p", s("u"))])).unwrap();
+    let mut got = Vec::new();
+    while got.len() < 256 {
+        let d = kw([
+            ("f", f.clone()),
+            ("o", int(got.len() as i64)),
+            ("n", int(48)),
+        ]);
+        let Value::Bin(b) = h.call("fs.rd", d).unwrap() else {
+            panic!("fs.rd")
+        };
+        got.extend(b);
+    }
+    assert_eq!(got, all);
+    assert_eq!(h.call("nope", none()).unwrap_err().proxy(), Some("_NPErr"));
+    let st = h.stats();
+    assert!(h.flipped > 0, "no errors were injected");
+    assert!(
+        st.retransmits + st.fast_retransmits > 0,
+        "errors injected but nothing retransmitted: {st:?}"
+    );
+    println!("uart: {} bytes flipped, host stats {st:?}", h.flipped);
+    assert!(n.running());
 }
 
 #[test]

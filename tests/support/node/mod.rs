@@ -17,6 +17,8 @@ use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+pub mod uart;
+
 /// How long any single wait may take before a test fails.
 pub const WAIT: Duration = Duration::from_secs(20);
 
@@ -208,11 +210,7 @@ impl Node {
         let end = Instant::now() + WAIT;
         loop {
             match TcpStream::connect(("127.0.0.1", port)) {
-                Ok(s) => {
-                    s.set_nodelay(true).ok();
-                    let r = s.try_clone().expect("clone socket");
-                    return Conn::new(Box::new(r), Box::new(s));
-                }
+                Ok(s) => return Conn::tcp(s),
                 Err(e) => {
                     if let Some(st) = self.try_exit() {
                         panic!(
@@ -309,9 +307,47 @@ pub struct Conn {
     pub unsolicited: Vec<Value>,
     seq: i128,
     eof: bool,
+    sock: Option<TcpStream>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // the reader thread holds a clone: shut the socket down for real
+        if let Some(s) = &self.sock {
+            s.shutdown(std::net::Shutdown::Both).ok();
+        }
+    }
 }
 
 impl Conn {
+    /// A connection over a TCP socket.
+    pub fn tcp(s: TcpStream) -> Conn {
+        s.set_nodelay(true).ok();
+        let r = s.try_clone().expect("clone socket");
+        let k = s.try_clone().expect("clone socket");
+        let mut c = Conn::new(Box::new(r), Box::new(s));
+        c.sock = Some(k);
+        c
+    }
+
+    /// Accepts one connection on `l` within [`WAIT`].
+    pub fn accept(l: &TcpListener) -> Conn {
+        l.set_nonblocking(true).expect("nonblocking listener");
+        let end = Instant::now() + WAIT;
+        loop {
+            match l.accept() {
+                Ok((s, _)) => {
+                    s.set_nonblocking(false).expect("blocking socket");
+                    return Conn::tcp(s);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < end => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("no connection from the node: {e}"),
+            }
+        }
+    }
+
     pub fn new(mut r: Box<dyn Read + Send>, tx: Box<dyn Write + Send>) -> Conn {
         let (stx, rx) = channel();
         std::thread::spawn(move || {
@@ -336,6 +372,7 @@ impl Conn {
             unsolicited: Vec::new(),
             seq: 0,
             eof: false,
+            sock: None,
         }
     }
 
