@@ -30,6 +30,9 @@ class Proxy:
 
 NoData = Proxy("-")
 _BIN = (bytes, bytearray, memoryview)
+# one-letter strings used as protocol keys, shared instead of allocated
+_ONE = {0x61: "a", 0x64: "d", 0x69: "i", 0x65: "e", 0x72: "r", 0x6E: "n", 0x78: "x",
+        0x73: "s", 0x6D: "m", 0x70: "p", 0x66: "f", 0x6F: "o", 0x63: "c", 0x74: "t"}
 _SEQ = (list, tuple)  # "no data": writing it to a config key deletes the key
 
 
@@ -332,6 +335,11 @@ class Decoder:
         raise Malformed("byte 0x%02x" % c)
 
     def _str(self, k):
+        if k == 1 and self.p < self.e:
+            c = _ONE.get(self.b[self.p])
+            if c is not None:  # protocol keys: no allocation
+                self.p += 1
+                return c
         m = self._take(k)
         try:
             return str(m, "utf-8")

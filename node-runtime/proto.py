@@ -91,10 +91,9 @@ class Link:
     def rx(self, m):
         if not isinstance(m, dict):
             return  # console byte or junk
-        for k in m:
-            if not (isinstance(k, str) and len(k) == 1 and k in _KEYS) and k not in _seen and len(_seen) < 8:
-                _seen.append(k)
-                err.log("ignoring unknown message key", k)
+        c = ("a" in m) + ("d" in m) + ("i" in m) + ("e" in m) + ("r" in m) + ("n" in m) + ("x" in m)
+        if c != len(m):
+            self._unknown(m)
         i = m.get("i")
         if i is not None and (not isinstance(i, int) or i < 0 or i > _MAXSEQ + 1):
             return
@@ -120,6 +119,12 @@ class Link:
             t = self.peer.pop(k, None)
             if t is not None:
                 t.cancel()
+
+    def _unknown(self, m):
+        for k in m:
+            if not (isinstance(k, str) and len(k) == 1 and k in _KEYS) and k not in _seen and len(_seen) < 8:
+                _seen.append(k)
+                err.log("ignoring unknown message key", k)
 
     def _req(self, m, i):
         a = m["a"]
