@@ -375,7 +375,7 @@ impl<'p> Builder<'p> {
             .arg(format!("BUILD={}", port_build.display()))
             .args(&build_args)
             // Reproducible build date: the source tree's own timestamp.
-            .env("SOURCE_DATE_EPOCH", source_date_epoch(&tree.root))
+            .env("SOURCE_DATE_EPOCH", tree.date_epoch().to_string())
             .env_remove("MAKEFLAGS")
             .env_remove("MFLAGS")
             .env_remove("MAKELEVEL");
@@ -474,13 +474,4 @@ fn copy_atomically(src: &Path, dest: &Path) -> anyhow::Result<()> {
     std::fs::copy(src, &tmp)?;
     std::fs::rename(&tmp, dest)?;
     Ok(())
-}
-
-fn source_date_epoch(root: &Path) -> String {
-    std::fs::metadata(root.join("py/mpconfig.h"))
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs())
-        .to_string()
 }

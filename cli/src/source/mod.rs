@@ -70,6 +70,31 @@ pub struct SourceTree {
     pub components: BTreeMap<String, PathBuf>,
 }
 
+impl SourceTree {
+    /// The tree's own timestamp (seconds since 1970): the commit time of a
+    /// git checkout, else the release's file time. Builds use it as
+    /// `SOURCE_DATE_EPOCH`, so the firmware's build date is reproducible.
+    pub fn date_epoch(&self) -> u64 {
+        if self.root.join(".git").exists() {
+            let mut git = Command::new("git");
+            git.arg("-C")
+                .arg(&self.root)
+                .args(["log", "-1", "--format=%ct"]);
+            if let Some(t) = tools::run_capture(&mut git)
+                .ok()
+                .and_then(|o| o.trim().parse().ok())
+            {
+                return t;
+            }
+        }
+        std::fs::metadata(self.root.join("py/mpconfig.h"))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs())
+    }
+}
+
 /// Progress notes (one line each) while fetching or building.
 pub type Notes<'a> = &'a mut dyn FnMut(&str);
 
