@@ -381,6 +381,22 @@ fn mpy_upload_replaces_the_py_and_the_other_way_round() {
 }
 
 #[test]
+fn reboot_flag_restarts_the_node_which_then_runs_the_new_module() {
+    let Some(f) = Fixture::new() else { return };
+    f.write_app("counter.py", &counter_v(&f.original_counter, 9));
+    let j = f.diff_update_ok(&["--reboot"]);
+    assert_eq!(names(&j["uploaded"]), vec!["counter"]);
+    assert_eq!(j["restart"], "reboot");
+    assert_eq!(f.cmd("c.ver", &[]).unwrap(), 9);
+    // A unix node run outside the mux is restarted in place, not ended.
+    assert!(
+        f.console().matches("tcp server on").count() >= 2,
+        "{}",
+        f.console()
+    );
+}
+
+#[test]
 fn works_through_the_mux_with_the_links_byte_count() {
     let Some(f) = Fixture::new() else { return };
     let sock = f.root.join("mux.sock");
@@ -489,13 +505,34 @@ fn node_killed_during_uploads_always_imports_the_old_or_the_new_module() {
         .unwrap()
         .as_nanos() as u64;
     let mut rng = Lcg(seed);
-    // How long one whole run takes: kills land anywhere in it.
+    let tmp = f.node_dir().join("counter.py.moat-tmp");
+    // One run measured: how long it takes, and how long its temporary
+    // file is on the node (the upload).
     f.write_app("counter.py", &big_counter(&f.original_counter, 0));
     let t0 = Instant::now();
-    f.diff_update_ok(&[]);
+    let mut du = f
+        .moat(&["diff-update", "--direct", "--json"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (mut seen, mut gone) = (None, None);
+    while du.try_wait().unwrap().is_none() {
+        match (tmp.exists(), seen) {
+            (true, None) => seen = Some(t0.elapsed()),
+            (false, Some(_)) if gone.is_none() => gone = Some(t0.elapsed()),
+            _ => {}
+        }
+        assert!(t0.elapsed() < WAIT, "the measured run hangs");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let full = t0.elapsed().as_millis() as u64;
+    let upload = match (seen, gone) {
+        (Some(a), Some(b)) => (b - a).as_millis() as u64,
+        _ => 20,
+    };
+    assert_eq!(f.cmd("c.ver", &[]).unwrap(), 0);
     let test_end = Instant::now() + Duration::from_secs(240);
-    let mut killed_mid_run = 0;
+    let (mut interrupted, mut mid_upload) = (0, 0);
     for round in 1..=20u32 {
         assert!(
             Instant::now() < test_end,
@@ -504,13 +541,33 @@ fn node_killed_during_uploads_always_imports_the_old_or_the_new_module() {
         let old = f.node_file("counter.py");
         let new = big_counter(&f.original_counter, round);
         f.write_app("counter.py", &new);
+        let started = Instant::now();
+        let started_at = std::time::SystemTime::now();
         let mut du = f
             .moat(&["diff-update", "--direct", "--json"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(rng.below(full + 50)));
+        if round % 2 == 0 {
+            // Anywhere in the run.
+            std::thread::sleep(Duration::from_millis(rng.below(full + 50)));
+        } else {
+            // Within the upload: once its temporary file is there.
+            let fresh = || {
+                std::fs::metadata(&tmp)
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t >= started_at)
+            };
+            while !fresh() && started.elapsed() < WAIT && du.try_wait().unwrap().is_none() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            std::thread::sleep(Duration::from_millis(rng.below(upload + 1)));
+        }
+        // This run's temporary file (not a leftover of an earlier one).
+        let partial = std::fs::metadata(&tmp)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t >= started_at);
         f.kill();
         let end = Instant::now() + WAIT;
         let status = loop {
@@ -524,7 +581,10 @@ fn node_killed_during_uploads_always_imports_the_old_or_the_new_module() {
             std::thread::sleep(Duration::from_millis(20));
         };
         if !status.success() {
-            killed_mid_run += 1;
+            interrupted += 1;
+            if partial {
+                mid_upload += 1;
+            }
         }
         // What the node has is one whole version: the old or the new.
         let have = f.node_file("counter.py");
@@ -551,7 +611,13 @@ fn node_killed_during_uploads_always_imports_the_old_or_the_new_module() {
     );
     assert!(f.node_files_ending(".moat-tmp").is_empty());
     assert_eq!(f.cmd("c.ver", &[]).unwrap(), 20);
-    eprintln!("kill test: {killed_mid_run}/20 runs interrupted (seed {seed}, full run {full} ms)");
+    eprintln!(
+        "kill test: {interrupted}/20 runs interrupted, {mid_upload} with a partial upload on the node (seed {seed}, run {full} ms, upload {upload} ms)"
+    );
+    assert!(
+        mid_upload > 0,
+        "no kill landed in the middle of an upload (seed {seed}, upload {upload} ms)"
+    );
 }
 
 /// Forwards `listen` → 127.0.0.1:`to`, replacing the first `times`
