@@ -22,6 +22,10 @@ class StdioLink(Link):
         self.pl = select.poll()
         self.pl.register(self.i, select.POLLIN)
 
+    def _put(self, buf):
+        self.o.write(buf)
+        return len(buf)
+
     async def _write(self, buf):
         self.o.write(buf)  # blocking: a message is never cut by console text
 

@@ -19,6 +19,12 @@ class SockLink(Link):
         self.idle = idle
         self.task = None
 
+    def _put(self, buf):
+        try:
+            return self.s.write(buf) or 0
+        except OSError:
+            return 0
+
     async def _write(self, buf):
         # non-blocking socket writes; a cancellation waits for the message end
         s = self.s

@@ -365,9 +365,14 @@ class Decoder:
     def _arr(self, k, depth):
         if depth >= _DEPTH:
             raise Malformed("too deep")
-        r = [None] * self._count(k)
-        for j in range(k):
-            r[j] = self.val(depth + 1)
+        if k > 8:
+            r = [None] * self._count(k)
+            for j in range(k):
+                r[j] = self.val(depth + 1)
+        else:  # small: appending allocates less than [None] * k
+            r = []
+            for _ in range(k):
+                r.append(self.val(depth + 1))
         return r
 
     def _map(self, k, depth):

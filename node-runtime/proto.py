@@ -66,16 +66,33 @@ class Link:
         self.up = False
 
     # --- sending
+    def _put(self, buf):
+        # write without waiting if the link can: -> bytes written (0: none)
+        return 0
+
+    def _enc(self, a, d, i, e, r, n):
+        try:
+            return self.pk.msg(a, d, i, e, r, n)
+        except (ValueError, TypeError, MemoryError) as ex:
+            if i is NONE or e is not NONE:
+                raise
+            ep, ed = err.encode(ex)  # a reply that cannot be sent: say why
+            return self.pk.msg(NONE, NONE if ed is None else ed, i, ep)
+
     async def send(self, a=NONE, d=NONE, i=NONE, e=NONE, r=NONE, n=NONE):
-        async with self.lock:
-            try:
-                buf = self.pk.msg(a, d, i, e, r, n)
-            except (ValueError, TypeError, MemoryError) as ex:
-                if i is NONE or e is not NONE:
-                    raise
-                ep, ed = err.encode(ex)
-                buf = self.pk.msg(NONE, NONE if ed is None else ed, i, ep)
-            await self._write(buf)
+        lk = self.lock
+        if not lk.locked():
+            # fast path: encode and write without yielding (no other task
+            # can touch the buffer meanwhile), no lock objects needed
+            buf = self._enc(a, d, i, e, r, n)
+            w = self._put(buf)
+            if w == len(buf):
+                return
+            async with lk:  # acquired at once: it was free and we did not yield
+                await self._write(buf[w:])
+            return
+        async with lk:
+            await self._write(self._enc(a, d, i, e, r, n))
 
     async def send_err(self, i, ex):
         e, d = err.encode(ex)
@@ -150,7 +167,10 @@ class Link:
             if isinstance(r, int) and r > 0 and k is not None:
                 await self._stream(a, d, k, r)
             else:
-                v = await self.root.dispatch(a, d)
+                f, _ = self.root.resolve(a)
+                v = f(**d)
+                if type(v) is _GEN:
+                    v = await v
                 if k is not None:
                     await self.send(NONE, v, k)
         except asyncio.CancelledError:

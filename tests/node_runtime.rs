@@ -939,14 +939,19 @@ fn micropython_unit_tests_pass() {
 
 #[test]
 fn bench_heap_and_round_trips() {
-    let (mut n, mut c) = standard(64);
-    let mem = |c: &mut Conn, collect: bool| {
+    fn mem(c: &mut Conn, collect: bool) -> i128 {
         let m = c.ok("sys.mem", kw([("c", Value::Bool(collect))]));
         m.get("a").and_then(Value::as_int).unwrap()
-    };
+    }
+    // the runtime alone: one TCP link, no apps
+    let mut n = Node::new(64);
+    n.write_cfg("moat.cfg", &n.tcp_cfg(vec![]));
+    n.start();
+    let mut c = n.connect();
     let idle = mem(&mut c, true);
-    // per request: allocation between two uncollected readings
-    let k = 20;
+    // per request: allocation between two uncollected readings (the heap
+    // has room for 8 requests without a collection in between)
+    let k = 8;
     let a0 = mem(&mut c, false);
     for j in 0..k {
         c.ok("ping", kw([("m", int(j))]));
@@ -954,16 +959,24 @@ fn bench_heap_and_round_trips() {
     let a1 = mem(&mut c, false);
     let per = (a1 - a0) / (k as i128 + 1);
     let t0 = Instant::now();
-    let rounds = 500;
+    let rounds = 1000;
     for j in 0..rounds {
         c.ok("ping", kw([("m", int(j))]));
     }
     let rate = rounds as f64 / t0.elapsed().as_secs_f64();
     let after = mem(&mut c, true);
+    // with the test apps (one compiled from the filesystem), fs and a failing app
+    let (_m, mut c2) = standard(64);
+    let apps = mem(&mut c2, true);
     println!(
-        "node heap (64 KiB heap, {}): idle {idle} B, per ping request ~{per} B \
-         (when no GC ran in between), after {rounds} pings {after} B; {rate:.0} round trips/s over TCP",
-        if n.fw.micropypath.is_some() { "runtime from source" } else { "frozen firmware" }
+        "node heap ({}, -X heapsize=64k, 64-bit unix): idle {idle} B (runtime + TCP link), \
+         {apps} B with fs and test apps; ~{per} B allocated per ping request; \
+         {after} B after {rounds} more pings; {rate:.0} request round trips/s over TCP",
+        if n.fw.micropypath.is_some() {
+            "runtime from source"
+        } else {
+            "frozen firmware"
+        }
     );
     assert!(n.running());
 }

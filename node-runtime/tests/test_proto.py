@@ -1,0 +1,142 @@
+# The protocol engine (proto.Link + root.Root) against an in-memory peer:
+#   micropython node-runtime/tests/test_proto.py
+import sys
+import gc
+import asyncio
+from msgpack import Packer, Proxy, NONE, unpackb
+from taskgroup import TaskGroup
+from root import Root
+from proto import Link
+from app import App
+
+fails = []
+
+
+def check(ok, what):
+    if not ok:
+        fails.append(what)
+        print("FAIL", what)
+
+
+class Mem(Link):
+    # a link whose peer is this test: sent messages are decoded into .got
+    def __init__(self, root):
+        super().__init__(root, "mem", 1024)
+        self.got = []
+
+    def _put(self, buf):
+        self.got.append(unpackb(bytes(buf)))
+        return len(buf)
+
+    async def _write(self, buf):
+        self._put(buf)
+
+
+class T(App):
+    def cmd_add(self, a=0, b=0):
+        return a + b
+
+    async def cmd_slow(self, t=50):
+        await asyncio.sleep_ms(t)
+        return t
+
+    def cmd_bad(self):
+        raise KeyError("k")
+
+    async def stream_tick(self, send, r, n=3):
+        for j in range(n):
+            send(j)
+            await asyncio.sleep_ms(r)
+
+
+async def main():
+    async with TaskGroup() as tg:
+        root = Root({"apps": {}}, tg)
+        root.apps["t"] = T({}, "t", root)
+        l = Mem(root)
+        l.attach()
+
+        async def req(m, wait=20):
+            l.got.clear()
+            l.rx(m)
+            await asyncio.sleep_ms(wait)
+            return list(l.got)
+
+        got = await req({"a": ["t", "add"], "d": {"a": 2, "b": 3}, "i": 2})
+        check(got == [{"i": 3, "d": 5}], "reply %r" % got)
+        got = await req({"a": "ping", "i": 4})
+        check(got == [{"i": 5, "d": {"m": None}}], "string path, no d: %r" % got)
+        got = await req({"a": ["t", "bad"], "i": 6, "x": [Proxy("_KyErr")]})
+        check(got == [{"i": 7, "e": Proxy("_KyErr"), "d": ["k"]}], "error %r" % got)
+        got = await req({"a": ["t", "nope"], "i": 8})
+        check(got == [{"i": 9, "e": Proxy("_NPErr"), "d": [["t", "nope"], "no such command"]}], "no path %r" % got)
+        got = await req({"a": ["t", "add"], "d": {}})
+        check(got == [], "fire and forget answers nothing: %r" % got)
+
+        # duplicate number while the first is running; then cancellation
+        l.got.clear()
+        l.rx({"a": ["t", "slow"], "d": {"t": 50}, "i": 10})
+        l.rx({"a": ["ping"], "d": {}, "i": 10})
+        await asyncio.sleep_ms(100)
+        check(l.got == [{"i": 11, "e": Proxy("_DupErr"), "d": [10]}, {"i": 11, "d": 50}], "dup %r" % l.got)
+        l.got.clear()
+        l.rx({"a": ["t", "slow"], "d": {"t": 50}, "i": 12})
+        await asyncio.sleep_ms(5)
+        l.rx({"i": 12})
+        await asyncio.sleep_ms(100)
+        check(l.got == [], "cancelled request answers nothing: %r" % l.got)
+
+        # native stream ends with r: false; generic stream every r ms
+        got = await req({"a": ["t", "tick"], "d": {"n": 2}, "i": 14, "r": 5}, 100)
+        check(got == [{"i": 15, "d": 0, "n": 1}, {"i": 15, "d": 1, "n": 2}, {"i": 15, "r": False}], "native stream %r" % got)
+        l.got.clear()
+        l.rx({"a": ["t", "add"], "d": {"a": 1}, "i": 16, "r": 10})
+        await asyncio.sleep_ms(55)
+        l.rx({"i": 16})
+        await asyncio.sleep_ms(30)
+        n = len(l.got)
+        check(3 <= n <= 7 and all(m["d"] == 1 for m in l.got), "generic stream %r" % l.got)
+        check([m["n"] for m in l.got] == list(range(1, n + 1)), "stream counter")
+
+        # our own call: even number, answered by the peer
+        t = asyncio.create_task(l.call(["host", "x"], {"v": 1}))
+        await asyncio.sleep_ms(5)
+        out = l.got[-1]
+        check(out["a"] == ["host", "x"] and out["i"] % 2 == 0, "own request %r" % out)
+        l.rx({"i": out["i"] + 1, "d": "ok"})
+        await asyncio.sleep_ms(5)
+        check(t.done() and (await t) == "ok", "own call result")
+
+        # link loss fails our open calls with LinkDown
+        t = asyncio.create_task(l.call(["host", "y"]))
+        await asyncio.sleep_ms(5)
+        l.detach()
+        try:
+            await t
+            check(False, "call survived link loss")
+        except Exception as e:
+            check(type(e).__name__ == "LinkDown", "link loss error %r" % e)
+        l.attach()
+
+        # allocation per request (64-bit unix figures are about twice an ESP8266's)
+        for _ in range(3):
+            await req({"a": ["ping"], "d": {"m": 1}, "i": 20})
+        gc.collect()
+        gc.disable()
+        a0 = gc.mem_alloc()
+        for k in range(10):
+            l.rx({"a": ["ping"], "d": {"m": k}, "i": 22 + 2 * k})
+            await asyncio.sleep_ms(0)
+            await asyncio.sleep_ms(0)
+        per = (gc.mem_alloc() - a0) // 10
+        gc.enable()
+        print("request alloc (excl. decoding) %d B" % per)
+        check(per < 2048, "per-request allocation %d B" % per)
+        tg.cancel()
+
+
+asyncio.run(main())
+if fails:
+    print("FAILED test_proto:", len(fails))
+    sys.exit(1)
+print("OK test_proto")
