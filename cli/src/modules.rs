@@ -114,6 +114,24 @@ for f in m.files():
 /// The modules `manifest` freezes, hashed, except [`HASH_MODULE`]. Two
 /// files frozen under one module name are an error naming both.
 pub fn frozen_modules(manifest: &Path, vars: &ManifestVars) -> anyhow::Result<Vec<FrozenModule>> {
+    list_frozen(manifest, vars, None)
+}
+
+/// [`frozen_modules`], also refusing a [`HASH_MODULE`] frozen from
+/// anywhere but `hash_file` (e.g. a project app called `_hash`).
+pub fn frozen_modules_checked(
+    manifest: &Path,
+    vars: &ManifestVars,
+    hash_file: &Path,
+) -> anyhow::Result<Vec<FrozenModule>> {
+    list_frozen(manifest, vars, Some(hash_file))
+}
+
+fn list_frozen(
+    manifest: &Path,
+    vars: &ManifestVars,
+    hash_file: Option<&Path>,
+) -> anyhow::Result<Vec<FrozenModule>> {
     tools::require(&[tools::PYTHON3])?;
     let path_vars = serde_json::json!({
         "MPY_DIR": vars.mpy_dir,
@@ -140,10 +158,17 @@ pub fn frozen_modules(manifest: &Path, vars: &ManifestVars) -> anyhow::Result<Ve
         let Some(name) = module_name(target) else {
             continue;
         };
+        let source = PathBuf::from(full);
         if name == HASH_MODULE {
+            if hash_file.is_some_and(|h| h != source) {
+                bail!(
+                    "{} would be frozen as `{HASH_MODULE}`, a name moat reserves for its \
+                     module hash table; rename it",
+                    source.display()
+                );
+            }
             continue;
         }
-        let source = PathBuf::from(full);
         let bytes =
             std::fs::read(&source).with_context(|| format!("cannot read {}", source.display()))?;
         if let Some(prev) = by_name.get(&name) {

@@ -207,7 +207,7 @@ impl<'p> Builder<'p> {
         let board = &target.board;
         // The board's MicroPython patches (micropython-patches/), if any:
         // then it builds from a patched copy of the tree.
-        let tree = crate::patches::tree_for_board(&tree, &board.name, &self.cache, &mut |m| {
+        let tree = crate::patches::tree_for_board(&tree, board, &self.cache, &mut |m| {
             progress.note("micropython", m)
         })?;
 
@@ -258,7 +258,8 @@ impl<'p> Builder<'p> {
             board_dir,
             mpy_lib_dir: lib_dir.clone(),
         };
-        let frozen: Vec<FrozenModule> = modules::frozen_modules(&manifest, &vars)?;
+        let frozen: Vec<FrozenModule> =
+            modules::frozen_modules_checked(&manifest, &vars, &hash_file)?;
         let table = modules::hash_table(&frozen);
         ctx["modules"] = serde_json::to_value(table.template_rows())?;
         let hash_text = self.templates.render("_hash.py.j2", &ctx)?;
