@@ -437,3 +437,28 @@ fn a_git_micropython_source_is_cloned_at_its_rev_and_builds() {
     assert!(trees[0].join("mpy-cross/build/mpy-cross").is_file());
     assert!(!trees[0].join("NEWER").exists(), "checked out at the rev");
 }
+
+#[test]
+fn an_app_shadowing_a_runtime_module_or_hash_is_refused_before_compiling() {
+    if !build_tools_present() {
+        return;
+    }
+    let p = temp_project("unix").unwrap();
+    std::fs::write(p.path().join("apps/main.py"), "x = 1\n").unwrap();
+    let out = p.moat().arg("build").output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`main` is frozen twice"), "{err}");
+    assert!(err.contains("apps/main.py"), "{err}");
+    assert!(
+        !p.path().join(".moat/build/demo/build.log").exists(),
+        "make never ran"
+    );
+
+    std::fs::remove_file(p.path().join("apps/main.py")).unwrap();
+    std::fs::write(p.path().join("apps/_hash.py"), "x = 1\n").unwrap();
+    let out = p.moat().arg("build").output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("reserves"), "{err}");
+}
