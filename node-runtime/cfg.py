@@ -62,21 +62,32 @@ def save(cfg, fn=FILE):
 class Cfg(App):
     def cmd_r(self, p=()):
         v = _walk(self.root.cfg, p)
-        pk = Packer(128, self.root.m - 32)
+        lim = self.root.m - 32  # room for the reply's envelope
+        pk = Packer(128, lim)
         try:
             pk.pack(v)
             return v
         except ValueError:
             pass
-        # too big for one message: simple members, and keys to fetch
+        # too big for one message: the simple members that fit, and the keys
+        # to fetch with p + key (containers, and what did not fit)
         s = {}
         ks = []
+        used = 8
         it = v.items() if isinstance(v, dict) else enumerate(v)
         for k, x in it:
-            if isinstance(x, (dict, list)):
-                ks.append(k)
-            else:
-                s[k] = x
+            if not isinstance(x, (dict, list)):
+                pk.n = 0
+                try:
+                    pk.pack(k)
+                    pk.pack(x)
+                    if used + pk.n + len(ks) * 4 < lim // 2:
+                        s[k] = x
+                        used += pk.n
+                        continue
+                except ValueError:
+                    pass
+            ks.append(k)
         return [s, ks]
 
     def cmd_w(self, p, d=NoData):

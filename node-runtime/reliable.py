@@ -42,6 +42,7 @@ class Reliable:
         self.tries = 0
         self.next = 0
         self.since = 0
+        self.quiet = 0
         self.queue = []  # encoded messages waiting for the window
         self.fly = []  # in flight: entry k has sequence number base + k
         self.base = 0
@@ -97,7 +98,10 @@ class Reliable:
     def connect(self, now):
         if self.ph in (_REQ, _ACC):
             return
+        self.quiet = now
         if self.ph == _UP:
+            # acks within half a timeout answer a request from before
+            self.quiet = ticks_add(now, self.t // 2)
             self._flush()
             self.ev.on_reset()
             self._close_frame("link reset")
@@ -186,7 +190,9 @@ class Reliable:
             else:
                 self._accept(t, w, now)
         elif n == 2:
-            if ph in (_REQ, _ACC):
+            if ph == _REQ and ticks_diff(now, self.quiet) < 0:
+                pass  # a late answer to our request from before a local reset
+            elif ph in (_REQ, _ACC):
                 self.t = t
                 self.w = w
                 self._reset_frame(3)

@@ -262,6 +262,39 @@ fn cfg_write_save_restart_survives(heap: u32) {
     c.ok("cfg.x", kw([("p", path("t"))]));
     assert_eq!(c.ok("t.cfg", none()), kw([("y", kw([("z", int(7))]))]));
     assert_eq!(c.ok("t.get", none()), int(1), "a restarted app is new");
+    // a subtree too big for one message comes as parts: simple members,
+    // and the keys to fetch one by one
+    for j in 0..30 {
+        c.ok(
+            "cfg.w",
+            kw([("p", path(&format!("big.k{j}"))), ("d", s(&"x".repeat(40)))]),
+        );
+    }
+    c.ok("cfg.w", kw([("p", path("big.sub.a")), ("d", int(1))]));
+    let parts = c.ok("cfg.r", kw([("p", path("big"))]));
+    let parts = parts.as_array().expect("parts: [simple, keys]");
+    assert_eq!(parts.len(), 2);
+    let Value::Map(simple) = &parts[0] else {
+        panic!("simple members: {}", parts[0])
+    };
+    let keys = parts[1].as_array().expect("keys");
+    assert!(keys.contains(&s("sub")), "{}", parts[1]);
+    // every member is either here or to be fetched
+    assert_eq!(simple.len() + keys.len(), 31);
+    assert!(!simple.is_empty());
+    for k in keys.iter().filter(|k| **k != s("sub")) {
+        let p = Value::Array(vec![s("big"), k.clone()]);
+        assert_eq!(c.ok("cfg.r", kw([("p", p)])), s(&"x".repeat(40)));
+    }
+    assert_eq!(
+        c.ok("cfg.r", kw([("p", path("big.sub"))])),
+        kw([("a", int(1))])
+    );
+    c.ok("cfg.w", kw([("p", path("big"))]));
+    assert_eq!(
+        c.fails("cfg.r", kw([("p", path("big"))])).proxy(),
+        Some("_KyErr")
+    );
     c.ok("cfg.s", none());
 
     // soft reset: link down message, connection closes, node comes back
