@@ -24,6 +24,8 @@ class Watchdog(App):
         self.hw = None
         self.last = 0
         self.ev = asyncio.Event()
+        if root.wdt is None:  # listed as an app without a `wdt` section
+            root.wdt = self
 
     def start(self):
         if self.on:
