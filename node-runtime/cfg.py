@@ -1,7 +1,7 @@
 # moat node runtime: the `cfg` app: read, change, save the running config.
 import os
 from app import App
-from msgpack import Packer, Proxy, NoData, packb
+from msgpack import Proxy, NoData, packb, size
 
 FILE = "moat.cfg"
 
@@ -63,12 +63,8 @@ class Cfg(App):
     def cmd_r(self, p=()):
         v = _walk(self.root.cfg, p)
         lim = self.root.m - 32  # room for the reply's envelope
-        pk = Packer(128, lim)
-        try:
-            pk.pack(v)
+        if size(v) <= lim:
             return v
-        except ValueError:
-            pass
         # too big for one message: the simple members that fit, and the keys
         # to fetch with p + key (containers, and what did not fit)
         s = {}
@@ -77,16 +73,11 @@ class Cfg(App):
         it = v.items() if isinstance(v, dict) else enumerate(v)
         for k, x in it:
             if not isinstance(x, (dict, list)):
-                pk.n = 0
-                try:
-                    pk.pack(k)
-                    pk.pack(x)
-                    if used + pk.n + len(ks) * 4 < lim // 2:
-                        s[k] = x
-                        used += pk.n
-                        continue
-                except ValueError:
-                    pass
+                n = size(k) + size(x)
+                if used + n + len(ks) * 4 < lim // 2:
+                    s[k] = x
+                    used += n
+                    continue
             ks.append(k)
         return [s, ks]
 

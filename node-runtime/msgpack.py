@@ -388,6 +388,47 @@ class Decoder:
         return r
 
 
+def size(x, depth=0):
+    # encoded size of x, without encoding it (floats counted as float64)
+    if depth > _DEPTH:
+        raise ValueError("too deep")
+    if x is None or x is True or x is False:
+        return 1
+    if isinstance(x, int):
+        if -32 <= x < 0x80:
+            return 1
+        if -0x80 <= x < 0x100:
+            return 2
+        if -0x8000 <= x < 0x10000:
+            return 3
+        if -0x80000000 <= x < 0x100000000:
+            return 5
+        return 9
+    if isinstance(x, float):
+        return 9
+    if isinstance(x, str):
+        k = len(memoryview(x))
+        return k + (1 if k < 32 else 2 if k < 0x100 else 3 if k < 0x10000 else 5)
+    if isinstance(x, _BIN):
+        k = len(x)
+        return k + (2 if k < 0x100 else 3 if k < 0x10000 else 5)
+    if isinstance(x, dict):
+        n = 1 if len(x) < 16 else 3 if len(x) < 0x10000 else 5
+        for k in x:
+            n += size(k, depth + 1) + size(x[k], depth + 1)
+        return n
+    if isinstance(x, _SEQ):
+        n = 1 if len(x) < 16 else 3 if len(x) < 0x10000 else 5
+        for v in x:
+            n += size(v, depth + 1)
+        return n
+    if isinstance(x, Proxy):
+        return len(memoryview(x.name)) + 3
+    if isinstance(x, Ext):
+        return len(x.data) + 6
+    return 16  # becomes a proxy
+
+
 def packb(x, proxy=None):
     p = Packer(64, 1 << 30, proxy)
     p.pack(x)

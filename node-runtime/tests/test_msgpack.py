@@ -111,6 +111,8 @@ for x in [0, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1,
           msgpack.Ext(5, b"abc"), msgpack.Ext(-3, b"12345678")]:
     check(same(unpackb(packb(x)), x), "round trip %r" % (x if not isinstance(x, (str, bytes)) or len(x) < 40 else len(x)))
 check(packb(0.5) == b"\xca\x3f\x00\x00\x00", "float32 when exact")
+for x in [0, -1, 200, -200, 70000, 2**40, "", "é" * 40, "x" * 300, b"ab", [1, [2, {"a": None}]], {"k": "v" * 20}, Proxy("_FnErr")]:
+    check(msgpack.size(x) == len(packb(x)), "size(%r)" % (x,))
 check(packb(0.1)[0] == 0xCB, "float64 when not")
 check(packb(Proxy("-")) == b"\xd4\x04-", "proxy '-' as fixext1")
 
