@@ -380,7 +380,7 @@ pub fn execute(
         (Flash::ProbeRs { chip }, _) => probe::flash(chip, &plan.writes, progress),
         #[cfg(not(feature = "probe-rs"))]
         (Flash::ProbeRs { .. }, _) => Err(FlashError::Invalid(
-            "this moat was built without probe-rs support: reinstall with `cargo install moat --features probe-rs`".into(),
+            "this moat was built without probe-rs support (`--no-default-features`): reinstall it with the default features".into(),
         )),
         (flash, _) => Err(FlashError::Invalid(format!(
             "flash method `{}` is not flashed through this library",

@@ -1,6 +1,5 @@
-//! SWD/JTAG debug probes through probe-rs (cargo feature `probe-rs`, off
-//! by default: it roughly doubles moat's dependency build, see the crate's
-//! Cargo.toml).
+//! SWD/JTAG debug probes through probe-rs (cargo feature `probe-rs`, on
+//! by default; its build cost is noted in the crate's Cargo.toml).
 //!
 //! The chip name is looked up in probe-rs's built-in target database; the
 //! artefacts (ELF: its loadable segments at their physical addresses; raw
