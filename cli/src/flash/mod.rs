@@ -136,6 +136,15 @@ pub enum Destination {
     Probe { chip: String },
 }
 
+/// One contiguous block a debug probe would program.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Block {
+    pub address: u64,
+    pub size: u64,
+    /// The flash region it lies in.
+    pub region: String,
+}
+
 /// What `moat flash` would do for one node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FlashPlan {
@@ -146,6 +155,9 @@ pub struct FlashPlan {
     pub writes: Vec<Write>,
     /// How the result is checked.
     pub verify: String,
+    /// probe-rs: the blocks its flash loader would program.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub blocks: Vec<Block>,
     /// The file the node's config (from moat.toml) is uploaded to over
     /// the link after flashing (`moat.cfg`); None for local boards, whose
     /// folder gets it directly.
@@ -303,15 +315,19 @@ pub fn plan_for(
             "UF2 rules checked before copying; the bootloader checks each block".to_owned(),
         ),
         Flash::ProbeRs { chip } => (
-            {
-                // Names the chip's problem before anything else happens.
-                #[cfg(feature = "probe-rs")]
-                probe::lookup(chip)?;
-                Destination::Probe { chip: chip.clone() }
-            },
+            Destination::Probe { chip: chip.clone() },
             "probe-rs verifies after programming".to_owned(),
         ),
     };
+    // probe-rs: the chip must be in its database and the data in its
+    // flash, checked before anything else happens.
+    #[cfg(feature = "probe-rs")]
+    let blocks = match &board.flash {
+        Flash::ProbeRs { chip } => probe::plan(chip, &writes)?.blocks,
+        _ => Vec::new(),
+    };
+    #[cfg(not(feature = "probe-rs"))]
+    let blocks = Vec::new();
     Ok(FlashPlan {
         node: node.to_owned(),
         board: board.name.clone(),
@@ -319,6 +335,7 @@ pub fn plan_for(
         destination,
         writes,
         verify,
+        blocks,
         config: (!matches!(board.flash, Flash::Local))
             .then(|| crate::local_node::CONFIG_FILE.to_owned()),
     })

@@ -8,7 +8,7 @@
 //! chip's flash. [`plan`] does that without a probe; [`flash`] then
 //! programs and verifies through the first probe found.
 
-use super::{FlashError, Outcome, Progress, Write};
+use super::{Block, FlashError, Outcome, Progress, Write};
 use probe_rs::config::{MemoryRegion, Registry};
 use probe_rs::flashing::{DownloadOptions, FlashLoader, FlashProgress, ProgressEvent};
 use probe_rs::probe::list::Lister;
@@ -39,15 +39,6 @@ pub fn lookup(name: &str) -> Result<Target, FlashError> {
             "probe-rs does not know the chip `{name}` ({e}): fix `chip` in the board file; {hint}"
         ))
     })
-}
-
-/// One contiguous block the loader would program.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Block {
-    pub address: u64,
-    pub size: u64,
-    /// The flash region it lies in.
-    pub region: String,
 }
 
 /// What programming would do.
@@ -397,5 +388,39 @@ mod tests {
             let p = dry_run(probe, chip, &[w]).unwrap();
             assert_eq!(p.blocks[0].address, u64::from(at));
         }
+    }
+
+    #[test]
+    fn the_plan_of_a_probe_rs_board_lists_the_loader_blocks_and_checks_the_chip() {
+        use crate::board::{Artefact, Boards, Flash};
+        let mut board = Boards::embedded().get("rpi-pico").cloned().unwrap();
+        board.flash = Flash::ProbeRs {
+            chip: "RP2040".into(),
+        };
+        board.firmware = vec![Artefact {
+            path: "firmware.elf".into(),
+            offset: None,
+        }];
+        let build = tempfile::tempdir().unwrap();
+        std::fs::create_dir(build.path().join("firmware")).unwrap();
+        write(
+            &build.path().join("firmware"),
+            "firmware.elf",
+            &elf(0x1000_0000, &[1; 1000]),
+            None,
+        );
+        let opts = crate::flash::Options::default();
+        let p = crate::flash::plan_for("pico", None, &board, build.path(), &opts).unwrap();
+        assert_eq!(p.method, "probe-rs");
+        let blocks: Vec<(u64, u64)> = p.blocks.iter().map(|b| (b.address, b.size)).collect();
+        assert_eq!(blocks, [(0x1000_0000, 1000)]);
+        board.flash = Flash::ProbeRs {
+            chip: "RP2041".into(),
+        };
+        let e = crate::flash::plan_for("pico", None, &board, build.path(), &opts).unwrap_err();
+        assert!(
+            e.to_string().contains("fix `chip` in the board file"),
+            "{e}"
+        );
     }
 }
