@@ -52,6 +52,12 @@ impl Fixture {
     /// With `proxied`, the node listens on a port of its own and `moat`
     /// talks to [`Fixture::port`], where a test puts a proxy.
     fn with_proxy(proxied: bool) -> Option<Fixture> {
+        Fixture::with(proxied, None)
+    }
+
+    /// `message_limit`: the node's link takes messages of at most this
+    /// many bytes (its `m`).
+    fn with(proxied: bool, message_limit: Option<u32>) -> Option<Fixture> {
         if !build_tools_present() {
             return None;
         }
@@ -88,7 +94,10 @@ impl Fixture {
         // restarted node serves `fs` again.
         let mut cfg = f.node_config();
         if proxied {
-            set_port(&mut cfg, node_port);
+            set_tcp(&mut cfg, "p", node_port.into());
+        }
+        if let Some(m) = message_limit {
+            set_tcp(&mut cfg, "m", m.into());
         }
         let bytes = msgpack::to_vec(&cfg);
         std::fs::write(f.node_dir().join("moat.cfg"), &bytes).unwrap();
@@ -216,7 +225,7 @@ impl Drop for Fixture {
     }
 }
 
-fn set_port(cfg: &mut Value, port: u16) {
+fn set_tcp(cfg: &mut Value, key: &str, v: Value) {
     let Value::Map(top) = cfg else {
         panic!("config is a map")
     };
@@ -236,8 +245,8 @@ fn set_port(cfg: &mut Value, port: u16) {
     let Value::Map(tcp) = tcp else {
         panic!("tcp is a map")
     };
-    tcp.retain(|(k, _)| k.as_str() != Some("p"));
-    tcp.push(("p".into(), Value::from(port)));
+    tcp.retain(|(k, _)| k.as_str() != Some(key));
+    tcp.push((key.into(), v));
 }
 
 /// The counter app with an extra command `ver` answering `v`.
@@ -335,6 +344,28 @@ fn added_module_goes_up_and_removed_goes_away_while_user_files_stay() {
     assert_eq!(f.node_file("mine.py").as_deref(), Some(&b"X = 1\n"[..]));
     assert_eq!(f.node_file("data.bin").as_deref(), Some(&b"\x00\x01"[..]));
     assert!(f.cmd("c.get", &[]).is_ok());
+}
+
+#[test]
+fn small_messages_split_the_module_table_and_the_upload() {
+    // No build record: the host cannot name the frozen table, so the node
+    // sends all of it, in parts of at most 300 bytes.
+    let Some(f) = Fixture::with(false, Some(300)) else {
+        return;
+    };
+    std::fs::remove_file(f.root.join(".moat/build/demo/record.json")).unwrap();
+    let new = big_counter(&f.original_counter, 11);
+    f.write_app("counter.py", &new);
+    let j = f.diff_update_ok(&[]);
+    assert_eq!(names(&j["uploaded"]), vec!["counter"]);
+    assert!(
+        j["query_bytes"].as_u64().unwrap() > 60,
+        "several parts asked for: {j}"
+    );
+    assert_eq!(f.node_file("counter.py").as_deref(), Some(new.as_bytes()));
+    assert_eq!(f.cmd("c.ver", &[]).unwrap(), 11);
+    let j = f.diff_update_ok(&[]);
+    assert_eq!(names(&j["uploaded"]), Vec::<String>::new());
 }
 
 #[test]

@@ -182,6 +182,19 @@ async fn node_apps(client: &crate::client::Client) -> anyhow::Result<BTreeMap<St
         .collect())
 }
 
+/// Module paths are relative to the node's root: its `fs` app must serve
+/// that root (no `root` setting of its own).
+async fn fs_at_root(client: &crate::client::Client) -> anyhow::Result<()> {
+    let p = Value::map([("p", Value::Array(vec!["fs".into(), "root".into()]))]);
+    match client.call_names(&["cfg", "r"], p).await {
+        Ok(Value::Str(r)) if !matches!(r.trim_end_matches('/'), "" | ".") => bail!(
+            "node `{}`'s fs app serves {r:?}, not the node's root where modules live; remove `root` from its `fs` config",
+            client.node()
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// Runs a diff-update of `node` (see the module docs).
 pub async fn run(
     project: &Project,
@@ -268,6 +281,7 @@ async fn session(
         return Ok(report);
     }
 
+    fs_at_root(&conn.client).await?;
     let b1 = conn.bytes_out().await?;
     let limit = conn.client.message_limit().await;
     let mut fs = Files::new(&conn.client, limit);
