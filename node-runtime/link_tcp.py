@@ -54,6 +54,7 @@ class SockLink(Link):
             self.s.close()
             return
         rd = self.rd
+        s = self.s
         self.attach()
         try:
             await self.announce(True)
@@ -66,7 +67,8 @@ class SockLink(Link):
                         u.clear()  # half a message and silence: resync
                         continue
                 else:
-                    n = await rd.readinto(sp)
+                    yield core._io_queue.queue_read(s)  # like Stream.readinto, minus a generator
+                    n = s.readinto(sp)
                 if n is None:  # spurious wake-up
                     continue
                 if not n:

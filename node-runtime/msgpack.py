@@ -457,17 +457,17 @@ class Unpacker:
         self.e = 0  # end of data
         self.bad = 0
         self.dec = Decoder(self.b, 0, 0, size)
+        self.mv = self.dec.m
 
     def space(self):
         s = self.s
-        b = self.b
         if s:
             k = self.e - s
             if k:
-                b[0:k] = memoryview(b)[s : self.e]
+                self.b[0:k] = self.mv[s : self.e]
             self.s = 0
             self.e = k
-        return memoryview(b)[self.e :]
+        return self.mv[self.e :]
 
     def got(self, n):
         self.e += n

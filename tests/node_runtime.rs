@@ -1002,14 +1002,15 @@ fn bench_heap_and_round_trips() {
     let (_m, mut c2) = standard(64);
     let apps = mem(&mut c2, true);
     println!(
-        "node heap ({}, -X heapsize=64k, 64-bit unix): idle {idle} B (runtime + TCP link), \
+        "node heap ({}, -X heapsize={}k, 64-bit unix): idle {idle} B (runtime + TCP link), \
          {apps} B with fs and test apps; ~{per} B allocated per ping request; \
          {after} B after {rounds} more pings; {rate:.0} request round trips/s over TCP",
         if n.fw.micropypath.is_some() {
             "runtime from source"
         } else {
             "frozen firmware"
-        }
+        },
+        n.heap_kb
     );
     assert!(n.running());
 }
