@@ -8,6 +8,7 @@
 //! idempotent: the same inputs give the same tree, made once. The pristine
 //! tree is never touched.
 
+use crate::board::Board;
 use crate::source::{cache, Cache, Notes, SourceTree};
 use crate::tools::{self, run_logged, Tool};
 use anyhow::Context;
@@ -59,14 +60,28 @@ pub fn digest(patches: &[Patch]) -> String {
 }
 
 /// The tree `board` builds from: `tree` itself when the board has no
-/// patches, else its patched copy (made on first use).
+/// patches and needs no extra sources, else its prepared copy (made on
+/// first use). The rp2 port gets the Pico SDK, TinyUSB and mbedTLS copied
+/// into the `lib/` folders the Debian tarball leaves empty.
 pub fn tree_for_board(
     tree: &SourceTree,
-    board: &str,
+    board: &Board,
     cache: &Cache,
     notes: Notes,
 ) -> anyhow::Result<SourceTree> {
-    apply(tree, board, for_board(board), cache, notes)
+    let fill = if board.port == "rp2" {
+        crate::source::rp2::provide(cache, notes)?.tree_dirs()
+    } else {
+        vec![]
+    };
+    prepare(
+        tree,
+        &board.name,
+        for_board(&board.name),
+        &fill,
+        cache,
+        notes,
+    )
 }
 
 /// `tree` with `patches` applied, as a cache entry (see the module doc).
@@ -77,11 +92,27 @@ pub fn apply(
     cache: &Cache,
     notes: Notes,
 ) -> anyhow::Result<SourceTree> {
-    if patches.is_empty() {
+    prepare(tree, set, patches, &[], cache, notes)
+}
+
+/// `tree` with the empty folders `fill` names filled with copies of their
+/// sources, then `patches` applied.
+fn prepare(
+    tree: &SourceTree,
+    set: &str,
+    patches: &[Patch],
+    fill: &[(&str, PathBuf)],
+    cache: &Cache,
+    notes: Notes,
+) -> anyhow::Result<SourceTree> {
+    if patches.is_empty() && fill.is_empty() {
         return Ok(tree.clone());
     }
     let digest = digest(patches);
-    let id = format!("{}+patches:{set}:{digest}", tree.id);
+    let mut id = format!("{}+patches:{set}:{digest}", tree.id);
+    for (dir, from) in fill {
+        id.push_str(&format!("+{dir}={}", from.display()));
+    }
     let key = hex::encode(&Sha256::digest(id.as_bytes())[..6]);
     let base = cache.dir("micropython-patched")?;
     let dest = base.join(format!("{}-{key}", safe_name(set)));
@@ -91,7 +122,7 @@ pub fn apply(
             tools::require(&[CP, PATCH])?;
             cache::install(&dest, &id, |scratch| {
                 notes(&format!(
-                    "applying {} moat patch(es) for {set} to a copy of the MicroPython tree",
+                    "preparing the MicroPython tree for {set} ({} moat patch(es))",
                     patches.len()
                 ));
                 let copy = scratch.join("tree");
@@ -100,6 +131,19 @@ pub fn apply(
                 run_logged(cp, &scratch.join("cp.log"), |_| {})
                     .with_context(|| format!("cannot copy {}", tree.root.display()))?;
                 let _ = std::fs::remove_file(copy.join(cache::MARKER));
+                for (dir, from) in fill {
+                    let to = copy.join(dir);
+                    let empty = std::fs::read_dir(&to).map_or(true, |mut d| d.next().is_none());
+                    if !empty {
+                        continue;
+                    }
+                    notes(&format!("adding {} as {dir}", from.display()));
+                    let _ = std::fs::remove_dir(&to);
+                    let mut cp = Command::new("cp");
+                    cp.arg("-a").arg(from).arg(&to);
+                    run_logged(cp, &scratch.join("cp.log"), |_| {})
+                        .with_context(|| format!("cannot copy {} into the tree", from.display()))?;
+                }
                 for (name, diff) in patches {
                     apply_one(&copy, scratch, name, diff).with_context(|| {
                         format!(
@@ -186,7 +230,14 @@ mod tests {
         let tree = fake_tree(dir.path());
         let cache = Cache::at(dir.path().join("cache"));
         let set = [("1.patch", ADD_LINE), ("2.patch", NEW_FILE)];
-        let out = apply(&tree, "b", &set, &cache, &mut |_| {}).unwrap();
+        std::fs::create_dir_all(tree.root.join("lib/sdk")).unwrap();
+        let sdk = dir.path().join("sdk");
+        std::fs::create_dir_all(&sdk).unwrap();
+        std::fs::write(sdk.join("README.md"), "sdk").unwrap();
+        let fill = [("lib/sdk", sdk)];
+        let out = prepare(&tree, "b", &set, &fill, &cache, &mut |_| {}).unwrap();
+        assert!(out.root.join("lib/sdk/README.md").is_file());
+        assert!(!tree.root.join("lib/sdk/README.md").exists());
         assert_ne!(out.root, tree.root);
         let x = std::fs::read_to_string(out.root.join("py/x.c")).unwrap();
         assert_eq!(x, "one\npatched\ntwo\n");
@@ -252,7 +303,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tree = fake_tree(dir.path());
         let cache = Cache::at(dir.path().join("cache"));
-        let out = tree_for_board(&tree, "unix", &cache, &mut |_| {}).unwrap();
+        let out = apply(&tree, "unix", for_board("unix"), &cache, &mut |_| {}).unwrap();
         assert_eq!(out.root, tree.root);
         assert_eq!(out.id, tree.id);
     }

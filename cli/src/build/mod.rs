@@ -14,6 +14,7 @@
 //! hash/_hash.py, mpy-lib/), `port-<key>/` (the port's build folder),
 //! `firmware/` (artefacts), `build.log`, `record.json`, `moat.cfg`.
 
+pub mod cmake;
 pub mod progress;
 pub mod record;
 
@@ -355,31 +356,36 @@ impl<'p> Builder<'p> {
             }
             .into());
         }
-        if board.build != BuildSystem::Make {
-            bail!(
-                "board {}: building port `{}` with {:?} is not supported yet (generated: {} and {})",
-                board.name,
-                board.port,
-                board.build,
-                manifest.display(),
-                hash_file.display()
-            );
-        }
         tools::require(&[tools::MAKE, tools::PYTHON3])?;
         remove_stale_port_builds(&dir, &port_build)?;
         let log = dir.join("build.log");
         let _ = std::fs::remove_file(&log);
-        let mut make = Command::new("make");
-        make.arg("-C")
-            .arg(&port_dir)
-            .arg(format!("-j{}", source::jobs()))
-            .arg(format!("BUILD={}", port_build.display()))
-            .args(&build_args)
-            // Reproducible build date: the source tree's own timestamp.
-            .env("SOURCE_DATE_EPOCH", tree.date_epoch().to_string())
-            .env_remove("MAKEFLAGS")
-            .env_remove("MFLAGS")
-            .env_remove("MAKELEVEL");
+        let make = if board.build == BuildSystem::Cmake {
+            // The port's CMake build (rp2): configured, then built below.
+            cmake::prepare(
+                &tree,
+                board,
+                &port_dir,
+                &port_build,
+                &build_args,
+                &self.cache,
+                &log,
+                &mut |m| progress.note(&target.name, m),
+            )?
+        } else {
+            let mut make = Command::new("make");
+            make.arg("-C")
+                .arg(&port_dir)
+                .arg(format!("-j{}", source::jobs()))
+                .arg(format!("BUILD={}", port_build.display()))
+                .args(&build_args)
+                // Reproducible build date: the source tree's own timestamp.
+                .env("SOURCE_DATE_EPOCH", tree.date_epoch().to_string())
+                .env_remove("MAKEFLAGS")
+                .env_remove("MFLAGS")
+                .env_remove("MAKELEVEL");
+            make
+        };
         let expected = previous
             .as_ref()
             .map_or(FIRST_BUILD_STEPS, |r| r.compile_steps);

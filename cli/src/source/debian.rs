@@ -218,6 +218,29 @@ impl Apt {
         })
     }
 
+    /// Downloads only the upstream tarball of source package `pkg` at
+    /// `debian_version` into `dest` (no .dsc or Debian diff, which some
+    /// mirrors lack) and returns it.
+    pub fn download_source_tarball(
+        &self,
+        pkg: &str,
+        debian_version: &str,
+        dest: &Path,
+    ) -> anyhow::Result<PathBuf> {
+        let mut cmd = self.command("apt-get");
+        cmd.args(["-q", "source", "--download-only", "--tar-only"])
+            .arg(format!("{pkg}={debian_version}"))
+            .current_dir(dest);
+        run_logged(cmd, &self.log, |_| {})
+            .with_context(|| format!("cannot download the source tarball of {pkg}"))?;
+        find_with(dest, ".orig.tar.").with_context(|| {
+            format!(
+                "apt fetched {pkg} but no .orig tarball is in {}",
+                dest.display()
+            )
+        })
+    }
+
     /// Downloads binary package `pkg` into `dest` and returns the `.deb`.
     pub fn download_binary(&self, pkg: &str, dest: &Path) -> anyhow::Result<PathBuf> {
         let mut cmd = self.command("apt-get");

@@ -13,6 +13,7 @@
 
 pub mod cache;
 pub mod debian;
+pub mod rp2;
 
 use crate::tools::{self, run_logged};
 use anyhow::{bail, Context};
@@ -46,12 +47,16 @@ pub enum Component {
     /// A Debian binary package unpacked with `dpkg -x` (e.g.
     /// `pico-sdk-source`); `subdir` is the folder inside it that is provided.
     DebianBinary { package: String, subdir: String },
+    /// A Debian source package's upstream (`.orig`) tarball, unpacked; the
+    /// newest version the suite offers.
+    DebianSource { package: String },
 }
 
 impl Component {
     fn key(&self) -> String {
         match self {
             Component::DebianBinary { package, .. } => package.clone(),
+            Component::DebianSource { package } => format!("{package}-source-package"),
         }
     }
 }
@@ -242,8 +247,51 @@ fn provide_git(url: &str, rev: &str, cache: &Cache, notes: Notes) -> anyhow::Res
     })
 }
 
-fn provide_component(c: &Component, cache: &Cache, notes: Notes) -> anyhow::Result<PathBuf> {
+/// Provides one extra component into the cache (once) and returns its folder.
+pub fn provide_component(c: &Component, cache: &Cache, notes: Notes) -> anyhow::Result<PathBuf> {
     match c {
+        Component::DebianSource { package } => {
+            let base = cache.dir("components")?;
+            let key = c.key();
+            let dest = base.join(&key);
+            if !cache::is_complete(&dest) {
+                let _lock = cache::lock(&base.join(format!("{key}.lock")))?;
+                if !cache::is_complete(&dest) {
+                    tools::require(&[tools::APT_GET, tools::TAR, tools::XZ])?;
+                    let apt_dir = cache.dir("apt")?;
+                    let _apt_lock = cache::lock(&cache.root().join("apt.lock"))?;
+                    cache::install(&dest, &key, |scratch| {
+                        notes(&format!(
+                            "fetching the {package} source (Debian {})",
+                            debian::SUITE
+                        ));
+                        let apt = debian::Apt::prepare(&apt_dir)?;
+                        let versions = apt.source_versions(package)?;
+                        let Some(version) = versions.first() else {
+                            bail!("Debian {} has no source package {package}", debian::SUITE);
+                        };
+                        let dl = scratch.join("download");
+                        std::fs::create_dir(&dl)?;
+                        let tarball = apt.download_source_tarball(package, version, &dl)?;
+                        let into = scratch.join("unpacked");
+                        std::fs::create_dir_all(&into)?;
+                        let mut tar = Command::new("tar");
+                        tar.arg("-xf").arg(&tarball).arg("-C").arg(&into);
+                        tools::run_capture(&mut tar)
+                            .with_context(|| format!("cannot unpack the {package} source"))?;
+                        let tops: Vec<PathBuf> = std::fs::read_dir(&into)?
+                            .filter_map(|e| e.ok().map(|e| e.path()))
+                            .filter(|p| p.is_dir())
+                            .collect();
+                        match tops.as_slice() {
+                            [top] => Ok(top.clone()),
+                            _ => bail!("{} does not hold one folder", tarball.display()),
+                        }
+                    })?;
+                }
+            }
+            Ok(dest)
+        }
         Component::DebianBinary { package, subdir } => {
             let base = cache.dir("components")?;
             let dest = base.join(package);
