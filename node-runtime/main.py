@@ -66,6 +66,21 @@ def load(clean):
 
 
 async def _link(root, kind, c):
+    # a link that fails (port taken, device missing) is retried, not fatal
+    delay = 1000
+    while True:
+        try:
+            await _serve(root, kind, c)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            err.log("link", kind, "failed:", repr(e))
+        await asyncio.sleep_ms(delay)
+        delay = min(delay * 2, 30000)
+
+
+async def _serve(root, kind, c):
     if kind == "tcp":
         from link_tcp import server
 

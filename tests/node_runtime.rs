@@ -904,6 +904,28 @@ fn crash_switches_to_the_fallback_config() {
 }
 
 #[test]
+fn a_failing_link_is_retried_not_fatal() {
+    // a UART whose device does not exist next to a working TCP link
+    let mut n = Node::new(64);
+    n.write_cfg(
+        "moat.cfg",
+        &Value::map([(
+            "link",
+            kw([
+                ("tcp", kw([("h", s("127.0.0.1")), ("p", n.port.into())])),
+                ("uart", kw([("port", s("/nonexistent/tty"))])),
+            ]),
+        )]),
+    );
+    n.start();
+    let mut c = n.connect();
+    assert_eq!(c.ok("ping", kw([("m", int(1))])), kw([("m", int(1))]));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(n.running());
+    assert!(n.console().contains("link uart failed"), "{}", n.console());
+}
+
+#[test]
 fn missing_or_corrupt_config_falls_back() {
     let mut n = Node::new(64);
     let fb = n.tcp_cfg(vec![("tag", s("fallback"))]);
