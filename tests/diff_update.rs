@@ -501,6 +501,35 @@ fn cfg_upload_replaces_the_config_and_restarts_the_apps() {
     assert_eq!(j["uploaded"], false, "nothing to do the second time");
 }
 
+#[test]
+fn cfg_upload_without_an_fs_app_saves_the_running_config() {
+    let Some(f) = Fixture::new() else { return };
+    let toml = std::fs::read_to_string(f.root.join("moat.toml")).unwrap();
+    let no_fs = toml.replace("fs = \"fs.Files\", ", "");
+    assert_ne!(toml, no_fs, "the satellite runs fs");
+    std::fs::write(f.root.join("moat.toml"), &no_fs).unwrap();
+    // Through fs: the new config has no fs app any more.
+    run_ok(&mut f.moat(&["cfg", "upload", "--direct"])).unwrap();
+    let err = f.cmd("fs.ls", &[]).unwrap_err();
+    assert!(err.contains("no such app"), "{err}");
+    // Now without fs: cfg.w + cfg.s.
+    std::fs::write(
+        f.root.join("moat.toml"),
+        no_fs.replace("step = 1", "step = 3"),
+    )
+    .unwrap();
+    let out = run_ok(&mut f.moat(&["cfg", "upload", "--direct", "--json"])).unwrap();
+    let j = json_lines(&out.stdout).unwrap().pop().unwrap();
+    assert_eq!(j["changes"], serde_json::json!(["~ c.step: 1 -> 3"]));
+    assert_eq!(j["uploaded"], true);
+    let now = msgpack::decode_exact(&f.node_file("moat.cfg").unwrap(), &Limits::default()).unwrap();
+    assert_eq!(
+        now.get("c").and_then(|c| c.get("step")),
+        Some(&Value::from(3))
+    );
+    assert_eq!(f.cmd("cfg.r", &["p=[c, step]"]).unwrap(), 3);
+}
+
 /// A small deterministic generator (the seed is printed on failure).
 struct Lcg(u64);
 impl Lcg {

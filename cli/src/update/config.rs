@@ -2,7 +2,9 @@
 //! gives (`[nodes.NAME.config]` plus the derived `link`), atomically, and
 //! make it the running config.
 //!
-//! The file goes up like a module (temporary name, hash check, rename).
+//! The file goes up like a module (temporary name, hash check, rename);
+//! a node without an `fs` app gets it as its running config, saved with
+//! `cfg.s` (atomic on the node).
 //! Then the running config becomes the new one (`cfg.w p=[]`) and the
 //! apps restart (`cfg.x`); when the `link` section changed (links are set
 //! up at boot) or the config does not fit one message, the runtime
@@ -15,6 +17,8 @@ use crate::local_node::CONFIG_FILE;
 use crate::manifest::Node;
 use crate::project::Project;
 use crate::render;
+use anyhow::bail;
+use mux_runtime::error::WellKnown;
 use mux_runtime::msgpack::{self, Limits};
 use mux_runtime::Value;
 use std::time::Duration;
@@ -93,6 +97,13 @@ pub struct Outcome {
     pub restart: &'static str,
 }
 
+async fn call(conn: &Metered, path: &[&str], kw: Value) -> anyhow::Result<Value> {
+    conn.client
+        .call_names(path, kw)
+        .await
+        .map_err(|e| anyhow::anyhow!("{} on node `{}`: {e}", path.join("."), conn.client.node()))
+}
+
 /// Uploads `node`'s config from the manifest (see the module docs).
 pub async fn upload(
     project: &Project,
@@ -105,12 +116,30 @@ pub async fn upload(
     let mut conn = Metered::connect(project, node, target).await?;
     let result = async {
         let limit = conn.client.message_limit().await;
-        let old_bytes = Files::new(&conn.client, limit).get(CONFIG_FILE).await?;
-        let old = old_bytes
-            .as_deref()
-            .and_then(|b| msgpack::decode_exact(b, &Limits::default()).ok());
+        let fits = bytes.len() + 64 <= limit;
+        // Without an `fs` app the running config stands in for the file,
+        // and `cfg.s` (atomic on the node) writes it.
+        let has_fs = match conn.client.call_names(&["fs", "dir"], Value::Map(vec![])).await {
+            Ok(_) => true,
+            Err(e) => e.kind() != Some(WellKnown::NoPath),
+        };
+        let (old, same) = if has_fs {
+            let old_bytes = Files::new(&conn.client, limit).get(CONFIG_FILE).await?;
+            let old = old_bytes
+                .as_deref()
+                .and_then(|b| msgpack::decode_exact(b, &Limits::default()).ok());
+            (old, old_bytes.as_deref() == Some(bytes.as_slice()))
+        } else {
+            let running = conn
+                .client
+                .call_names(&["cfg", "r"], Value::map([("p", Value::Array(vec![]))]))
+                .await
+                .ok()
+                .filter(|v| matches!(v, Value::Map(_)));
+            let same = running.as_ref() == Some(&new);
+            (running, same)
+        };
         let changes = old.as_ref().map(|o| diff(o, &new));
-        let same = old_bytes.as_deref() == Some(bytes.as_slice());
         if dry_run || same {
             return Ok(Outcome {
                 changes,
@@ -118,30 +147,33 @@ pub async fn upload(
                 restart: "none",
             });
         }
-        let mut files = Files::new(&conn.client, limit);
-        files.put(CONFIG_FILE, &bytes, &|_| {}).await?;
+        let p = Value::Array(vec![]);
+        if has_fs {
+            Files::new(&conn.client, limit)
+                .put(CONFIG_FILE, &bytes, &|_| {})
+                .await?;
+        } else if fits {
+            call(&conn, &["cfg", "w"], Value::map([("p", p.clone()), ("d", new.clone())])).await?;
+            call(&conn, &["cfg", "s"], Value::Map(vec![])).await?;
+        } else {
+            bail!(
+                "node `{}` runs no `fs` app and its new config ({} bytes) does not fit one message: add `fs = \"fs.Files\"` to its apps, or reflash it",
+                node.name,
+                bytes.len()
+            );
+        }
         let link_changed = old.as_ref().and_then(|o| o.get("link")) != new.get("link");
-        let restart = if link_changed || bytes.len() + 64 > limit {
-            conn.client
-                .call_names(&["sys", "boot"], Value::map([("m", Value::from(1))]))
-                .await
-                .map_err(|e| anyhow::anyhow!("sys.boot: {e}"))?;
+        let restart = if link_changed || !fits {
+            // Links are set up at boot: the runtime restarts and reads the file.
+            call(&conn, &["sys", "boot"], Value::map([("m", Value::from(1))])).await?;
             tokio::time::sleep(Duration::from_millis(400)).await;
             conn.wait_back(Duration::from_secs(30)).await?;
             "soft-reset"
         } else {
-            let p = Value::Array(vec![]);
-            conn.client
-                .call_names(
-                    &["cfg", "w"],
-                    Value::map([("p", p.clone()), ("d", new.clone())]),
-                )
-                .await
-                .map_err(|e| anyhow::anyhow!("cfg.w: {e}"))?;
-            conn.client
-                .call_names(&["cfg", "x"], Value::map([("p", p)]))
-                .await
-                .map_err(|e| anyhow::anyhow!("cfg.x: {e}"))?;
+            if has_fs {
+                call(&conn, &["cfg", "w"], Value::map([("p", p.clone()), ("d", new.clone())])).await?;
+            }
+            call(&conn, &["cfg", "x"], Value::map([("p", p)])).await?;
             "apps"
         };
         Ok(Outcome {
