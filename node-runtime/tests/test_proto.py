@@ -32,6 +32,16 @@ class Mem(Link):
         self._put(buf)
 
 
+class Slow(Mem):
+    # a consumer that takes 30 ms per message
+    def _put(self, buf):
+        return 0
+
+    async def _write(self, buf):
+        self.got.append(unpackb(bytes(buf)))
+        await asyncio.sleep_ms(30)
+
+
 class T(App):
     def cmd_add(self, a=0, b=0):
         return a + b
@@ -42,6 +52,11 @@ class T(App):
 
     def cmd_bad(self):
         raise KeyError("k")
+
+    async def stream_fast(self, send, r, n=10):
+        for j in range(n):
+            send(j)
+            await asyncio.sleep_ms(3)
 
     async def stream_tick(self, send, r, n=3):
         for j in range(n):
@@ -117,6 +132,19 @@ async def main():
         except Exception as e:
             check(type(e).__name__ == "LinkDown", "link loss error %r" % e)
         l.attach()
+
+        # a slow consumer gets the latest value: items coalesce, never reorder
+        sl = Slow(root)
+        sl.attach()
+        sl.rx({"a": ["t", "fast"], "d": {"n": 10}, "i": 30, "r": 1})
+        await asyncio.sleep_ms(400)
+        items = [m for m in sl.got if "d" in m]
+        ns = [m["n"] for m in items]
+        check(sl.got[-1] == {"i": 31, "r": False}, "slow stream ends: %r" % sl.got)
+        check(items[-1]["d"] == 9 and ns[-1] == 10, "latest value last: %r" % items)
+        check(len(items) < 10 and ns == sorted(ns), "coalesced, in order: %r" % ns)
+        check(all(m["d"] == m["n"] - 1 for m in items), "n names the value: %r" % items)
+        sl.detach()
 
         # allocation per request (64-bit unix figures are about twice an ESP8266's)
         for _ in range(3):
