@@ -74,13 +74,15 @@ fn frozen_files(target_dir: &Path) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
-/// The source of a frozen file: the project's apps, the repository's
-/// node runtime, or the cached MicroPython tree's asyncio.
+/// The source of a frozen file: the project's apps, the node runtime as
+/// `moat build` wrote it out of the binary (the repository's
+/// `node-runtime/` when the binary is current), or the cached MicroPython
+/// tree's asyncio.
 fn source_of(file: &str, project: &Path) -> anyhow::Result<PathBuf> {
     let mpy = test_cache().join("moat/micropython/1.25.0/extmod");
     let candidates = [
         project.join("apps").join(file),
-        workspace_root().join("node-runtime").join(file),
+        project.join(".moat/build/demo/gen/runtime").join(file),
         mpy.join(file),
         mpy.join("asyncio").join(file),
     ];

@@ -13,7 +13,8 @@
 //!   all tests: `$MOAT_TEST_CACHE`, else `e2e_dir/cache` (so the first run
 //!   fetches MicroPython once and later runs reuse it).
 //! - [`unix_satellite`]: the firmware of node `demo` of a project created
-//!   by `moat init` under `e2e_dir/satellite`, rebuilt by
+//!   by `moat init` under `e2e_dir/satellite` (re-made when `moat init`'s
+//!   scaffold changes), rebuilt by
 //!   `moat build` when the embedded node runtime changed (a no-op
 //!   otherwise). A file lock makes parallel test processes share it; the
 //!   firmware is replaced by rename, so a running copy is never disturbed.
@@ -239,11 +240,19 @@ fn build_satellite() -> anyhow::Result<PathBuf> {
         .open(base.join("satellite.lock"))?;
     lock.lock().context("cannot lock the satellite project")?;
     let root = base.join("satellite");
-    if !root.join("moat.toml").is_file() {
-        // A half-made project from an interrupted run: start over.
+    // `moat init` afresh; the kept project (and its build state) is
+    // replaced only when the scaffold changed, e.g. after an edit of the
+    // init templates, or after an interrupted run.
+    let fresh_base = base.join("satellite.fresh");
+    let _ = std::fs::remove_dir_all(&fresh_base);
+    std::fs::create_dir_all(&fresh_base)?;
+    let fresh = fresh_base.join("satellite");
+    run_ok(moat(&fresh_base).arg("init").arg(&fresh))?;
+    if project_files(&fresh)? != project_files(&root).unwrap_or_default() {
         let _ = std::fs::remove_dir_all(&root);
-        run_ok(moat(&base).arg("init").arg(&root))?;
+        std::fs::rename(&fresh, &root)?;
     }
+    let _ = std::fs::remove_dir_all(&fresh_base);
     let out = run_ok(moat(&root).args(["build", "--node", "demo", "--json"]))?;
     let objs = json_lines(&out.stdout)?;
     let fw = objs
@@ -251,4 +260,24 @@ fn build_satellite() -> anyhow::Result<PathBuf> {
         .and_then(|o| o["firmware"].as_str())
         .context("moat build --json printed no firmware")?;
     Ok(PathBuf::from(fw))
+}
+
+/// A project's files (path relative to `root` → content), without `.moat/`.
+fn project_files(root: &Path) -> anyhow::Result<std::collections::BTreeMap<PathBuf, Vec<u8>>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        for e in std::fs::read_dir(&dir)? {
+            let p = e?.path();
+            if p.file_name().is_some_and(|n| n == ".moat") {
+                continue;
+            }
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.insert(p.strip_prefix(root)?.to_path_buf(), std::fs::read(&p)?);
+            }
+        }
+    }
+    Ok(out)
 }
