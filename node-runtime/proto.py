@@ -64,6 +64,7 @@ class Link:
         self.own = {}  # our open requests: i -> _Call
         self.seq = 0
         self.up = False
+        self.q = 16  # most requests of the peer running at once
 
     # --- sending
     def _put(self, buf):
@@ -157,6 +158,9 @@ class Link:
         k = i ^ 1
         if k in self.peer:
             asyncio.create_task(self.send_err(k, err.DupSeq(i)))
+            return
+        if len(self.peer) >= self.q:  # bounded: a flood must not exhaust the heap
+            asyncio.create_task(self.send(NONE, NONE, k, "E:busy: %d requests open" % self.q))
             return
         self.peer[k] = asyncio.create_task(self._serve(a, d, k, r, m.get("x")))
 

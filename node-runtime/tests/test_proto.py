@@ -133,6 +133,16 @@ async def main():
             check(type(e).__name__ == "LinkDown", "link loss error %r" % e)
         l.attach()
 
+        # more open requests than the cap: the extra ones are refused at once
+        l.got.clear()
+        for j in range(20):
+            l.rx({"a": ["t", "slow"], "d": {"t": 30}, "i": 100 + 2 * j})
+        await asyncio.sleep_ms(5)
+        busy = [m for m in l.got if "e" in m]
+        check(len(busy) == 4 and all(m["e"].startswith("E:busy") for m in busy), "cap %r" % busy)
+        await asyncio.sleep_ms(60)
+        check(len([m for m in l.got if m.get("d") == 30]) == 16, "capped requests answered")
+
         # a slow consumer gets the latest value: items coalesce, never reorder
         sl = Slow(root)
         sl.attach()
