@@ -482,9 +482,14 @@ impl Shared {
     }
 
     fn send(&self, msg: &Message) {
+        // Count before queueing: the write loop may take the message and
+        // subtract it before a later increment, wrapping `queued` above
+        // HIGH_WATER with no `written` crossing left to wake `room()`.
+        self.queued.fetch_add(1, Ordering::Relaxed);
         if self.out.send(msg.to_value()).is_ok() {
-            self.queued.fetch_add(1, Ordering::Relaxed);
             self.counters.messages_out.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
