@@ -85,8 +85,21 @@ pub fn install(
         std::fs::remove_dir_all(dest)
             .with_context(|| format!("cannot remove incomplete {}", dest.display()))?;
     }
+    // Scratch folders of this entry left by a killed run (we hold the
+    // entry's lock, so none is in use).
+    // `@` ends the name: no entry name contains it.
+    let prefix = format!(
+        ".tmp-{}@",
+        dest.file_name()
+            .map_or("entry".into(), |n| n.to_string_lossy())
+    );
+    for e in std::fs::read_dir(parent)?.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
     let scratch = tempfile::Builder::new()
-        .prefix(".tmp-")
+        .prefix(&prefix)
         .tempdir_in(parent)
         .with_context(|| format!("cannot create a scratch directory in {}", parent.display()))?;
     let tree = fill(scratch.path())?;
@@ -109,6 +122,26 @@ mod tests {
         assert!(!dest.exists());
         // The scratch directory is cleaned up as well.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn scratch_left_by_a_killed_run_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let stale = dir.path().join(".tmp-e@abc");
+        std::fs::create_dir(&stale).unwrap();
+        let other = dir.path().join(".tmp-e-2@abc");
+        std::fs::create_dir(&other).unwrap();
+        install(&dir.path().join("e"), "id", |s| {
+            let t = s.join("t");
+            std::fs::create_dir(&t)?;
+            Ok(t)
+        })
+        .unwrap();
+        assert!(!stale.exists());
+        assert!(
+            other.exists(),
+            "another entry's scratch is not ours to remove"
+        );
     }
 
     #[test]
