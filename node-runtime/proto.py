@@ -196,14 +196,14 @@ class Link:
         pt = asyncio.create_task(self._produce(f, a, d, r))
         try:
             while True:
-                await f.ev.wait()
-                f.ev.clear()
-                if f.n != f.sent:
-                    f.sent = f.n
-                    await self.send(NONE, f.v, k, NONE, NONE, f.n)
+                if f.n == f.sent:  # nothing new to send
+                    if f.done:
+                        break
+                    f.ev.clear()
+                    await f.ev.wait()
                     continue
-                if f.done:
-                    break
+                f.sent = f.n
+                await self.send(NONE, f.v, k, NONE, NONE, f.n)
             if f.e is not None:
                 raise f.e
             await self.send(NONE, NONE, k, NONE, False)
