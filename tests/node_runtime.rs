@@ -483,7 +483,7 @@ fn streams_run_and_stop_on_cancel(heap: u32) {
     assert!(c.answer(i, Duration::from_millis(2500)).is_none());
 
     // a request reusing an open number gets _DupErr; the original still answers
-    let i = c.request("t.slow", kw([("t", int(300))]), None);
+    let i = c.request("t.slow", kw([("t", int(1000))]), None);
     c.send(&Value::map([
         ("a", path("ping")),
         ("d", none()),
@@ -492,7 +492,7 @@ fn streams_run_and_stop_on_cancel(heap: u32) {
     let dup = c.answer(i, WAIT).expect("dup answer");
     assert_eq!(dup.get("e"), Some(&proxy("_DupErr")), "{dup}");
     let orig = c.answer(i, WAIT).expect("original answer");
-    assert_eq!(orig.get("d"), Some(&int(300)), "{orig}");
+    assert_eq!(orig.get("d"), Some(&int(1000)), "{orig}");
 }
 
 fn errors_travel_as_proxies(heap: u32) {
