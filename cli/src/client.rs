@@ -343,7 +343,8 @@ impl Client {
     }
 
     /// The largest message the node accepts: the smallest `m` among its
-    /// configured links (read once with `cfg.r`), else the default.
+    /// configured links (read with `cfg.r`), never more than the node
+    /// runtime's default, which is also its ceiling.
     pub async fn message_limit(&mut self) -> usize {
         let p = Value::map([("p", Value::from(vec![Value::from("link")]))]);
         if let Ok(Value::Map(links)) = self.call_names(&["cfg", "r"], p).await {
@@ -353,7 +354,7 @@ impl Client {
                 .filter_map(|m| usize::try_from(m).ok())
                 .min();
             if let Some(m) = limit {
-                self.message_limit = m;
+                self.message_limit = m.min(DEFAULT_MESSAGE_LIMIT);
             }
         }
         self.message_limit

@@ -217,14 +217,45 @@ fn progress(total: u64, what: &str, quiet: bool) -> ProgressBar {
     bar
 }
 
-/// Reads the file `remote` from the node, in chunks, and checks its hash.
+/// Requests kept in flight during a transfer: two hide a link's round
+/// trip (through the mux: 1 MB up in about half the time of one at a
+/// time) while the node holds at most two chunks (an ESP8266's heap).
+pub const WINDOW: usize = 2;
+
+fn bytes_of(chunk: Value) -> anyhow::Result<Vec<u8>> {
+    match chunk {
+        Value::Bin(b) => Ok(b),
+        Value::Str(s) => Ok(s.into_bytes()),
+        other => bail!("fs.rd answered {} instead of bytes", other.type_name()),
+    }
+}
+
+/// `fs.rd` of `n` bytes at `offset` of open file `fd`.
+async fn read_at(
+    client: &Client,
+    fd: &Value,
+    offset: usize,
+    n: usize,
+    json: bool,
+) -> anyhow::Result<Vec<u8>> {
+    let args = Value::map([
+        ("f", fd.clone()),
+        ("o", Value::from(offset)),
+        ("n", Value::from(n)),
+    ]);
+    bytes_of(fs_call(client, "rd", args, json).await?)
+}
+
+/// Reads the file `remote` from the node, [`WINDOW`] chunks at a time,
+/// and checks its hash.
 pub async fn read_file(client: &mut Client, remote: &str, json: bool) -> anyhow::Result<Vec<u8>> {
-    let limit = client.message_limit().await;
+    use futures::stream::{self, StreamExt, TryStreamExt};
+    let chunk = read_chunk(client.message_limit().await);
     let size = fs_call(client, "stat", Value::map([("p", remote.into())]), json)
         .await?
         .get("s")
         .and_then(Value::as_int)
-        .and_then(|s| u64::try_from(s).ok())
+        .and_then(|s| usize::try_from(s).ok())
         .unwrap_or(0);
     let fd = fs_call(
         client,
@@ -233,33 +264,47 @@ pub async fn read_file(client: &mut Client, remote: &str, json: bool) -> anyhow:
         json,
     )
     .await?;
-    let bar = progress(size, remote, json);
-    let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0).min(1 << 24));
+    let bar = progress(size as u64, remote, json);
+    let mut data = Vec::with_capacity(size.min(1 << 24));
+    let client = &*client;
     let result = async {
-        loop {
-            let chunk = fs_call(
-                client,
-                "rd",
-                Value::map([
-                    ("f", fd.clone()),
-                    ("o", Value::from(data.len())),
-                    ("n", Value::from(read_chunk(limit))),
-                ]),
-                json,
-            )
-            .await?;
-            let bytes = match chunk {
-                Value::Bin(b) => b,
-                Value::Str(s) => s.into_bytes(),
-                other => bail!("fs.rd answered {} instead of bytes", other.type_name()),
-            };
-            if bytes.is_empty() {
-                break;
+        // The size the node said, in parallel chunks...
+        let mut parts = stream::iter((0..size).step_by(chunk))
+            .map(|offset| {
+                let fd = &fd;
+                async move {
+                    Ok::<_, anyhow::Error>((
+                        offset,
+                        read_at(client, fd, offset, chunk, json).await?,
+                    ))
+                }
+            })
+            .buffered(WINDOW);
+        while let Some((offset, bytes)) = parts.try_next().await? {
+            // A node that sends less than asked leaves a gap: fill it.
+            while data.len() < offset {
+                let more = read_at(client, &fd, data.len(), offset - data.len(), json).await?;
+                if more.is_empty() {
+                    bail!("{remote} shrank while it was read; try again");
+                }
+                data.extend_from_slice(&more);
             }
-            data.extend_from_slice(&bytes);
+            // Keep only what is new (parts never overlap, but be exact).
+            let known = data.len() - offset;
+            if bytes.len() > known {
+                data.extend_from_slice(&bytes[known..]);
+            }
             bar.set_position(data.len() as u64);
         }
-        Ok(())
+        // ...then whatever is left (short reads, a file that grew).
+        loop {
+            let more = read_at(client, &fd, data.len(), chunk, json).await?;
+            if more.is_empty() {
+                return Ok(());
+            }
+            data.extend_from_slice(&more);
+            bar.set_position(data.len() as u64);
+        }
     }
     .await;
     let closed = fs_call(client, "cl", Value::map([("f", fd)]), json).await;
@@ -276,15 +321,17 @@ pub async fn read_file(client: &mut Client, remote: &str, json: bool) -> anyhow:
     Ok(data)
 }
 
-/// Writes `data` to `remote` on the node atomically: a temporary file,
-/// hash check, rename.
+/// Writes `data` to `remote` on the node atomically: a temporary file
+/// written [`WINDOW`] chunks at a time, hash check, rename.
 pub async fn write_file(
     client: &mut Client,
     remote: &str,
     data: &[u8],
     json: bool,
 ) -> anyhow::Result<()> {
-    let limit = client.message_limit().await;
+    use futures::stream::{self, StreamExt, TryStreamExt};
+    let chunk = write_chunk(client.message_limit().await);
+    let client = &*client;
     let tmp = format!("{remote}.part");
     let fd = fs_call(
         client,
@@ -292,35 +339,47 @@ pub async fn write_file(
         Value::map([("p", tmp.as_str().into()), ("m", "w".into())]),
         json,
     )
-    .await?;
-    let bar = progress(data.len() as u64, remote, json);
-    let result = async {
-        let mut offset = 0;
-        for chunk in data.chunks(write_chunk(limit)) {
-            let n = fs_call(
-                client,
-                "wr",
-                Value::map([
-                    ("f", fd.clone()),
-                    ("d", Value::Bin(chunk.to_vec())),
-                    ("o", Value::from(offset)),
-                ]),
-                json,
-            )
-            .await?;
-            if n.as_int() != Some(chunk.len() as i128) {
-                bail!(
-                    "the node wrote {} of {} bytes at offset {offset} (is its filesystem full?)",
-                    render::human_compact(&n),
-                    chunk.len()
-                );
-            }
-            offset += chunk.len();
-            bar.set_position(offset as u64);
+    .await
+    .map_err(|e| {
+        match Path::new(remote)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            Some(dir) => e.context(format!(
+                "does the folder `{}` exist on the node? (make it with `moat fs mkdir {}`)",
+                dir.display(),
+                dir.display()
+            )),
+            None => e,
         }
-        Ok(())
-    }
-    .await;
+    })?;
+    let bar = progress(data.len() as u64, remote, json);
+    let result = stream::iter(data.chunks(chunk).enumerate())
+        .map(|(k, piece)| {
+            let fd = fd.clone();
+            let bar = &bar;
+            async move {
+                let offset = k * chunk;
+                let args = Value::map([
+                    ("f", fd),
+                    ("d", Value::Bin(piece.to_vec())),
+                    ("o", Value::from(offset)),
+                ]);
+                let n = fs_call(client, "wr", args, json).await?;
+                if n.as_int() != Some(piece.len() as i128) {
+                    bail!(
+                        "the node wrote {} of {} bytes at offset {offset} (is its filesystem full?)",
+                        render::human_compact(&n),
+                        piece.len()
+                    );
+                }
+                bar.inc(piece.len() as u64);
+                Ok(())
+            }
+        })
+        .buffer_unordered(WINDOW)
+        .try_collect::<Vec<()>>()
+        .await;
     let closed = fs_call(client, "cl", Value::map([("f", fd)]), json).await;
     bar.finish_and_clear();
     let verified = async {
