@@ -230,6 +230,18 @@ fn bytes_of(chunk: Value) -> anyhow::Result<Vec<u8>> {
     }
 }
 
+/// Runs a transfer until it ends or Ctrl-C; either way the caller then
+/// closes the node's file (and removes a partial upload), so an
+/// interrupted transfer leaves nothing open on the node.
+async fn interruptible<T>(
+    transfer: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::select! {
+        r = transfer => r,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+    }
+}
+
 /// `fs.rd` of `n` bytes at `offset` of open file `fd`.
 async fn read_at(
     client: &Client,
@@ -267,7 +279,7 @@ pub async fn read_file(client: &mut Client, remote: &str, json: bool) -> anyhow:
     let bar = progress(size as u64, remote, json);
     let mut data = Vec::with_capacity(size.min(1 << 24));
     let client = &*client;
-    let result = async {
+    let result = interruptible(async {
         // The size the node said, in parallel chunks...
         let mut parts = stream::iter((0..size).step_by(chunk))
             .map(|offset| {
@@ -305,7 +317,7 @@ pub async fn read_file(client: &mut Client, remote: &str, json: bool) -> anyhow:
             data.extend_from_slice(&more);
             bar.set_position(data.len() as u64);
         }
-    }
+    })
     .await;
     let closed = fs_call(client, "cl", Value::map([("f", fd)]), json).await;
     bar.finish_and_clear();
@@ -378,8 +390,8 @@ pub async fn write_file(
             }
         })
         .buffer_unordered(WINDOW)
-        .try_collect::<Vec<()>>()
-        .await;
+        .try_collect::<Vec<()>>();
+    let result = interruptible(result).await;
     let closed = fs_call(client, "cl", Value::map([("f", fd)]), json).await;
     bar.finish_and_clear();
     let verified = async {
