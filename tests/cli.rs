@@ -623,3 +623,36 @@ fn demo_runs_the_whole_flow_and_exits_zero() {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
 }
+
+#[test]
+fn run_passes_the_nodes_exit_status_on() {
+    let mut f = Fixture::new();
+    f.start();
+    // A watchdog that starts at boot with no grace period: with nobody
+    // sending `sys.wdt` the unix node ends itself with status 3.
+    f.ok(&["cfg", "set", "wdt", "{t: 1, s: 1, n: -1}", "--save"]);
+    assert_eq!(f.interrupt(), Some(0), "Ctrl-C ends the node cleanly");
+    let mut run = f
+        .moat(&["run"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(s) = run.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > end {
+            let _ = run.kill();
+            panic!("the node's watchdog did not end it");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "moat run exits with the node's status"
+    );
+}
