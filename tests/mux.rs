@@ -31,6 +31,10 @@ class T(App):
 
     def cmd_who(self):
         return self.root.cfg.get("who")
+
+    async def cmd_ask(self, p):
+        # a request up the node's link, resolved from the mux root
+        return await self.root.call(p)
 "#;
 
 fn kw(pairs: &[(&str, Value)]) -> Value {
@@ -345,6 +349,48 @@ async fn two_nodes_under_one_mux_answer_by_name() {
     }
     let err = c.call(["nope", "ping"], Value::Nil).await.unwrap_err();
     assert_eq!(err.kind(), Some(WellKnown::NoPath));
+    // pump's app asks valve through the mux root, over pump's own link.
+    let p = Value::Array(vec!["valve".into(), "t".into(), "who".into()]);
+    let got = c.call(["pump", "t", "ask"], kw(&[("p", p)])).await.unwrap();
+    assert_eq!(got, Value::from("valve"));
+}
+
+#[tokio::test]
+async fn moat_mux_refuses_a_project_whose_process_node_is_not_flashed() {
+    let project = moat_e2e::temp_project("unix").unwrap();
+    let manifest = project.path().join("moat.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let start = text.find("link = {").unwrap();
+    let end = start + text[start..].find("}\n").unwrap();
+    let text = format!(
+        "{}link = {{ kind = \"process\" }}{}",
+        &text[..start],
+        &text[end + 1..]
+    );
+    std::fs::write(&manifest, text).unwrap();
+    let mut mux = project
+        .moat()
+        .args(["mux", "--socket"])
+        .arg(project.path().join("x.sock"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = mux.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = mux.kill();
+            panic!("moat mux started without the node's firmware installed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut mux.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("moat flash"), "stderr: {err}");
 }
 
 #[tokio::test]

@@ -372,6 +372,7 @@ async fn supervise(shared: Arc<Shared>, handler: Arc<dyn Handler>, options: Link
     };
     let mut backoff = Backoff::new(options.backoff_min, options.backoff_max);
     let mut connected_before = false;
+    let mut failing_since_up = 0u64;
     loop {
         shared.state.send_replace(LinkState::Connecting);
         let attempt = tokio::select! {
@@ -384,6 +385,7 @@ async fn supervise(shared: Arc<Shared>, handler: Arc<dyn Handler>, options: Link
                     shared.reconnects.fetch_add(1, Ordering::Relaxed);
                 }
                 connected_before = true;
+                failing_since_up = 0;
                 let since = Instant::now();
                 let why = run_connection(&shared, conn).await;
                 if since.elapsed() >= options.stable_after {
@@ -392,8 +394,13 @@ async fn supervise(shared: Arc<Shared>, handler: Arc<dyn Handler>, options: Link
                 why
             }
             Err(e) => {
-                shared.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(node = %shared.name, "cannot connect: {e}");
+                // Once per outage; the state says it until the link is up.
+                if shared.failures.fetch_add(1, Ordering::Relaxed) == 0 || failing_since_up == 0 {
+                    tracing::warn!(node = %shared.name, "cannot connect: {e}");
+                } else {
+                    tracing::debug!(node = %shared.name, "cannot connect: {e}");
+                }
+                failing_since_up += 1;
                 e
             }
         };
