@@ -356,14 +356,16 @@ async fn session(
                 call(&conn.client, &["cfg", "x"], Value::map([("p", p)])).await?;
             }
         }
-        Restart::SoftReset | Restart::Reboot => {
-            let (m, what) = if how == Restart::Reboot && restarts_itself(project, node) {
-                (2, "reboot")
-            } else if how == Restart::Reboot {
-                // A unix node run by `moat run` would end on a hard reset.
-                (1, "reboot")
-            } else {
-                (1, "soft-reset")
+        Restart::Runtime | Restart::Reboot => {
+            // A hard reset reloads everything; a soft one (the runtime
+            // restarting in place) all but what main.py imported before
+            // it (msgpack, err, asyncio). A unix node run by `moat run`
+            // would end on a hard reset, so it gets a soft one.
+            let hard = restarts_itself(project, node);
+            let m = if hard { 2 } else { 1 };
+            let what = match (&how, hard) {
+                (Restart::Reboot, _) | (_, true) => "reboot",
+                _ => "soft-reset",
             };
             report.restart = what.into();
             obs.step(&format!("{what} of node {}", node.name));

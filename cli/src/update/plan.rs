@@ -372,9 +372,9 @@ pub enum Restart {
         drop: Vec<String>,
         apps: Vec<String>,
     },
-    /// A module of the runtime changed: restart the runtime in place
-    /// (`sys.boot m=1`; re-imports everything main.py did not load).
-    SoftReset,
+    /// A module of the runtime changed: restart the runtime (a hard reset
+    /// where the node comes back by itself, else in place).
+    Runtime,
     /// `--reboot`: `sys.boot m=2`.
     Reboot,
 }
@@ -402,7 +402,7 @@ pub fn restart(
         return Restart::Reboot;
     }
     if changed.iter().any(|m| runtime.contains(*m)) {
-        return Restart::SoftReset;
+        return Restart::Runtime;
     }
     let app_modules: BTreeSet<String> = apps.values().map(|s| app_module(s)).collect();
     if changed.iter().all(|m| app_modules.contains(*m)) {
@@ -768,7 +768,7 @@ mod tests {
         let a = apps(&[("c", "counter.Counter")]);
         assert_eq!(
             restart(&["proto"], &a, &set(&["proto"]), &set(&["counter"]), false),
-            Restart::SoftReset
+            Restart::Runtime
         );
     }
 
