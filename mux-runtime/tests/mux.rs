@@ -181,10 +181,15 @@ struct Setup {
 }
 
 async fn start_mux(nodes: Vec<NodeConfig>) -> Setup {
+    start_mux_with(nodes, |_| {}).await
+}
+
+async fn start_mux_with(nodes: Vec<NodeConfig>, tweak: impl FnOnce(&mut MuxConfig)) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("run").join("test.sock");
     let mut config = MuxConfig::new("test", &socket, nodes);
     config.link_options = fast_links();
+    tweak(&mut config);
     let mux = Mux::start(config).await.unwrap();
     Setup {
         _dir: dir,
@@ -269,6 +274,32 @@ async fn a_client_that_disconnects_mid_stream_has_it_cancelled_on_the_node() {
     drop(c);
     eventually("the node stops serving both", || node.stats().serving == 0).await;
     eventually("the mux forgets the client", || s.mux.client_count() == 0).await;
+}
+
+#[tokio::test]
+async fn requests_beyond_the_nodes_slots_wait_for_one_instead_of_failing() {
+    let pump = FakeNode::start("pump").await;
+    let s = start_mux_with(vec![pump.config()], |c| c.node_requests = 2).await;
+    s.wait_up("pump").await;
+    let node = pump.live().await;
+    let c = s.client().await;
+    let slow = [
+        tokio::spawn(c.call(["pump", "slow"], Value::Nil)),
+        tokio::spawn(c.call(["pump", "slow"], Value::Nil)),
+    ];
+    eventually("both slots are taken", || node.stats().serving == 2).await;
+    let waiting = tokio::spawn(c.call(["pump", "whoami"], Value::Nil));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        node.stats().serving,
+        2,
+        "the third request waits in the mux"
+    );
+    assert!(!waiting.is_finished());
+    slow[0].abort();
+    let got = timeout(PATIENCE, waiting).await.unwrap().unwrap();
+    assert_eq!(got, Ok("pump".into()));
+    slow[1].abort();
 }
 
 #[tokio::test]

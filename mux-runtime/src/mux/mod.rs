@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::net::UnixListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
@@ -46,6 +47,14 @@ pub use socket::BindError;
 
 /// Messages queued for a client beyond which it misses unsolicited ones.
 const BACKLOG_LIMIT: usize = 4 * crate::endpoint::HIGH_WATER;
+
+/// Requests the mux keeps open on one node at once (streams included): the
+/// node runtime serves at most 16 per link and answers more with `busy`.
+/// Further requests wait for a slot.
+pub const NODE_REQUESTS: usize = 16;
+
+/// How long a request waits for a free slot on its node before failing.
+pub const SLOT_WAIT: Duration = Duration::from_secs(30);
 
 /// Default console capture per node: 64 KiB.
 pub const CONSOLE_BUFFER: usize = 64 * 1024;
@@ -70,6 +79,8 @@ pub struct MuxConfig {
     pub link_options: LinkOptions,
     /// Console bytes kept per node.
     pub console_buffer: usize,
+    /// Requests open on one node at once ([`NODE_REQUESTS`]).
+    pub node_requests: usize,
 }
 
 impl MuxConfig {
@@ -80,6 +91,7 @@ impl MuxConfig {
             nodes,
             link_options: LinkOptions::default(),
             console_buffer: CONSOLE_BUFFER,
+            node_requests: NODE_REQUESTS,
         }
     }
 }
@@ -101,6 +113,9 @@ pub struct NodeEntry {
     pub link: NodeLink,
     pub console: Arc<Capture>,
     pub watchdog: Option<Duration>,
+    /// Request slots on the node (one is kept back for the watchdog
+    /// feeder, so streams holding every slot cannot starve it).
+    pub slots: Arc<Semaphore>,
 }
 
 /// What the handlers share.
@@ -122,6 +137,31 @@ impl Core {
 
     pub fn node(&self, name: &str) -> Option<&NodeEntry> {
         self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// Waits for a request slot on node `name` (up to [`SLOT_WAIT`]), then
+    /// its connection. Hold the permit while the request is open.
+    pub async fn reserve(
+        self: Arc<Self>,
+        name: &str,
+    ) -> Result<(OwnedSemaphorePermit, Endpoint), RemoteError> {
+        let node = self
+            .node(name)
+            .ok_or_else(|| link_down(name, "no such node"))?;
+        // A down link fails at once, without queueing.
+        self.endpoint_of(name)?;
+        let slots = node.slots.clone();
+        let permit = match tokio::time::timeout(SLOT_WAIT, slots.acquire_owned()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(link_down(name, "the mux is stopping")),
+            Err(_) => {
+                return Err(RemoteError::generic(format!(
+                    "busy: node `{name}` has had every request slot taken for {SLOT_WAIT:?} \
+                     (open streams hold theirs); close some streams or try later"
+                )))
+            }
+        };
+        Ok((permit, self.endpoint_of(name)?))
     }
 
     /// The node's current connection, or `_LnkErr` saying why there is none.
@@ -198,6 +238,12 @@ impl Mux {
                     ),
                     console: Arc::new(Capture::new(config.console_buffer)),
                     watchdog: n.watchdog,
+                    slots: Arc::new(Semaphore::new(
+                        config
+                            .node_requests
+                            .saturating_sub(usize::from(n.watchdog.is_some()))
+                            .max(1),
+                    )),
                 })
                 .collect(),
             clients: Mutex::default(),

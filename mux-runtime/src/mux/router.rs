@@ -40,10 +40,11 @@ impl Handler for Uplink {
             Err(e) => return future::ready(Err(e)).boxed(),
         };
         match route {
-            Route::Node { node, rest } => match core.endpoint_of(&node) {
-                Ok(ep) => ep.call_expecting(rest, req.data, req.expect).boxed(),
-                Err(e) => future::ready(Err(e)).boxed(),
-            },
+            Route::Node { node, rest } => async move {
+                let (_slot, ep) = core.reserve(&node).await?;
+                ep.call_expecting(rest, req.data, req.expect).await
+            }
+            .boxed(),
             Route::Mux { rest } => apps::call(&core, &rest, &req.data),
             Route::Root { command } => {
                 future::ready(apps::root(&core, &command, &req.data)).boxed()
@@ -64,10 +65,24 @@ impl Handler for Uplink {
         match route {
             // The node streams; the mux relays. Dropping this stream (the
             // client cancelled or went away) cancels it on the node.
-            Route::Node { node, rest } => match core.endpoint_of(&node) {
-                Ok(ep) => ep.stream(rest, req.data, every_ms).boxed(),
-                Err(e) => stream::once(future::ready(Err(e))).boxed(),
-            },
+            Route::Node { node, rest } => {
+                let opened = async move {
+                    let (slot, ep) = core.reserve(&node).await?;
+                    Ok((slot, ep.stream(rest, req.data, every_ms)))
+                };
+                stream::once(opened)
+                    .flat_map(|opened| match opened {
+                        // The slot is held for as long as the stream is open.
+                        Ok((slot, items)) => items
+                            .map(move |item| {
+                                let _held = &slot;
+                                item
+                            })
+                            .boxed(),
+                        Err(e) => stream::once(future::ready(Err(e))).boxed(),
+                    })
+                    .boxed()
+            }
             Route::Mux { rest } if apps::is_console(&rest) => {
                 apps::console_stream(&core, &req.data, every_ms)
             }
