@@ -21,6 +21,7 @@ const PATIENCE: Duration = Duration::from_secs(20);
 
 /// A test app written into each node's folder (a filesystem module).
 const TAPP: &str = r#"
+import asyncio
 from app import App
 
 
@@ -31,6 +32,10 @@ class T(App):
 
     def cmd_who(self):
         return self.root.cfg.get("who")
+
+    async def cmd_nap(self, ms=60000):
+        await asyncio.sleep_ms(ms)
+        return ms
 
     async def cmd_ask(self, p):
         # a request up the node's link, resolved from the mux root
@@ -313,6 +318,7 @@ async fn killing_a_node_fails_its_requests_with_lnkerr_and_the_link_comes_back()
         .unwrap();
     let mut st = c.stream(["pump", "c", "get"], Value::Nil, 10);
     assert!(timeout(PATIENCE, st.next()).await.unwrap().unwrap().is_ok());
+    let napping = tokio::spawn(c.call(["pump", "t", "nap"], Value::Nil));
     // SAFETY: kill(2) of the node process the mux started for this test.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
     let failed = timeout(PATIENCE, async {
@@ -326,6 +332,16 @@ async fn killing_a_node_fails_its_requests_with_lnkerr_and_the_link_comes_back()
     .await
     .unwrap();
     assert_eq!(failed.kind(), Some(WellKnown::LinkDown));
+    let failed = timeout(PATIENCE, napping)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(
+        failed.kind(),
+        Some(WellKnown::LinkDown),
+        "the pending call fails too"
+    );
     let down = Notice {
         path: path(["pump", "link"]),
         data: Value::Bool(false),
