@@ -118,6 +118,16 @@ fn init_then_build_gives_a_unix_firmware_whose_hash_table_matches_every_frozen_s
         hex::encode(Sha256::digest(&fw_bytes))
     );
 
+    // The firmware names MicroPython's release and its source date, not
+    // the repository the cache may sit in (here: target/ in moat's repo).
+    let version =
+        run_ok(Command::new(&firmware).args(["-c", "import sys; print(sys.version)"])).unwrap();
+    let version = String::from_utf8_lossy(&version.stdout);
+    assert!(
+        version.contains("MicroPython v1.25.0 on 2025-04-15"),
+        "{version}"
+    );
+
     // The firmware's own table is what --json reports…
     let in_firmware = firmware_table(&firmware).unwrap();
     assert_eq!(in_firmware, json_table(obj));

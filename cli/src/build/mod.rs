@@ -379,11 +379,10 @@ impl<'p> Builder<'p> {
                 .arg(format!("-j{}", source::jobs()))
                 .arg(format!("BUILD={}", port_build.display()))
                 .args(&build_args)
-                // Reproducible build date: the source tree's own timestamp.
-                .env("SOURCE_DATE_EPOCH", tree.date_epoch().to_string())
                 .env_remove("MAKEFLAGS")
                 .env_remove("MFLAGS")
                 .env_remove("MAKELEVEL");
+            tree.apply_build_env(&mut make);
             make
         };
         let expected = previous

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Bumped when the record's meaning changes (old records then rebuild).
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 
 /// Everything that determines the firmware.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

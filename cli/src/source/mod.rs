@@ -76,6 +76,21 @@ pub struct SourceTree {
 }
 
 impl SourceTree {
+    /// Sets the environment a port build of this tree needs to be
+    /// reproducible: `SOURCE_DATE_EPOCH` ([`SourceTree::date_epoch`]) and
+    /// git confined to the tree, so MicroPython's version header never
+    /// describes an unrelated repository the cache happens to sit in (a
+    /// dotfiles repo in `$HOME`, a project's `target/`).
+    pub fn apply_build_env(&self, cmd: &mut Command) {
+        cmd.env("SOURCE_DATE_EPOCH", self.date_epoch().to_string());
+        if let Some(parent) = self.root.parent() {
+            cmd.env("GIT_CEILING_DIRECTORIES", parent);
+        }
+        for var in ["GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"] {
+            cmd.env_remove(var);
+        }
+    }
+
     /// The tree's own timestamp (seconds since 1970): the commit time of a
     /// git checkout, else the release's file time. Builds use it as
     /// `SOURCE_DATE_EPOCH`, so the firmware's build date is reproducible.
@@ -346,8 +361,12 @@ fn build_mpy_cross(root: &Path, notes: Notes) -> anyhow::Result<()> {
     make.arg("-C")
         .arg(root.join("mpy-cross"))
         .arg(format!("-j{}", jobs()));
-    // A clean environment for make: no inherited MAKEFLAGS from a parent make.
+    // A clean environment for make: no inherited MAKEFLAGS from a parent
+    // make, and git confined to the tree (see `apply_build_env`).
     make.env_remove("MAKEFLAGS").env_remove("MFLAGS");
+    if let Some(parent) = root.parent() {
+        make.env("GIT_CEILING_DIRECTORIES", parent);
+    }
     let log = root.join("mpy-cross").join("moat-build.log");
     run_logged(make, &log, |_| {}).context("cannot build mpy-cross")?;
     if !mpy_cross_path(root).is_file() {
