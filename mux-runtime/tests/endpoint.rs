@@ -407,3 +407,26 @@ async fn a_peer_that_does_not_read_gets_its_stream_coalesced_not_queued_without_
     assert!(ep.stats().queued <= high, "queued {}", ep.stats().queued);
     drop(peer);
 }
+
+#[tokio::test]
+async fn a_malformed_request_gets_an_error_answer_not_silence() {
+    let (_ep, mut peer) = pair_with(Arc::new(TestApp));
+    // `d` must be a map of keyword arguments.
+    let bad = Value::map([
+        ("a", Value::Array(vec!["echo".into()])),
+        ("d", Value::from(5)),
+        ("i", Value::from(4)),
+    ]);
+    peer.framed.send(bad).await.unwrap();
+    let Message::Error { seq: 5, error } = peer.recv().await else {
+        panic!("expected an error answer to request 4")
+    };
+    assert_eq!(error.kind(), Some(WellKnown::Value));
+    // Non-requests that do not parse are dropped; the link lives on.
+    peer.framed
+        .send(Value::map([("n", Value::from(1))]))
+        .await
+        .unwrap();
+    peer.send(Message::request(["echo"], Value::Nil, 6)).await;
+    assert_eq!(peer.recv().await, Message::reply(7, Value::Map(vec![])));
+}

@@ -541,6 +541,12 @@ impl Shared {
 
     /// One message from the peer.
     fn receive(self: &Arc<Self>, value: Value) {
+        // A broken request still deserves an answer, or its sender waits
+        // forever: keep what identifies it.
+        let request_seq = match (value.get("a"), value.get("i")) {
+            (Some(_), Some(Value::Int(i))) => Seq::try_from(*i).ok(),
+            _ => None,
+        };
         let mut msg = match Message::from_value(value) {
             Ok(msg) => msg,
             Err(e) => {
@@ -548,6 +554,13 @@ impl Shared {
                     .bad_messages_in
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(peer = %self.name, "dropping an invalid message: {e}");
+                if let Some(i) = request_seq {
+                    let err = RemoteError::well_known(
+                        WellKnown::Value,
+                        vec![Value::from(format!("invalid request: {e}"))],
+                    );
+                    self.send(&Message::error(seq::flip(i), err));
+                }
                 return;
             }
         };
