@@ -191,7 +191,9 @@ async fn copy_console<R: AsyncRead + Unpin>(
 /// moment to exit by itself, then kill it.
 async fn teardown(mut child: Child, pid: Arc<AtomicU32>) {
     match tokio::time::timeout(EXIT_GRACE, child.wait()).await {
-        Ok(Ok(status)) => tracing::info!("node process exited: {status}"),
+        // A crash is worth a line in `moat mux`'s output; a clean exit not.
+        Ok(Ok(status)) if status.success() => tracing::info!("node process exited: {status}"),
+        Ok(Ok(status)) => tracing::warn!("node process exited: {status}"),
         _ => {
             let _ = child.kill().await;
         }
