@@ -117,7 +117,7 @@ pub async fn connect(spec: &ProcessSpec, ctx: &ConnectCtx) -> Result<Connection,
     let endpoint = Endpoint::spawn_parts(source, sink, ctx.handler.clone(), ctx.endpoint_config());
     Ok(Connection {
         endpoint,
-        teardown: Some(teardown(child, pid).boxed()),
+        teardown: Some(teardown(child, pid, ctx.name.clone()).boxed()),
     })
 }
 
@@ -189,11 +189,13 @@ async fn copy_console<R: AsyncRead + Unpin>(
 
 /// The endpoint has closed (so has the node's stdin): give the node a
 /// moment to exit by itself, then kill it.
-async fn teardown(mut child: Child, pid: Arc<AtomicU32>) {
+async fn teardown(mut child: Child, pid: Arc<AtomicU32>, node: String) {
     match tokio::time::timeout(EXIT_GRACE, child.wait()).await {
         // A crash is worth a line in `moat mux`'s output; a clean exit not.
-        Ok(Ok(status)) if status.success() => tracing::info!("node process exited: {status}"),
-        Ok(Ok(status)) => tracing::warn!("node process exited: {status}"),
+        Ok(Ok(status)) if status.success() => {
+            tracing::info!(%node, "node process exited: {status}")
+        }
+        Ok(Ok(status)) => tracing::warn!(%node, "node process exited: {status}"),
         _ => {
             let _ = child.kill().await;
         }
