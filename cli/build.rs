@@ -23,10 +23,15 @@ fn main() {
         ),
     ] {
         println!("cargo:rerun-if-changed={}", dir.display());
+        // A moat without its runtime would build firmware that cannot boot:
+        // refuse to build it (e.g. when packaged without the repository).
+        assert!(
+            dir.is_dir(),
+            "{} is missing: moat embeds it; build moat from the repository",
+            dir.display()
+        );
         let mut files = vec![];
-        if dir.is_dir() {
-            walk(&dir, &dir, keep, &mut files);
-        }
+        walk(&dir, &dir, keep, &mut files);
         files.sort();
         writeln!(out, "pub static {name}: &[(&str, &[u8])] = &[").unwrap();
         for rel in files {
