@@ -78,15 +78,24 @@ pub async fn bind(path: &Path) -> Result<UnixListener, BindError> {
         }
         Err(_) => {}
     }
-    let listener = UnixListener::bind(path).map_err(|source| BindError::Bind {
+    // Bound under a temporary name, made private, then renamed into
+    // place: nobody can connect before the mode is 0600.
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let bind_err = |source| BindError::Bind {
         path: path.to_owned(),
         source,
-    })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
-        BindError::Bind {
-            path: path.to_owned(),
-            source,
-        }
-    })?;
+    };
+    let listener = UnixListener::bind(&tmp).map_err(bind_err)?;
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(bind_err(e));
+    }
     Ok(listener)
 }
