@@ -189,6 +189,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8], executable: bool) -> anyhow::Resu
 /// command in the node's folder. Stdio is left to the caller.
 pub fn command(project: &Project, node: &Node) -> anyhow::Result<Command> {
     let board = project.board_of(node);
+    if crate::emulator::rp2040js::is_emulated(project, node) {
+        let cache = crate::source::Cache::from_env()?;
+        return crate::emulator::rp2040js::run_command(project, node, &cache);
+    }
     let Some(run) = &board.run else {
         bail!(
             "node `{}` is on board `{}`, which does not run on this machine; only boards with flash method `local` (unix) do",

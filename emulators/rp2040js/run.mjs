@@ -10,7 +10,8 @@
 // a small SPI-NOR model (commands 02 03 05 06 0B 20 35 4B 52 9F C7 D8,
 // framed by the QSPI chip-select override) that writes through to the flash
 // file. USB CDC input is paced into the device's FIFO and the socket paused
-// while it is full: nothing is dropped.
+// while it is full: nothing is dropped. Input waits for the node runtime's
+// ready marker.
 import { BasePeripheral, ConsoleLogger, LogLevel, Simulator, USBCDC } from 'rp2040js';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -83,6 +84,7 @@ class SpiNor {
     this.mem = mem;
     this.onChange = onChange;
     this.selected = false;
+    this.forced = false; // chip select held low by the QSPI override
     this.frame = [];
     this.wel = false;
   }
@@ -97,6 +99,7 @@ class SpiNor {
     return ((f[1] << 16) | (f[2] << 8) | f[3]) % this.mem.length;
   }
   transfer(tx) {
+    this.selected = true; // the SSI selects the chip for a transfer
     const f = this.frame;
     f.push(tx);
     const n = f.length - 1; // index of this byte in the frame
@@ -151,6 +154,7 @@ class SpiNor {
   }
 }
 
+const SSI_SSIENR = 0x08;
 const SSI_TXFLR = 0x20;
 const SSI_RXFLR = 0x24;
 const SSI_SR = 0x28;
@@ -185,6 +189,12 @@ class FlashSSI extends BasePeripheral {
       if (this.rx.length > 64) this.rx.shift();
       return;
     }
+    if (offset === SSI_SSIENR) {
+      // Disabling the SSI flushes its FIFOs; without a forced chip select
+      // it also ends the transfer (boot2 frames its commands this way).
+      this.rx = [];
+      if (!this.chip.forced) this.chip.select(false);
+    }
     this.stub.writeUint32(offset, value);
   }
 }
@@ -204,6 +214,7 @@ class QspiIO extends BasePeripheral {
     this.regs.set(offset, value);
     if (offset === 0x0c) {
       const over = (value >> 8) & 3;
+      this.chip.forced = over === 2;
       if (over === 2) this.chip.select(true);
       else if (over === 3) this.chip.select(false);
     }
@@ -247,8 +258,21 @@ let pendingBytes = 0;
 let input = null; // the readable side to pause/resume
 let output = null;
 const HIGH_WATER = 4096;
+// Host bytes wait until the node runtime serves its stdio link (it prints
+// the ready marker): earlier, they would reach the REPL or boot code.
+const MARKER = Buffer.from('moat: stdio ready');
+let ready = false;
+let seen = Buffer.alloc(0);
+function watchReady(data) {
+  if (ready) return;
+  seen = Buffer.concat([seen, Buffer.from(data)]).subarray(-256);
+  if (seen.includes(MARKER)) {
+    ready = true;
+    feed();
+  }
+}
 function feed() {
-  while (pending.length && !cdc.txFIFO.full) {
+  while (ready && pending.length && !cdc.txFIFO.full) {
     const chunk = pending[0];
     let i = chunk.off;
     while (i < chunk.buf.length && !cdc.txFIFO.full) cdc.sendSerialByte(chunk.buf[i++]);
@@ -273,28 +297,34 @@ if (debug) {
   setInterval(() => process.stderr.write(`pc=0x${mcu.core.PC.toString(16)}\n`), 2000);
 }
 cdc.onSerialData = (data) => {
+  watchReady(data);
   if (output) output.write(Buffer.from(data));
 };
 
 if (args.port) {
+  // One host at a time: a new connection replaces the old one (a host that
+  // went away may not have been noticed yet).
   const server = net.createServer((sock) => {
-    if (output) {
-      sock.destroy();
-      return;
-    }
+    if (output) output.destroy();
     sock.setNoDelay(true);
     input = sock;
     output = sock;
-    sock.on('data', take);
+    sock.on('data', (buf) => {
+      if (input === sock) take(buf);
+    });
     const gone = () => {
       if (output === sock) {
         output = null;
         input = null;
+        // Half-sent input of the old host would garble the new one's.
+        pending.length = 0;
+        pendingBytes = 0;
       }
     };
     sock.on('close', gone);
     sock.on('error', gone);
   });
+  server.on('error', (e) => die(`cannot listen on 127.0.0.1:${args.port}: ${e.message}`));
   server.listen(args.port, '127.0.0.1', () => {
     process.stderr.write(`rp2040js harness: USB CDC on 127.0.0.1:${args.port}\n`);
   });

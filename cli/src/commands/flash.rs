@@ -46,6 +46,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let board = project.board_of(node);
         let installed = match &board.flash {
             Flash::Local => local_node::install(&project, node)?,
+            Flash::Uf2 { .. } if moat::emulator::rp2040js::is_emulated(&project, node) => {
+                out.push(flash_emulated(&project, node, &a)?);
+                continue;
+            }
             Flash::Espflash { .. }
             | Flash::Esp8266Rom
             | Flash::Uf2 { .. }
@@ -275,6 +279,96 @@ fn flash_device(project: &Project, node: &Node, a: &Args) -> anyhow::Result<serd
         "config_uploaded": config_uploaded,
         "build_checked": build_checked,
     }))
+}
+
+/// An emulated rpi-pico (`port = "tcp:…"`): the UF2 goes into its flash
+/// image; then, unless `--no-config`, the emulator runs just long enough
+/// to take the config over its USB link.
+fn flash_emulated(project: &Project, node: &Node, a: &Args) -> anyhow::Result<serde_json::Value> {
+    use moat::emulator::rp2040js;
+    let cache = moat::source::Cache::from_env()?;
+    let image = rp2040js::install(project, node, &cache)?;
+    let mut config_uploaded = false;
+    if !a.device.no_config {
+        let mut emu = rp2040js::run_command(project, node, &cache)?
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start the rp2040js emulator: {e}"))?;
+        let result = upload_config(project, node, a.json);
+        // SIGTERM: the harness writes the flash image back, then exits.
+        unsafe { libc::kill(emu.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = emu.wait();
+        result.map_err(|e| {
+            anyhow::anyhow!(
+                "node `{}`: the firmware is in {}, but {e:#}",
+                node.name,
+                image.display()
+            )
+        })?;
+        config_uploaded = true;
+    }
+    if !a.json {
+        println!("{}: firmware written to {}", node.name, image.display());
+        if config_uploaded {
+            println!("{}: config uploaded", node.name);
+        }
+    }
+    Ok(serde_json::json!({
+        "node": node.name,
+        "board": project.board_of(node).name,
+        "method": "rp2040js",
+        "target": image,
+        "config_uploaded": config_uploaded,
+    }))
+}
+
+/// Gives a freshly flashed emulated node its config over its own link. It
+/// boots with the built-in default (a stdio link, no apps, so no `fs`): the
+/// config goes in through the built-in `cfg` app (write, save), then a soft
+/// reboot brings up its apps, and `fs` writes the fallback config. Stopping
+/// an emulator looks like a crash to the node, so its fallback config is the
+/// full config, and the crash marker of this run is removed.
+fn upload_config(project: &Project, node: &Node, json: bool) -> anyhow::Result<()> {
+    use std::time::{Duration, Instant};
+    let config = node.config();
+    let bytes = msgpack::to_vec(&config);
+    moat::client::block_on(async {
+        let mut client = moat::client::Client::direct(project, node)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach it to upload the config: {e:#}"))?;
+        let w = Value::map([("p", Value::Array(vec![])), ("d", config)]);
+        client
+            .call_names(&["cfg", "w"], w)
+            .await
+            .map_err(|e| anyhow::anyhow!("cfg.w: {e}"))?;
+        client
+            .call_names(&["cfg", "s"], Value::Map(vec![]))
+            .await
+            .map_err(|e| anyhow::anyhow!("cfg.s: {e}"))?;
+        let _ = client
+            .call_names(&["sys", "boot"], Value::map([("m", Value::from(1))]))
+            .await;
+        // Back with its apps (a request sent while it restarts may be lost).
+        let t0 = Instant::now();
+        loop {
+            let probe = client.call_names(&["fs", "stat"], Value::map([("p", Value::from(""))]));
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), probe).await {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(60) {
+                anyhow::bail!("it did not come back with an `fs` app after its soft reboot");
+            }
+        }
+        super::fs::write_file(&mut client, local_node::FALLBACK_FILE, &bytes, json).await?;
+        client
+            .call_names(&["fs", "rm"], Value::map([("p", Value::from("moat.run"))]))
+            .await
+            .map_err(|e| anyhow::anyhow!("fs.rm moat.run: {e}"))?;
+        client.close().await;
+        Ok(())
+    })?
 }
 
 /// Uploads `moat.cfg` (and the fallback config) over the node's link and,

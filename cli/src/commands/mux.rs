@@ -94,12 +94,20 @@ pub fn node_config(project: &Project, node: &Node) -> anyhow::Result<NodeConfig>
             baud: DEFAULT_BAUD,
         },
     };
-    // An emulated board (it has a run command; its UART is a socket): the
-    // mux starts the emulator and starts it again when it exits.
+    // An emulated board (qemu-mps2 has a run command, rpi-pico runs under
+    // rp2040js; the serial port is a socket): the mux starts the emulator
+    // and starts it again when it exits.
+    let emulated = match &link {
+        LinkSpec::Serial(uart) => {
+            uart.path.starts_with("tcp:") && project.board_of(node).run.is_some()
+        }
+        LinkSpec::Usb { path, .. } => {
+            path.starts_with("tcp:") && moat::emulator::rp2040js::is_emulated(project, node)
+        }
+        _ => false,
+    };
     let link = match link {
-        LinkSpec::Serial(uart)
-            if uart.path.starts_with("tcp:") && project.board_of(node).run.is_some() =>
-        {
+        link if emulated => {
             let cmd = local_node::command(project, node)?;
             let cwd = cmd
                 .get_current_dir()
@@ -110,7 +118,10 @@ pub fn node_config(project: &Project, node: &Node) -> anyhow::Result<NodeConfig>
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect();
             let emulator = ProcessSpec::new(cmd.get_program(), args, cwd);
-            LinkSpec::Emulated { emulator, uart }
+            LinkSpec::Emulated {
+                emulator,
+                link: Box::new(link),
+            }
         }
         other => other,
     };

@@ -1,4 +1,5 @@
-//! Emulated boards run on this machine: QEMU for `qemu-mps2` ([`qemu`]).
+//! Emulated boards run on this machine: QEMU for `qemu-mps2` ([`qemu`]),
+//! rp2040js for `rpi-pico` ([`rp2040js`]).
 //!
 //! An emulated node is a local node (`moat flash` installs its firmware
 //! into `.moat/nodes/<node>/`, `moat run` starts the board's run command
@@ -7,6 +8,7 @@
 //! to it.
 
 pub mod qemu;
+pub mod rp2040js;
 
 /// The TCP port of a `tcp:HOST:PORT` device path.
 pub fn socket_port(path: &str) -> Option<u16> {

@@ -1,8 +1,9 @@
-//! A node on an emulated board (QEMU): the emulator is a child process the
-//! link starts, and the node's UART is a TCP socket the emulator listens
-//! on, spoken to like any lossy UART ([`serial`](super::serial): SerialPacker
-//! frames and the reliable layer). The emulator's stdout and stderr (the
-//! board's console UART) are console output.
+//! A node on an emulated board (QEMU, rp2040js): the emulator is a child
+//! process the link starts, and the node's UART or USB serial is a TCP
+//! socket the emulator listens on, spoken to like the real thing (a UART:
+//! [`serial`](super::serial), SerialPacker frames and the reliable layer;
+//! USB CDC: [`usb`](super::usb), the lossless stream). The emulator's
+//! stdout and stderr (e.g. the board's console UART) are console output.
 //!
 //! When the emulator exits (the node reset itself, or crashed) the socket
 //! closes, the connection ends and the supervisor starts a new emulator.
@@ -16,20 +17,29 @@ use futures::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
-use super::{serial, ConnectCtx, ConnectError, Connection, ProcessSpec, SerialSpec};
+use super::{serial, usb, ConnectCtx, ConnectError, Connection, LinkSpec, ProcessSpec};
 
 /// How often to look for the emulator's socket while it starts.
 const POLL: Duration = Duration::from_millis(50);
 
 pub async fn connect(
     emulator: &ProcessSpec,
-    uart: &SerialSpec,
+    link: &LinkSpec,
     ctx: &ConnectCtx,
 ) -> Result<Connection, ConnectError> {
-    let Some(addr) = uart.path.strip_prefix("tcp:") else {
+    let path = match link {
+        LinkSpec::Serial(s) => &s.path,
+        LinkSpec::Usb { path, .. } => path,
+        other => {
+            return Err(format!(
+                "an emulated node needs a serial or usb link, not {}",
+                other.kind()
+            ))
+        }
+    };
+    let Some(addr) = path.strip_prefix("tcp:") else {
         return Err(format!(
-            "an emulated node's UART must be a socket `tcp:HOST:PORT`, not {}",
-            uart.path
+            "an emulated node's serial port must be a socket `tcp:HOST:PORT`, not {path}"
         ));
     };
     let mut child = Command::new(&emulator.program)
@@ -78,7 +88,12 @@ pub async fn connect(
         }
         tokio::time::sleep(POLL).await;
     }
-    let conn = match serial::connect(uart, ctx).await {
+    let connected = match link {
+        LinkSpec::Usb { path, baud } => usb::connect(path, *baud, ctx).await,
+        LinkSpec::Serial(uart) => serial::connect(uart, ctx).await,
+        _ => unreachable!("checked above"),
+    };
+    let conn = match connected {
         Ok(c) => c,
         Err(e) => {
             ctx.pid.store(0, Ordering::Relaxed);

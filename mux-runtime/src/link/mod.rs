@@ -47,7 +47,8 @@ pub enum LinkSpec {
     /// node's UART on the emulator's socket ([`emulated`]).
     Emulated {
         emulator: ProcessSpec,
-        uart: SerialSpec,
+        /// `Serial` or `Usb` with a `tcp:HOST:PORT` path.
+        link: Box<LinkSpec>,
     },
 }
 
@@ -70,8 +71,8 @@ impl LinkSpec {
             LinkSpec::Process(p) => p.program.display().to_string(),
             LinkSpec::Serial(s) => s.path.clone(),
             LinkSpec::Usb { path, .. } => path.clone(),
-            LinkSpec::Emulated { emulator, uart } => {
-                format!("{} ({})", uart.path, emulator.program.display())
+            LinkSpec::Emulated { emulator, link } => {
+                format!("{} ({})", link.target(), emulator.program.display())
             }
         }
     }
@@ -218,7 +219,9 @@ async fn connect(spec: &LinkSpec, ctx: &ConnectCtx) -> Result<Connection, Connec
         LinkSpec::Process(p) => process::connect(p, ctx).await,
         LinkSpec::Serial(s) => serial::connect(s, ctx).await,
         LinkSpec::Usb { path, baud } => usb::connect(path, *baud, ctx).await,
-        LinkSpec::Emulated { emulator, uart } => emulated::connect(emulator, uart, ctx).await,
+        LinkSpec::Emulated { emulator, link } => {
+            Box::pin(emulated::connect(emulator, link, ctx)).await
+        }
     }
 }
 
