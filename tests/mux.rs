@@ -499,14 +499,14 @@ async fn moat_cmd_gives_the_same_output_directly_and_through_the_mux() {
 
 #[tokio::test]
 async fn the_watchdog_feeder_keeps_a_node_with_a_wdt_section_alive() {
-    // t = 1 s, started by the first sys.wdt (s = 0), no grace period: a
+    // t = 2 s, started by the first sys.wdt (s = 0), no grace period: a
     // node nobody feeds exits within a second of that first keepalive.
     let Some(p) = MuxProject::needs_tools(|| {
         MuxProject::start_with(
             &["pump"],
             &[],
             ", wdt = \"wdt.Watchdog\"",
-            "wdt = { t = 1, s = 0, n = -1 }",
+            "wdt = { t = 2, s = 0, n = -1 }",
         )
     }) else {
         return;
@@ -521,9 +521,9 @@ async fn the_watchdog_feeder_keeps_a_node_with_a_wdt_section_alive() {
     })
     .await
     .expect("the feeder's sys.wdt started the watchdog");
-    // Three timeouts later the node still runs on its first process.
+    // Two timeouts later the node still runs on its first process.
     let pid = p.ls(&c, "pump").await.get("pid").cloned();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
     let info = p.ls(&c, "pump").await;
     assert_eq!(info.get("state"), Some(&"up".into()));
     assert_eq!(info.get("reconnects"), Some(&Value::from(0u64)));
