@@ -500,7 +500,7 @@ async fn moat_cmd_gives_the_same_output_directly_and_through_the_mux() {
 #[tokio::test]
 async fn the_watchdog_feeder_keeps_a_node_with_a_wdt_section_alive() {
     // t = 2 s, started by the first sys.wdt (s = 0), no grace period: a
-    // node nobody feeds exits within a second of that first keepalive.
+    // node nobody feeds exits two seconds after that first keepalive.
     let Some(p) = MuxProject::needs_tools(|| {
         MuxProject::start_with(
             &["pump"],
