@@ -214,51 +214,15 @@ impl<'p> Builder<'p> {
 
         // 1. Stage the runtime, render the manifest.
         let gen = dir.join("gen");
-        let runtime_dir = gen.join("runtime");
-        let hash_dir = gen.join("hash");
-        let lib_dir = gen.join("mpy-lib");
-        modules::stage_runtime(&runtime_dir)?;
-        // The manifest tool insists on a micropython-lib; ours is empty.
-        modules::write_if_changed(&lib_dir.join("README.md"), b"")?;
-        let hash_file = hash_dir.join("_hash.py");
-        if !hash_file.exists() {
-            modules::write_if_changed(&hash_file, b"hashes = {}\n")?;
-        }
-        let app_dirs = self.app_dirs()?;
-        let port_dir = tree.root.join("ports").join(&board.port);
-        if !port_dir.is_dir() {
-            bail!(
-                "board {}: the MicroPython tree {} has no port `{}`",
-                board.name,
-                tree.root.display(),
-                board.port
-            );
-        }
-        let board_dir = board
-            .board
-            .as_ref()
-            .map(|b| port_dir.join("boards").join(b));
-        let mut ctx = serde_json::json!({
-            "target": target.name,
-            "node": target.node.as_ref().map(|n| &n.name),
-            "board": board,
-            "runtime_dir": runtime_dir,
-            "app_dirs": app_dirs,
-            "hash_dir": hash_dir,
-            "port_modules": port_dir.join("modules/_boot.py").is_file(),
-            "micropython": tree.root,
-        });
-        let manifest_text = self.templates.render("manifest.py.j2", &ctx)?;
-        let manifest = gen.join("manifest.py");
-        modules::write_if_changed(&manifest, manifest_text.as_bytes())?;
+        let StagedManifest {
+            manifest,
+            vars,
+            mut ctx,
+            hash_file,
+        } = stage_manifest(&gen, &tree, target, &self.app_dirs()?, &self.templates)?;
+        let (port_dir, lib_dir) = (vars.port_dir.clone(), vars.mpy_lib_dir.clone());
 
         // 2. What gets frozen, hashed; the `_hash` module.
-        let vars = ManifestVars {
-            mpy_dir: tree.root.clone(),
-            port_dir: port_dir.clone(),
-            board_dir,
-            mpy_lib_dir: lib_dir.clone(),
-        };
         let frozen: Vec<FrozenModule> =
             modules::frozen_modules_checked(&manifest, &vars, &hash_file)?;
         let table = modules::hash_table(&frozen);
@@ -316,7 +280,7 @@ impl<'p> Builder<'p> {
             board: board.name.clone(),
             board_sha256: sha256_hex(&serde_json::to_vec(board)?),
             build_args: build_args.clone(),
-            manifest_sha256: sha256_hex(manifest_text.as_bytes()),
+            manifest_sha256: file_sha256(&manifest).context("cannot read the rendered manifest")?,
             hash_module_sha256: sha256_hex(hash_text.as_bytes()),
             modules: table
                 .iter()
@@ -439,17 +403,94 @@ impl<'p> Builder<'p> {
 
     /// The project's app folders; a missing one is an error.
     fn app_dirs(&self) -> anyhow::Result<Vec<PathBuf>> {
-        let dirs = self.project.app_dirs();
-        for d in &dirs {
-            if !d.is_dir() {
-                bail!(
-                    "[apps] paths names {}, which is not a folder; create it or remove it from moat.toml",
-                    d.display()
-                );
-            }
-        }
-        Ok(dirs)
+        app_dirs(self.project)
     }
+}
+
+/// The project's `[apps] paths`, each checked to be a folder.
+pub fn app_dirs(project: &Project) -> anyhow::Result<Vec<PathBuf>> {
+    let dirs = project.app_dirs();
+    for d in &dirs {
+        if !d.is_dir() {
+            bail!(
+                "[apps] paths names {}, which is not a folder; create it or remove it from moat.toml",
+                d.display()
+            );
+        }
+    }
+    Ok(dirs)
+}
+
+/// A rendered frozen manifest and what MicroPython's manifest tool needs
+/// to read it.
+pub struct StagedManifest {
+    /// The rendered `manifest.py`.
+    pub manifest: PathBuf,
+    pub vars: ManifestVars,
+    /// The template context it was rendered with.
+    pub ctx: serde_json::Value,
+    /// Where the `_hash` module is (a placeholder until the table is known).
+    pub hash_file: PathBuf,
+}
+
+/// Stages the node runtime under `gen/` and renders the frozen manifest
+/// for `target`: shared by `moat build` and `moat diff-update`, so both
+/// see exactly the same module list.
+pub fn stage_manifest(
+    gen: &Path,
+    tree: &SourceTree,
+    target: &Target,
+    app_dirs: &[PathBuf],
+    templates: &Templates,
+) -> anyhow::Result<StagedManifest> {
+    let board = &target.board;
+    let runtime_dir = gen.join("runtime");
+    let hash_dir = gen.join("hash");
+    let lib_dir = gen.join("mpy-lib");
+    modules::stage_runtime(&runtime_dir)?;
+    // The manifest tool insists on a micropython-lib; ours is empty.
+    modules::write_if_changed(&lib_dir.join("README.md"), b"")?;
+    let hash_file = hash_dir.join("_hash.py");
+    if !hash_file.exists() {
+        modules::write_if_changed(&hash_file, b"hashes = {}\n")?;
+    }
+    let port_dir = tree.root.join("ports").join(&board.port);
+    if !port_dir.is_dir() {
+        bail!(
+            "board {}: the MicroPython tree {} has no port `{}`",
+            board.name,
+            tree.root.display(),
+            board.port
+        );
+    }
+    let board_dir = board
+        .board
+        .as_ref()
+        .map(|b| port_dir.join("boards").join(b));
+    let ctx = serde_json::json!({
+        "target": target.name,
+        "node": target.node.as_ref().map(|n| &n.name),
+        "board": board,
+        "runtime_dir": runtime_dir,
+        "app_dirs": app_dirs,
+        "hash_dir": hash_dir,
+        "port_modules": port_dir.join("modules/_boot.py").is_file(),
+        "micropython": tree.root,
+    });
+    let manifest_text = templates.render("manifest.py.j2", &ctx)?;
+    let manifest = gen.join("manifest.py");
+    modules::write_if_changed(&manifest, manifest_text.as_bytes())?;
+    Ok(StagedManifest {
+        manifest,
+        vars: ManifestVars {
+            mpy_dir: tree.root.clone(),
+            port_dir,
+            board_dir,
+            mpy_lib_dir: lib_dir,
+        },
+        ctx,
+        hash_file,
+    })
 }
 
 /// Whether the port's Makefile honours `CFLAGS_EXTRA`.

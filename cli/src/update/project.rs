@@ -5,14 +5,14 @@
 //! and hashed. No compiler runs; the MicroPython tree comes from the cache
 //! (fetched once if missing).
 
-use crate::build::Target;
+use crate::build::{stage_manifest, StagedManifest, Target};
 use crate::hash_table::ModuleHash;
 use crate::manifest::Node;
-use crate::modules::{self, ManifestVars};
+use crate::modules;
 use crate::project::Project;
 use crate::source::{self, Cache, SourceSpec, SourceTree};
 use crate::template::Templates;
-use anyhow::{bail, Context};
+use anyhow::Context;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
@@ -77,16 +77,9 @@ pub fn collect(
         board: project.board_of(node).clone(),
         node: Some(node.clone()),
     };
-    let board = &target.board;
-    let app_dirs = project.app_dirs();
-    for d in &app_dirs {
-        if !d.is_dir() {
-            bail!(
-                "[apps] paths names {}, which is not a folder; create it or remove it from moat.toml",
-                d.display()
-            );
-        }
-    }
+    let app_dirs = crate::build::app_dirs(project)?;
+    // The board's patched tree, as `moat build` uses it.
+    let tree = crate::patches::tree_for_board(&tree, &target.board, &cache, notes)?;
     // Scratch copies of what `moat build` stages under .moat/build/ (so a
     // build running meanwhile is not disturbed).
     let gen = tempfile::Builder::new()
@@ -94,45 +87,9 @@ pub fn collect(
         .tempdir()
         .context("cannot create a temporary folder")?;
     let runtime_dir = gen.path().join("runtime");
-    let hash_dir = gen.path().join("hash");
-    let lib_dir = gen.path().join("mpy-lib");
-    modules::stage_runtime(&runtime_dir)?;
-    modules::write_if_changed(&lib_dir.join("README.md"), b"")?;
-    modules::write_if_changed(&hash_dir.join("_hash.py"), b"hashes = {}\n")?;
-    let port_dir = tree.root.join("ports").join(&board.port);
-    if !port_dir.is_dir() {
-        bail!(
-            "board {}: the MicroPython tree {} has no port `{}`",
-            board.name,
-            tree.root.display(),
-            board.port
-        );
-    }
-    let board_dir = board
-        .board
-        .as_ref()
-        .map(|b| port_dir.join("boards").join(b));
-    // The same context `moat build` renders the manifest with.
-    let ctx = serde_json::json!({
-        "target": target.name,
-        "node": node.name,
-        "board": board,
-        "runtime_dir": runtime_dir,
-        "app_dirs": app_dirs,
-        "hash_dir": hash_dir,
-        "port_modules": port_dir.join("modules/_boot.py").is_file(),
-        "micropython": tree.root,
-    });
     let templates = Templates::load(Some(&project.root))?;
-    let manifest_text = templates.render("manifest.py.j2", &ctx)?;
-    let manifest = gen.path().join("manifest.py");
-    std::fs::write(&manifest, manifest_text)?;
-    let vars = ManifestVars {
-        mpy_dir: tree.root.clone(),
-        port_dir,
-        board_dir,
-        mpy_lib_dir: lib_dir,
-    };
+    let StagedManifest { manifest, vars, .. } =
+        stage_manifest(gen.path(), &tree, &target, &app_dirs, &templates)?;
     let frozen = modules::frozen_modules(&manifest, &vars)?;
     let modules = frozen
         .into_iter()
