@@ -543,7 +543,9 @@ pub struct TcpProxy {
 impl TcpProxy {
     pub fn start(upstream: &str, up: Direction, down: Direction, seed: u64) -> TcpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-        listener.set_nonblocking(true).expect("nonblocking listener");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
         let port = listener.local_addr().expect("local addr").port();
         let stop = Arc::new(AtomicBool::new(false));
         let pipes: Arc<Mutex<Vec<(Pipe, TcpStream, TcpStream)>>> = Arc::default();
