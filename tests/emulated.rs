@@ -69,12 +69,16 @@ fn free_port() -> u16 {
 }
 
 fn write_manifest(root: &Path, port: u16) -> anyhow::Result<()> {
+    write_node_manifest(root, "q", "qemu-mps2", port)
+}
+
+fn write_node_manifest(root: &Path, node: &str, board: &str, port: u16) -> anyhow::Result<()> {
     std::fs::write(
         root.join("moat.toml"),
         format!(
             "[project]\nname = \"emu\"\n\n[apps]\npaths = [\"apps\"]\n\n\
-             [nodes.q]\nboard = \"qemu-mps2\"\nport = \"tcp:127.0.0.1:{port}\"\n\n\
-             [nodes.q.config]\napps = {{ fs = \"fs.Files\", c = \"counter.Counter\" }}\n"
+             [nodes.{node}]\nboard = \"{board}\"\nport = \"tcp:127.0.0.1:{port}\"\n\n\
+             [nodes.{node}.config]\napps = {{ fs = \"fs.Files\", c = \"counter.Counter\" }}\n"
         ),
     )?;
     Ok(())
@@ -520,4 +524,135 @@ fn qemu_node_boots_with_the_runtime_and_reports_its_heap() {
         assert!(!emu.dir.path().join("moat.cfg").exists());
         link.stop().await;
     });
+}
+
+/// Whether Node.js, npm and cmake are here for the rpi-pico board (the
+/// qemu tools cover the compiler). Under `CI=true` missing ones fail.
+fn pico_tools_present() -> bool {
+    if !emulator_tools_present() {
+        return false;
+    }
+    let missing: Vec<&str> = ["node", "npm", "cmake", "g++"]
+        .into_iter()
+        .filter(|t| {
+            !std::env::var_os("PATH")
+                .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(t).is_file()))
+        })
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some_and(|v| v == "true") {
+        panic!("CI=true but {missing:?} are missing (apt-get install nodejs npm cmake g++ libstdc++-arm-none-eabi-newlib)");
+    }
+    eprintln!("SKIPPED: {missing:?} missing; install them to run this test");
+    false
+}
+
+/// A `moat run` child, stopped like a terminal would (SIGTERM) on drop.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+fn moat_run(root: &Path) -> Running {
+    Running(
+        moat(root)
+            .arg("run")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Runs `moat ARGS` in `root` until it succeeds (the node may be booting).
+fn until_ok(root: &Path, args: &[&str], what: &str) -> String {
+    let t0 = Instant::now();
+    loop {
+        match run_ok(moat(root).args(args)) {
+            Ok(out) => return String::from_utf8(out.stdout).unwrap(),
+            Err(e) if t0.elapsed() > Duration::from_secs(90) => panic!("{what}: {e:#}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(300)),
+        }
+    }
+}
+
+/// rpi-pico under rp2040js: `moat build` (UF2) → `moat flash` (into the
+/// emulator's flash image, config over USB) → `moat run` → cmd, stream,
+/// cfg, fs, diff-update; the update and the saved config survive an
+/// emulator restart (the flash file).
+#[test]
+fn rpi_pico_node_runs_under_rp2040js_and_keeps_updates_across_restarts() {
+    if !pico_tools_present() {
+        return;
+    }
+    let root = e2e_dir().join("rpi-pico");
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(e2e_dir().join("rpi-pico.lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    std::fs::create_dir_all(root.join("apps")).unwrap();
+    std::fs::write(root.join("apps/counter.py"), COUNTER_APP).unwrap();
+    write_node_manifest(&root, "p", "rpi-pico", free_port()).unwrap();
+    let out = run_ok(moat(&root).args(["build", "--json"])).unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("firmware.uf2"));
+    // A fresh flash image: firmware, then the config over USB.
+    let _ = std::fs::remove_file(root.join(".moat/nodes/p/flash.bin"));
+    run_ok(moat(&root).arg("flash")).unwrap();
+    let ok = |args: &[&str]| -> String {
+        let out = run_ok(moat(&root).args(args)).unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    {
+        let _run = moat_run(&root);
+        let dir = until_ok(&root, &["cmd", "p", "sys.dir"], "node never answered");
+        assert!(dir.contains("mem"), "{dir}");
+        assert_eq!(ok(&["cmd", "p", "ping", "m=hi"]).trim(), "{m: hi}");
+        let info = ok(&["cmd", "p", "sys.info", "--json"]);
+        assert!(info.contains("\"rp2\""), "{info}");
+        let mem = ok(&["cmd", "p", "sys.mem"]);
+        eprintln!("rpi-pico heap after boot: {}", mem.trim());
+        let items = ok(&["cmd", "p", "c.inc", "--stream", "50", "--count", "3"]);
+        assert_eq!(items.lines().count(), 3, "{items}");
+        ok(&["cfg", "set", "c.limit", "7", "--save"]);
+        let tmp = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..3000u32).map(|i| (i * 13 + i / 241) as u8).collect();
+        let local = tmp.path().join("blob.bin");
+        std::fs::write(&local, &data).unwrap();
+        ok(&["fs", "put", local.to_str().unwrap(), "blob.bin"]);
+        let back = tmp.path().join("back.bin");
+        ok(&["fs", "get", "blob.bin", back.to_str().unwrap()]);
+        assert_eq!(std::fs::read(&back).unwrap(), data);
+        let counter = root.join("apps/counter.py");
+        std::fs::write(
+            &counter,
+            COUNTER_APP.replace("self.n += 1", "self.n += 100"),
+        )
+        .unwrap();
+        let plan = ok(&["diff-update", "--json"]);
+        std::fs::write(&counter, COUNTER_APP).unwrap();
+        let plan: serde_json::Value = serde_json::from_str(plan.trim()).unwrap();
+        assert_eq!(plan["uploaded"], serde_json::json!(["counter"]), "{plan}");
+        let v = until_ok(&root, &["cmd", "p", "c.inc"], "no app after the update");
+        assert_eq!(v.trim(), "100", "the updated module does not run");
+        // A clean stop: a hard reset clears the node's crash marker (an
+        // emulator killed mid-run boots next on its fallback config).
+        let _ = run_ok(moat(&root).args(["cmd", "p", "sys.boot", "m=2"]));
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    // A new emulator on the same flash file: the update and the config stay.
+    let _run = moat_run(&root);
+    let v = until_ok(&root, &["cmd", "p", "c.inc"], "no node after the restart");
+    assert_eq!(v.trim(), "100", "the update did not survive the restart");
+    assert_eq!(ok(&["cfg", "get", "c.limit"]).trim(), "7");
+    assert!(ok(&["fs", "ls"]).contains("blob.bin"));
 }
