@@ -32,6 +32,9 @@ pub enum Command {
     Rm(RmArgs),
     /// Make a folder on the node.
     Mkdir(RmArgs),
+    /// Mount the node's files on a local folder (FUSE) until Ctrl-C or
+    /// `fusermount3 -u DIR`.
+    Mount(super::fs_mount::MountArgs),
 }
 
 #[derive(clap::Args)]
@@ -93,6 +96,7 @@ pub fn run(c: Command) -> anyhow::Result<()> {
         Command::Put(a) => put(a),
         Command::Rm(a) => simple(a, "rm"),
         Command::Mkdir(a) => simple(a, "mkdir"),
+        Command::Mount(a) => super::fs_mount::run(a),
     }
 }
 

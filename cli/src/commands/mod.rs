@@ -9,6 +9,7 @@ pub mod demo;
 pub mod diff_update;
 pub mod flash;
 pub mod fs;
+pub mod fs_mount;
 pub mod init;
 pub mod monitor;
 pub mod mux;
