@@ -75,6 +75,7 @@ struct Fixture {
     project: TempProject,
     logs: tempfile::TempDir,
     node: Option<Child>,
+    mux: Option<Child>,
     mount: Option<Child>,
     dir: PathBuf,
 }
@@ -105,6 +106,7 @@ impl Fixture {
             project,
             logs,
             node: None,
+            mux: None,
             mount: None,
             dir,
         };
@@ -142,6 +144,26 @@ impl Fixture {
 
     fn node_dir(&self) -> PathBuf {
         self.project.path().join(".moat/nodes/demo")
+    }
+
+    /// `moat mux` on the project's default socket (where `moat fs mount`
+    /// finds it), until a verb answers through it.
+    fn start_mux(&mut self) {
+        let mut child = self.spawn(&["mux"], "mux.log");
+        let name = self.project.path().file_name().unwrap().to_str().unwrap();
+        let socket = self.logs.path().join("moat").join(format!("{name}.sock"));
+        poll(
+            "the mux",
+            || {
+                if let Some(s) = child.try_wait().unwrap() {
+                    panic!("moat mux ended ({s}):\n{}", self.log("mux.log"));
+                }
+                let out = self.moat(&["cmd", "ping"]).output().unwrap();
+                out.status.success() && socket.exists()
+            },
+            || self.log("mux.log"),
+        );
+        self.mux = Some(child);
     }
 
     fn mount(&mut self) {
@@ -192,6 +214,10 @@ impl Drop for Fixture {
                 .status();
             let _ = m.kill();
             let _ = m.wait();
+        }
+        if let Some(mut x) = self.mux.take() {
+            let _ = x.kill();
+            let _ = x.wait();
         }
         if let Some(mut n) = self.node.take() {
             let _ = n.kill();
@@ -301,4 +327,33 @@ fn sigterm_unmounts_and_exits_zero() {
     );
     assert!(exit.unwrap().success(), "{}", f.log("mount.log"));
     assert!(!is_mount_point(&f.dir), "still mounted after SIGTERM");
+}
+
+#[test]
+fn the_mount_works_through_the_mux_when_one_runs() {
+    if !build_tools_present() || !fuse_usable() {
+        return;
+    }
+    let mut f = Fixture::start();
+    f.start_mux();
+    f.mount();
+    assert!(
+        f.log("mount.log").contains("mux at"),
+        "mounted without the mux:\n{}",
+        f.log("mount.log")
+    );
+    let data: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
+    std::fs::write(f.dir.join("via-mux.bin"), &data).unwrap();
+    assert_same(
+        "on the node",
+        &std::fs::read(f.node_dir().join("via-mux.bin")).unwrap(),
+        &data,
+    );
+    assert_same(
+        "read back",
+        &std::fs::read(f.dir.join("via-mux.bin")).unwrap(),
+        &data,
+    );
+    let status = f.unmount();
+    assert!(status.success(), "{status}:\n{}", f.log("mount.log"));
 }
