@@ -549,6 +549,90 @@ fn pico_tools_present() -> bool {
     false
 }
 
+/// The shared rpi-pico project, built (or found current), held under its
+/// lock while a test uses its node folder.
+fn pico_project() -> (PathBuf, File) {
+    let root = e2e_dir().join("rpi-pico");
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(e2e_dir().join("rpi-pico.lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    std::fs::create_dir_all(root.join("apps")).unwrap();
+    std::fs::write(root.join("apps/counter.py"), COUNTER_APP).unwrap();
+    write_node_manifest(&root, "p", "rpi-pico", free_port()).unwrap();
+    let out = run_ok(moat(&root).args(["build", "--json"])).unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("firmware.uf2"));
+    (root, lock)
+}
+
+/// `moat mux` runs an emulated rpi-pico itself (rp2040js, USB on a socket).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mux_runs_an_emulated_pico_over_its_usb_socket() {
+    if !pico_tools_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("proj");
+    {
+        let (shared, _lock) = tokio::task::spawn_blocking(pico_project).await.unwrap();
+        std::fs::create_dir_all(root.join("apps")).unwrap();
+        std::fs::write(root.join("apps/counter.py"), COUNTER_APP).unwrap();
+        write_node_manifest(&root, "p", "rpi-pico", free_port()).unwrap();
+        let to = root.join(".moat/build/p");
+        std::fs::create_dir_all(to.join("firmware")).unwrap();
+        for f in ["firmware/firmware.uf2", "record.json", "moat.cfg"] {
+            std::fs::copy(shared.join(".moat/build/p").join(f), to.join(f)).unwrap();
+        }
+    }
+    let r = root.clone();
+    tokio::task::spawn_blocking(move || run_ok(moat(&r).arg("flash")))
+        .await
+        .unwrap()
+        .unwrap();
+    let socket = dir.path().join("mux.sock");
+    let _mux = Running(
+        moat(&root)
+            .args(["mux", "--socket"])
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let t0 = Instant::now();
+    let ep = loop {
+        if let Ok(ep) = mux_runtime::endpoint::Endpoint::connect_unix(&socket).await {
+            break ep;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "no mux socket");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let t0 = Instant::now();
+    let first = loop {
+        let call = ep.call(["p", "c", "inc"], kw(&[]));
+        match tokio::time::timeout(Duration::from_secs(10), call).await {
+            Ok(Ok(v)) => break v,
+            other if t0.elapsed() > Duration::from_secs(90) => {
+                panic!("the emulated pico never answered through the mux: {other:?}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+    };
+    // (A call that timed out while the node booted may still have run.)
+    let Value::Int(n) = first else {
+        panic!("c.inc gave {first:?}")
+    };
+    assert!(n >= 1);
+    assert_eq!(
+        ep.call(["p", "c", "inc"], kw(&[])).await.unwrap(),
+        Value::Int(n + 1)
+    );
+}
+
 /// A `moat run` child, stopped like a terminal would (SIGTERM) on drop.
 struct Running(Child);
 
@@ -592,19 +676,7 @@ fn rpi_pico_node_runs_under_rp2040js_and_keeps_updates_across_restarts() {
     if !pico_tools_present() {
         return;
     }
-    let root = e2e_dir().join("rpi-pico");
-    let lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(e2e_dir().join("rpi-pico.lock"))
-        .unwrap();
-    lock.lock().unwrap();
-    std::fs::create_dir_all(root.join("apps")).unwrap();
-    std::fs::write(root.join("apps/counter.py"), COUNTER_APP).unwrap();
-    write_node_manifest(&root, "p", "rpi-pico", free_port()).unwrap();
-    let out = run_ok(moat(&root).args(["build", "--json"])).unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("firmware.uf2"));
+    let (root, _lock) = pico_project();
     // A fresh flash image: firmware, then the config over USB.
     let _ = std::fs::remove_file(root.join(".moat/nodes/p/flash.bin"));
     run_ok(moat(&root).arg("flash")).unwrap();
