@@ -16,7 +16,13 @@ use std::time::{Duration, Instant};
 use moat_e2e::node::{kw, Node};
 use mux_runtime::Value;
 
-const HEAP_KB: u32 = 64;
+/// `-X heapsize` in KiB (`MOAT_BENCH_HEAP_KB`, default 64).
+fn heap_kb() -> u32 {
+    std::env::var("MOAT_BENCH_HEAP_KB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64)
+}
 const CLIENTS: usize = 4;
 const STREAMS: usize = 4;
 const PIPELINE: usize = 8;
@@ -31,7 +37,8 @@ fn free(mem: &Value) -> i128 {
 }
 
 fn main() {
-    let mut n = Node::new(HEAP_KB);
+    let heap = heap_kb();
+    let mut n = Node::new(heap);
     n.write_cfg("moat.cfg", &n.tcp_cfg(vec![]));
     n.start();
     let mut probe = n.connect();
@@ -48,10 +55,11 @@ fn main() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
+    let lost = Arc::new(AtomicU64::new(0));
     let mut loaders = Vec::new();
     for k in 0..CLIENTS {
         let mut c = n.connect();
-        let (stop, done) = (stop.clone(), done.clone());
+        let (stop, done, lost) = (stop.clone(), done.clone(), lost.clone());
         loaders.push(std::thread::spawn(move || {
             for s in 0..STREAMS {
                 c.request(
@@ -66,8 +74,12 @@ fn main() {
                     .map(|_| c.request("ping", kw([("m", m.clone())]), None))
                     .collect();
                 for i in seqs {
-                    c.answer(i, Duration::from_secs(20))
-                        .expect("a ping answer under load");
+                    if c.answer(i, Duration::from_secs(10)).is_none() {
+                        // The node closed this link (or fell silent):
+                        // counted, and the table says so.
+                        lost.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
                     done.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -87,12 +99,17 @@ fn main() {
     }
     let load_alloc = loaded.iter().map(alloc).max().unwrap();
     let load_free = loaded.iter().map(free).min().unwrap();
-    println!("heap_kb={HEAP_KB}");
+    println!("heap_kb={heap}");
     println!("idle_alloc={idle_alloc}");
     println!("idle_free={idle_free}");
     println!("load_alloc_max={load_alloc}");
     println!("load_free_min={load_free}");
     println!("load_clients={CLIENTS} load_streams={STREAMS} load_pipeline={PIPELINE}");
     println!("load_req_per_s={:.0}", requests as f64 / secs);
-    assert!(n.running(), "the node survived the load:\n{}", n.console());
+    println!("load_links_lost={}", lost.load(Ordering::Relaxed));
+    let console = n.console();
+    if !console.trim().is_empty() {
+        eprintln!("node console:\n{console}");
+    }
+    println!("node_running={}", n.running());
 }
