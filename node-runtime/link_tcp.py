@@ -126,7 +126,13 @@ async def server(root, c):
                 continue
             cs.setblocking(False)
             st = asyncio.StreamReader(cs)
-            asyncio.create_task(SockLink(root, "tcp", st, st, m, idle).serve())
+            try:
+                sl = SockLink(root, "tcp", st, st, m, idle)
+            except MemoryError:  # refuse this client, keep serving
+                err.log("tcp: no memory for another link")
+                cs.close()
+                continue
+            asyncio.create_task(sl.serve())
     finally:
         s.close()
 

@@ -58,7 +58,10 @@ class Link:
         self.root = root
         self.name = name
         self.m = m  # message size limit (both directions)
-        self.pk = Packer(128, m, root.proxy)
+        # the whole encode buffer now, while the heap is young: grown on
+        # demand, a big reply later needs m contiguous bytes of a heap that
+        # is fragmented by then (a MemoryError instead of the answer)
+        self.pk = Packer(m, m, root.proxy)
         self.lock = asyncio.Lock()
         self.peer = {}  # peer's open requests: flipped i -> task
         self.own = {}  # our open requests: i -> _Call

@@ -51,7 +51,7 @@ class Reliable:
         self.txc = 0
         self.ackp = False
         self.out = []  # encoded frames to transmit
-        self.pk = Packer(64, m + 32)
+        self.pk = Packer(m + 32, m + 32)  # all of it now: no growing on a fragmented heap
         self.bad = 0
         self.retx = 0
 

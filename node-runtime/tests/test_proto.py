@@ -42,6 +42,42 @@ class Slow(Mem):
         await asyncio.sleep_ms(100)
 
 
+class Sizes(Link):
+    # a link that only notes the size of what it sends (copying or decoding
+    # a big message would itself need a big block of heap)
+    def __init__(self, root):
+        super().__init__(root, "sizes", 1024)
+        self.n = []
+
+    def _put(self, buf):
+        self.n.append(len(buf))
+        return len(buf)
+
+    async def _write(self, buf):
+        self._put(buf)
+
+
+def fragment():
+    # fill the heap with ~0.5 KB blocks, then free every other one: a lot
+    # of free memory, none of it 1 KB in one piece (a long-running node's heap)
+    gc.collect()
+    last = None
+    try:
+        while True:
+            last = [bytearray(480), last]
+    except MemoryError:
+        pass
+    j = 0
+    c = last
+    while c is not None:
+        if j & 1:
+            c[0] = None
+        j += 1
+        c = c[1]
+    gc.collect()
+    return last
+
+
 class T(App):
     def cmd_add(self, a=0, b=0):
         return a + b
@@ -169,6 +205,24 @@ async def main():
         check(len(items) < 10 and ns == sorted(ns), "coalesced, in order: %r" % ns)
         check(all(m["d"] == m["n"] - 1 for m in items), "n names the value: %r" % items)
         sl.detach()
+
+        # a reply near the link's size limit on a fragmented heap: the link
+        # encodes into the buffer it got at the start, it needs no new block
+        # (it used to grow its buffer then and answer with a MemoryError)
+        sz = Sizes(root)
+        big = {"k%d" % j: "x" * 40 for j in range(15)}
+        hold = fragment()
+        try:
+            bytearray(1024)
+            whole = True
+        except MemoryError:
+            whole = False
+        await sz.send(NONE, big, 41)
+        hold = None
+        gc.collect()
+        check(not whole, "test set-up: the heap still has 1 KB in one piece")
+        check(sz.n and sz.n[0] > 600, "big reply on a fragmented heap: %r" % sz.n)
+        check(unpackb(bytes(sz.pk.out())) == {"i": 41, "d": big}, "big reply content")
 
         # allocation per request (64-bit unix figures are about twice an ESP8266's)
         for _ in range(3):
