@@ -166,7 +166,7 @@ async fn a_uart_link_with_noisy_bytes_and_lost_frames_delivers_exactly_once() {
         drop_frame: 0.02,
         ..Faults::none()
     };
-    lossy_run(faults, 1_000, 30).await;
+    lossy_run(faults, 300, 30).await;
 }
 
 /// `total` requests (payloads up to `max_len` bytes) and a few streams
@@ -257,10 +257,12 @@ async fn lossy_run(faults: Faults, total: usize, max_len: usize) {
         "{total} requests in {elapsed:?}; to node {up:?}; to host {down:?}; link {:?}",
         link.stats()
     );
-    assert!(
-        up.corrupted_frames > 0 && down.dropped_frames > 0,
-        "the proxy injected faults"
-    );
+    for (dir, st) in [("to node", up), ("to host", down)] {
+        assert!(
+            st.corrupted_frames + st.corrupted_bytes > 0 && st.dropped_frames > 0,
+            "the proxy injected no faults {dir}: {st:?}"
+        );
+    }
     assert_eq!(link.stats().reconnects, 0, "the link stayed up");
     link.stop().await;
     node.kill();

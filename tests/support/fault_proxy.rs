@@ -356,6 +356,17 @@ impl Pipe {
     ) -> Pipe {
         let stop = Arc::new(AtomicBool::new(false));
         let cut = Arc::new(AtomicBool::new(false));
+        // Non-blocking, so a pump whose receiver stopped reading (a dead
+        // node's pty) still sees `stop` and the proxy can be dropped.
+        for fd in [a.as_raw_fd(), b.as_raw_fd()] {
+            // SAFETY: fcntl flag calls on descriptors we own.
+            unsafe {
+                let fl = libc::fcntl(fd, libc::F_GETFL);
+                if fl >= 0 {
+                    libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
+                }
+            }
+        }
         let a = Arc::new(a);
         let b = Arc::new(b);
         let mut threads = Vec::new();
@@ -463,7 +474,7 @@ fn pump(
                 if !hold.is_zero() {
                     std::thread::sleep(hold);
                 }
-                if write_all(to.as_raw_fd(), &bytes).is_err() {
+                if write_all(to.as_raw_fd(), &bytes, stop).is_err() {
                     return;
                 }
                 mangler
@@ -508,7 +519,9 @@ fn poll_read(fd: RawFd, ms: i32) -> std::io::Result<bool> {
     Ok(false)
 }
 
-fn write_all(fd: RawFd, mut b: &[u8]) -> std::io::Result<()> {
+/// Writes all of `b`, waiting while the receiver is full; gives up when
+/// `stop` is set.
+fn write_all(fd: RawFd, mut b: &[u8], stop: &AtomicBool) -> std::io::Result<()> {
     while !b.is_empty() {
         // SAFETY: writing from a live slice to a descriptor we hold.
         let n = unsafe { libc::write(fd, b.as_ptr().cast(), b.len()) };
@@ -517,6 +530,9 @@ fn write_all(fd: RawFd, mut b: &[u8]) -> std::io::Result<()> {
             match e.kind() {
                 std::io::ErrorKind::Interrupted => continue,
                 std::io::ErrorKind::WouldBlock => {
+                    if stop.load(Ordering::Relaxed) {
+                        return Err(e);
+                    }
                     std::thread::sleep(Duration::from_millis(1));
                     continue;
                 }
