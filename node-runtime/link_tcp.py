@@ -47,9 +47,8 @@ class SockLink(Link):
 
     async def serve(self):
         self.task = asyncio.current_task()
-        try:
-            u = Unpacker(self.m)
-        except MemoryError:
+        u = await _alloc(lambda: Unpacker(self.m))
+        if u is None:
             err.log("tcp: no memory for another link")
             self.s.close()
             return
@@ -101,6 +100,17 @@ def _opts(c):
     return m, c.get("idle", 1000)
 
 
+async def _alloc(make):
+    # A link that is closing right now still holds its buffers until its
+    # task ends: on a small heap give it a moment before refusing a client.
+    for _ in range(10):
+        try:
+            return make()
+        except MemoryError:
+            await asyncio.sleep_ms(20)
+    return None
+
+
 async def server(root, c):
     # our own accept loop: the listening socket is closed the moment the
     # node goes down, so no client connects to a dying node
@@ -126,9 +136,8 @@ async def server(root, c):
                 continue
             cs.setblocking(False)
             st = asyncio.StreamReader(cs)
-            try:
-                sl = SockLink(root, "tcp", st, st, m, idle)
-            except MemoryError:  # refuse this client, keep serving
+            sl = await _alloc(lambda: SockLink(root, "tcp", st, st, m, idle))
+            if sl is None:  # refuse this client, keep serving
                 err.log("tcp: no memory for another link")
                 cs.close()
                 continue

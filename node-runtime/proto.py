@@ -85,7 +85,10 @@ class Link:
 
     async def send(self, a=NONE, d=NONE, i=NONE, e=NONE, r=NONE, n=NONE):
         lk = self.lock
-        if not lk.locked():
+        # Not `lk.locked()`: while release() hands the lock to a waiting task,
+        # state holds that task and locked() reads False; encoding then would
+        # overwrite the buffer the woken task is about to write.
+        if lk.state == 0:
             # fast path: encode and write without yielding (no other task
             # can touch the buffer meanwhile), no lock objects needed
             buf = self._enc(a, d, i, e, r, n)
