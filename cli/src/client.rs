@@ -427,19 +427,23 @@ pub fn link_spec(project: &Project, node: &Node) -> anyhow::Result<LinkSpec> {
                 retries: s.retries,
             },
         }),
-        Link::Process => {
-            let cmd = crate::local_node::command(project, node)?;
-            let args = cmd
-                .get_args()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect();
-            let cwd = cmd
-                .get_current_dir()
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| crate::local_node::node_dir(project, &node.name));
-            LinkSpec::Process(ProcessSpec::new(cmd.get_program(), args, cwd))
-        }
+        Link::Process => LinkSpec::Process(local_process(project, node)?),
     })
+}
+
+/// How to start `node` on this machine (the unix firmware, or the board's
+/// emulator), in the node's folder.
+pub fn local_process(project: &Project, node: &Node) -> anyhow::Result<ProcessSpec> {
+    let cmd = crate::local_node::command(project, node)?;
+    let args = cmd
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let cwd = cmd
+        .get_current_dir()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| crate::local_node::node_dir(project, &node.name));
+    Ok(ProcessSpec::new(cmd.get_program(), args, cwd))
 }
 
 /// Runs `fut` on a fresh single-threaded tokio runtime (each client verb

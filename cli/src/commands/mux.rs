@@ -6,13 +6,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use moat::local_node;
-use moat::manifest::{Link, Node, DEFAULT_BAUD};
+use moat::manifest::Node;
 use moat::project::Project;
-use mux_runtime::framing::SerialPackerConfig;
-use mux_runtime::link::{LinkSpec, LinkState, ProcessSpec, SerialSpec};
+use mux_runtime::link::{LinkSpec, LinkState};
 use mux_runtime::mux::{Mux, MuxConfig, NodeConfig};
-use mux_runtime::reliable;
 use mux_runtime::Value;
 
 #[derive(clap::Args)]
@@ -50,50 +47,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 
 /// How the mux reaches `node`, from its manifest entry.
 pub fn node_config(project: &Project, node: &Node) -> anyhow::Result<NodeConfig> {
-    let port = || {
-        node.port.clone().with_context(|| {
-            format!(
-                "node `{}` has a {} link but no `port`: set `port = \"/dev/tty…\"` under [nodes.{}]",
-                node.name,
-                node.link.kind(),
-                node.name
-            )
-        })
-    };
-    let link = match &node.link {
-        Link::Tcp { host, port } => LinkSpec::Tcp {
-            addr: format!("{host}:{port}"),
-        },
-        Link::Process => {
-            let cmd = local_node::command(project, node)?;
-            let cwd = cmd
-                .get_current_dir()
-                .map(PathBuf::from)
-                .unwrap_or_else(|| local_node::node_dir(project, &node.name));
-            let args = cmd
-                .get_args()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect();
-            LinkSpec::Process(ProcessSpec::new(cmd.get_program(), args, cwd))
-        }
-        Link::Serial(s) => LinkSpec::Serial(SerialSpec {
-            path: port()?,
-            baud: s.baud,
-            packer: SerialPackerConfig {
-                max_packet: s.max as usize,
-                ..SerialPackerConfig::default()
-            },
-            reliable: reliable::Config {
-                window: u16::try_from(s.window).unwrap_or(u16::MAX),
-                timeout_ms: u64::from(s.timeout_ms),
-                retries: s.retries,
-            },
-        }),
-        Link::Usb => LinkSpec::Usb {
-            path: port()?,
-            baud: DEFAULT_BAUD,
-        },
-    };
+    let link = moat::client::link_spec(project, node)?;
     // An emulated board (qemu-mps2 has a run command, rpi-pico runs under
     // rp2040js; the serial port is a socket): the mux starts the emulator
     // and starts it again when it exits.
@@ -107,22 +61,10 @@ pub fn node_config(project: &Project, node: &Node) -> anyhow::Result<NodeConfig>
         _ => false,
     };
     let link = match link {
-        link if emulated => {
-            let cmd = local_node::command(project, node)?;
-            let cwd = cmd
-                .get_current_dir()
-                .map(PathBuf::from)
-                .unwrap_or_else(|| local_node::node_dir(project, &node.name));
-            let args = cmd
-                .get_args()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect();
-            let emulator = ProcessSpec::new(cmd.get_program(), args, cwd);
-            LinkSpec::Emulated {
-                emulator,
-                link: Box::new(link),
-            }
-        }
+        link if emulated => LinkSpec::Emulated {
+            emulator: moat::client::local_process(project, node)?,
+            link: Box::new(link),
+        },
         other => other,
     };
     Ok(NodeConfig {
