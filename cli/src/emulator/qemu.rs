@@ -24,6 +24,18 @@ pub enum Console {
     File(std::path::PathBuf),
     /// Dropped.
     Null,
+    /// A pseudo-terminal QEMU opens; it names it on stderr (see
+    /// [`pty_path`]). A serial console for REPL tools (mpremote, `moat cfg
+    /// upload --repl`).
+    Pty,
+}
+
+/// The pseudo-terminal QEMU opened for a `Pty` console, from a line of its
+/// stderr: `char device redirected to /dev/pts/5 (label serial1)`.
+pub fn pty_path(stderr_line: &str) -> Option<std::path::PathBuf> {
+    let rest = stderr_line.split("redirected to ").nth(1)?;
+    let path = rest.split_whitespace().next()?;
+    path.starts_with('/').then(|| path.into())
 }
 
 /// The QEMU command for `firmware`, its UART0 listening on
@@ -33,6 +45,7 @@ pub fn command(firmware: &Path, port: u16, console: &Console, dir: &Path) -> Com
         Console::Stdio => "stdio".to_owned(),
         Console::File(p) => format!("file:{}", p.display()),
         Console::Null => "null".to_owned(),
+        Console::Pty => "pty".to_owned(),
     };
     let mut c = Command::new(PROGRAM);
     c.args(["-machine", "mps2-an385", "-nographic", "-monitor", "null"])
@@ -75,5 +88,14 @@ mod tests {
         );
         assert!(args.contains(&"-semihosting".to_owned()));
         assert_eq!(c.get_current_dir(), Some(Path::new("/n")));
+    }
+
+    #[test]
+    fn the_console_pty_is_read_off_qemus_stderr() {
+        assert_eq!(
+            pty_path("char device redirected to /dev/pts/5 (label serial1)"),
+            Some("/dev/pts/5".into())
+        );
+        assert_eq!(pty_path("qemu-system-arm: warning: something"), None);
     }
 }
