@@ -1,6 +1,8 @@
 # moat node runtime: the UART link: SerialPacker frames carrying the
 # reliable layer (§4). Config `link: {uart: {...}}`:
-#   port: UART id (device) or a tty/pty path (unix; `dev` also accepted)
+#   n: UART number (device, default 0; the manifest's `uart = N`),
+#   tx, rx: pin numbers (device, optional; the manifest's `tx`/`rx`),
+#   port: a tty/pty path (unix; `dev` also accepted; an int is taken as `n`),
 #   b: baud rate (device), m: max packet (default 127), s: start byte (0x85),
 #   idle: ms of silence that resets the frame parser (100),
 #   t: retransmit timeout ms (1000), w: window (8), r: retries (5)
@@ -28,9 +30,13 @@ def _open(c):
         except Exception as e:
             err.log("uart: cannot set raw mode:", repr(e))
         return f
-    from machine import UART
+    from machine import UART, Pin
 
-    return UART(p or 0, c.get("b", 115200))
+    kw = {}
+    for k in ("tx", "rx"):
+        if c.get(k) is not None:
+            kw[k] = Pin(c[k])
+    return UART(c.get("n", p) or 0, baudrate=c.get("b", 115200), **kw)
 
 
 class UartLink(Link):
