@@ -12,6 +12,9 @@ _MAXSEQ = const(0x7FFFFFFE)
 _GEN = type((lambda: (yield))())  # what calling an `async def` returns
 _KEYS = "adiernx"
 _seen = []  # unknown keys already logged
+# f(link) for each link that detaches: apps free what its peer held there
+# (fs closes the files it opened); apps add and remove their own
+detached = []
 
 
 async def result(v):
@@ -280,6 +283,11 @@ class Link:
         for t in self.peer.values():
             t.cancel()
         self.peer.clear()
+        for f in detached:
+            try:
+                f(self)
+            except Exception as e:
+                err.log("detach hook:", repr(e))
 
     async def close(self):
         pass
