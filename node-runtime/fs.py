@@ -1,11 +1,17 @@
 # moat node runtime: the `fs` app (protocol.md §3): files under a root
 # folder (config `root`, default the node's own root), always binary.
+# An open file belongs to the link whose peer opened it and is closed when
+# that link detaches: a client that vanishes cannot use up the handles.
 import os
+import asyncio
+from micropython import const
 from app import App
 from err import FileNotFound, FileExists
 import errno
+import proto
 
 _DIR = 0x4000
+_EMFILE = const(24)  # POSIX "too many open files"; MicroPython's errno lacks the name
 
 
 class Files(App):
@@ -13,9 +19,11 @@ class Files(App):
         super().__init__(cfg, name, root)
         r = cfg.get("root", "")
         self.base = r.rstrip("/") + "/" if r else ""
-        self.fds = {}
+        self.fds = {}  # fd -> [file, link that opened it (None: unknown)]
         self.fdn = 0
         self.max = cfg.get("f", 4)  # open files at most
+        self.hook = self._gone  # one bound method, so stop() can remove it
+        proto.detached.append(self.hook)
 
     def _p(self, p):
         # a path under the root; ".." that would leave it is refused
@@ -48,22 +56,43 @@ class Files(App):
 
     def _f(self, f):
         try:
-            return self.fds[f]
-        except KeyError:
+            return self.fds[f][0]
+        except (KeyError, TypeError):
             raise KeyError("no open file", f)
+
+    def _caller(self):
+        # the link whose peer sent the request this task serves
+        t = asyncio.current_task()
+        for l in self.root.links:
+            for v in l.peer.values():
+                if v is t:
+                    return l
+        return None
+
+    def _gone(self, link):
+        # a link detached: close the files its peer left open
+        for f in [f for f, e in self.fds.items() if e[1] is link]:
+            self._close(f)
+
+    def _close(self, f):
+        fh = self.fds.pop(f)[0]
+        try:
+            fh.close()
+        except OSError:
+            pass
 
     def cmd_open(self, p, m="r"):
         if m not in ("r", "w", "a"):
             raise ValueError("mode must be r, w or a", m)
         if len(self.fds) >= self.max:
-            raise OSError(errno.EMFILE, "too many open files")
+            raise OSError(_EMFILE, "too many open files")
         q = self._p(p)
         try:
             fh = open(q, m + "b")
         except OSError as e:
             raise self._err(e, p)
         self.fdn += 1
-        self.fds[self.fdn] = fh
+        self.fds[self.fdn] = [fh, self._caller()]
         return self.fdn
 
     def cmd_rd(self, f, o=0, n=512):
@@ -78,13 +107,16 @@ class Files(App):
         return fh.write(d)
 
     def cmd_cl(self, f):
-        self._f(f).close()
-        del self.fds[f]
+        self._f(f)
+        self._close(f)
 
     def stop(self):
-        for fh in self.fds.values():
-            fh.close()
-        self.fds.clear()
+        try:
+            proto.detached.remove(self.hook)
+        except ValueError:
+            pass
+        for f in list(self.fds):
+            self._close(f)
 
     def cmd_ls(self, p="", x=False):
         q = self._p(p)
