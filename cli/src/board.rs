@@ -335,6 +335,21 @@ impl Board {
                 )))
             }
         }
+        // A chip probe-rs does not know fails now, not at `moat flash`.
+        // Without the feature nothing can flash it, which `moat flash` says.
+        #[cfg(feature = "probe-rs")]
+        if let Flash::ProbeRs { chip } = &f.flash {
+            crate::flash::probe::check_chip(chip).map_err(|why| BoardError::Invalid {
+                file: file.to_owned(),
+                message: match value_span(text, "flash", "chip") {
+                    Some(at) => {
+                        let (line, col) = crate::manifest::line_col(text, at);
+                        format!("{line}:{col}: {why}")
+                    }
+                    None => format!(" {why}"),
+                },
+            })?;
+        }
         Ok(Board {
             name: name.to_owned(),
             description: f.description,
@@ -394,6 +409,14 @@ impl Board {
         }
         out
     }
+}
+
+/// Where the value of `table.key` starts in a board file's text.
+#[cfg(feature = "probe-rs")]
+fn value_span(text: &str, table: &str, key: &str) -> Option<usize> {
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    let item = doc.get(table)?.as_table_like()?.get(key)?;
+    item.span().map(|s| s.start)
 }
 
 fn dir_has_entries(dir: &Path) -> bool {
@@ -575,6 +598,65 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("`description`"), "{e}");
+    }
+
+    /// A board file flashed by probe-rs for `chip`.
+    fn probe_rs_board(chip: &str) -> String {
+        let text = include_str!("../../boards/rpi-pico.toml").replace(
+            "method = \"uf2\"\nvolume = \"RPI-RP2\"\nfamily = 0xe48bff56",
+            &format!("method = \"probe-rs\"\nchip = \"{chip}\""),
+        );
+        assert!(
+            text.contains("probe-rs"),
+            "rpi-pico.toml changed: adapt this test"
+        );
+        text
+    }
+
+    #[cfg(feature = "probe-rs")]
+    #[test]
+    fn an_unknown_probe_rs_chip_fails_when_the_board_file_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("boards")).unwrap();
+        let text = probe_rs_board("RP2041");
+        let line = text.lines().position(|l| l.contains("RP2041")).unwrap() + 1;
+        std::fs::write(dir.path().join("boards/swd.toml"), text).unwrap();
+        let e = Boards::load(dir.path()).unwrap_err().to_string();
+        // the file and the line, the bad name, a close match and the fix
+        assert!(e.contains(&format!("boards/swd.toml:{line}:")), "{e}");
+        assert!(e.contains("`RP2041`"), "{e}");
+        assert!(e.contains("did you mean `RP2040`"), "{e}");
+        assert!(e.contains("fix `chip` in the board file"), "{e}");
+    }
+
+    #[cfg(feature = "probe-rs")]
+    #[test]
+    fn a_known_probe_rs_chip_loads() {
+        let b = Board::parse(
+            "swd",
+            &probe_rs_board("STM32F411RETx"),
+            "swd.toml",
+            Origin::Embedded,
+        )
+        .unwrap();
+        assert_eq!(
+            b.flash,
+            Flash::ProbeRs {
+                chip: "STM32F411RETx".into()
+            }
+        );
+    }
+
+    #[cfg(not(feature = "probe-rs"))]
+    #[test]
+    fn without_probe_rs_the_chip_is_not_checked() {
+        let b = Board::parse(
+            "swd",
+            &probe_rs_board("RP2041"),
+            "swd.toml",
+            Origin::Embedded,
+        );
+        assert!(b.is_ok(), "{b:?}");
     }
 
     #[test]

@@ -19,7 +19,34 @@ use serde::Serialize;
 /// The chip `name` from probe-rs's target database.
 pub fn lookup(name: &str) -> Result<Target, FlashError> {
     let registry = Registry::from_builtin_families();
-    registry.get_target_by_name(name).map_err(|e| {
+    registry
+        .get_target_by_name(name)
+        .map_err(|e| FlashError::Invalid(unknown_chip(&registry, name, &e)))
+}
+
+/// Checks that probe-rs knows the chip `name` (board files are checked
+/// when they are loaded, long before anything is flashed); the error says
+/// why not, with close matches and the fix.
+pub fn check_chip(name: &str) -> Result<(), String> {
+    let registry = Registry::from_builtin_families();
+    registry
+        .get_target_by_name(name)
+        .map(drop)
+        .map_err(|e| unknown_chip(&registry, name, &e))
+}
+
+fn unknown_chip(registry: &Registry, name: &str, e: &dyn std::fmt::Display) -> String {
+    let close = close_chips(registry, name);
+    let hint = if !close.is_empty() {
+        format!(
+            "did you mean {}? (all names: `probe-rs chip list`)",
+            close
+                .iter()
+                .map(|c| format!("`{c}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    } else {
         // The longest prefix of the name that matches something.
         let similar = (2..name.len())
             .rev()
@@ -27,18 +54,55 @@ pub fn lookup(name: &str) -> Result<Target, FlashError> {
             .map(|stem| registry.search_chips(stem))
             .find(|found| !found.is_empty())
             .unwrap_or_default();
-        let hint = if similar.is_empty() {
+        if similar.is_empty() {
             "see `probe-rs chip list` for the names".to_owned()
         } else {
             format!(
                 "similar names: {}",
                 similar.into_iter().take(8).collect::<Vec<_>>().join(", ")
             )
-        };
-        FlashError::Invalid(format!(
-            "probe-rs does not know the chip `{name}` ({e}): fix `chip` in the board file; {hint}"
-        ))
-    })
+        }
+    };
+    format!("probe-rs does not know the chip `{name}` ({e}): fix `chip` in the board file; {hint}")
+}
+
+/// Up to five chip names within a few edits of `name` (ignoring case),
+/// closest first.
+fn close_chips(registry: &Registry, name: &str) -> Vec<String> {
+    let want = name.to_ascii_lowercase();
+    let mut found: Vec<(usize, &str)> = registry
+        .families()
+        .iter()
+        .flat_map(|f| f.variants.iter())
+        .flat_map(|chip| chip.package_variants())
+        .filter_map(|c| {
+            let d = edit_distance(&want, &c.to_ascii_lowercase());
+            (d <= 2.max(c.len() / 4) && d < c.len()).then_some((d, c.as_str()))
+        })
+        .collect();
+    found.sort_unstable();
+    found.dedup_by(|a, b| a.1 == b.1);
+    found
+        .into_iter()
+        .take(5)
+        .map(|(_, c)| c.to_owned())
+        .collect()
+}
+
+/// Levenshtein distance (chip names are short).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diag = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let up = row[j + 1];
+            row[j + 1] = (up + 1).min(row[j] + 1).min(diag + usize::from(ca != *cb));
+            diag = up;
+        }
+    }
+    row[b.len()]
 }
 
 /// What programming would do.
