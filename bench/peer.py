@@ -1,103 +1,590 @@
 #!/usr/bin/env python3
-"""Peer baseline for bench/run: mpremote against the unix port's plain
-REPL on a pty (the same firmware moat builds, started without the node
-runtime), bridged so mpremote opens a tty path like a USB serial device.
+"""Peer baseline for bench/run: moat and mpremote against the SAME emulated
+serial node, in one run.
 
-Prints key=value lines:
-  call=OURS|THEIRS|NOTE   a small call (when mpremote works)
-  copy=OURS|THEIRS|NOTE   a 4 KiB file copy (when mpremote works)
-  repl=N                  typed REPL round trips/s over the pty (python host)
-  why=TEXT                why mpremote could not be measured
+The node is the `qemu-mps2` board (MicroPython's qemu port with moat's
+patch) under qemu-system-arm: UART0 on a TCP socket is the node's moat link
+(SerialPacker frames + the reliable layer), UART1 is its console, here a
+pty (what mpremote sees as a serial device). One QEMU instance serves both
+tools, in alternating rounds:
+
+  moat      the node runtime answers on UART0:
+              per invocation  `moat cmd q ping m=hi` and `moat fs put` of a
+                              4 KiB file, each a fresh process that opens the
+                              link itself (reliable-layer handshake included)
+              in session      `moat mux` holds the link; a client on its
+                              socket does `ping` round trips back to back;
+                              `moat fs put --socket` copies the file through it
+  Ctrl-C    on the console: main.py ends, the friendly REPL runs
+  mpremote  over the console pty:
+              per invocation  `mpremote connect PTY exec 'print(7*6)'` and
+                              `mpremote connect PTY cp -f FILE :peer.bin`
+                              (a fresh process: raw REPL entry, soft reset)
+              in session      mpremote's SerialTransport in the raw REPL:
+                              exec round trips back to back, fs_writefile
+  Ctrl-D    soft reboot: main.py runs the node runtime again
+
+Prints key=value lines for bench/run:
+  call=OURS|THEIRS|NOTE       small call per invocation (median)
+  call_session=OURS|THEIRS|NOTE  small calls per second in one session
+  copy=OURS|THEIRS|NOTE       4 KiB copy per invocation (median)
+  copy_session=OURS|THEIRS|NOTE  4 KiB copy in one session (median)
+  why=TEXT                    why it could not be measured
+Progress and details go to stderr.
 """
 import argparse
 import os
+import re
 import select
+import shutil
+import socket
+import statistics
+import struct
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NODE = "q"
+FILE_SIZE = 4096
 
-def bridge(a, b, stop):
-    # copy bytes both ways between two pty masters
-    while not stop.is_set():
-        r, _, _ = select.select([a, b], [], [], 0.05)
-        for fd in r:
+
+def log(*a):
+    print("peer:", *a, file=sys.stderr, flush=True)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+# --- a small MsgPack codec (the mux socket speaks MsgPack back to back) ---
+
+def pack(x, out):
+    if x is None:
+        out.append(0xC0)
+    elif x is True or x is False:
+        out.append(0xC3 if x else 0xC2)
+    elif isinstance(x, int):
+        if 0 <= x < 128:
+            out.append(x)
+        elif -32 <= x < 0:
+            out.append(x & 0xFF)
+        else:
+            out += b"\xd3" + struct.pack(">q", x)
+    elif isinstance(x, str):
+        b = x.encode()
+        if len(b) < 32:
+            out.append(0xA0 | len(b))
+        else:
+            out += b"\xdb" + struct.pack(">I", len(b))
+        out += b
+    elif isinstance(x, (bytes, bytearray)):
+        out += b"\xc6" + struct.pack(">I", len(x)) + x
+    elif isinstance(x, (list, tuple)):
+        out += b"\xdd" + struct.pack(">I", len(x))
+        for v in x:
+            pack(v, out)
+    elif isinstance(x, dict):
+        out += b"\xdf" + struct.pack(">I", len(x))
+        for k, v in x.items():
+            pack(k, out)
+            pack(v, out)
+    else:
+        raise TypeError(type(x))
+    return out
+
+
+class Incomplete(Exception):
+    pass
+
+
+def unpack(b, p):
+    """(value, next position); raises Incomplete on a truncated prefix."""
+
+    def need(n):
+        if p + n > len(b):
+            raise Incomplete()
+
+    need(1)
+    c = b[p]
+    p += 1
+    if c < 0x80:
+        return c, p
+    if c >= 0xE0:
+        return c - 256, p
+    if 0x80 <= c <= 0x8F or c in (0xDE, 0xDF):
+        n, p = fixlen(b, p, c, 0x80, 0xDE)
+        d = {}
+        for _ in range(n):
+            k, p = unpack(b, p)
+            v, p = unpack(b, p)
+            d[k if not isinstance(k, list) else tuple(k)] = v
+        return d, p
+    if 0x90 <= c <= 0x9F or c in (0xDC, 0xDD):
+        n, p = fixlen(b, p, c, 0x90, 0xDC)
+        a = []
+        for _ in range(n):
+            v, p = unpack(b, p)
+            a.append(v)
+        return a, p
+    if 0xA0 <= c <= 0xBF or c in (0xD9, 0xDA, 0xDB):
+        if c <= 0xBF:
+            n = c & 0x1F
+        else:
+            w = {0xD9: 1, 0xDA: 2, 0xDB: 4}[c]
+            need(w)
+            n = int.from_bytes(b[p:p + w], "big")
+            p += w
+        need(n)
+        return bytes(b[p:p + n]).decode("utf-8", "replace"), p + n
+    if c in (0xC4, 0xC5, 0xC6):
+        w = {0xC4: 1, 0xC5: 2, 0xC6: 4}[c]
+        need(w)
+        n = int.from_bytes(b[p:p + w], "big")
+        p += w
+        need(n)
+        return bytes(b[p:p + n]), p + n
+    simple = {0xC0: None, 0xC2: False, 0xC3: True}
+    if c in simple:
+        return simple[c], p
+    fmt = {0xCA: ">f", 0xCB: ">d", 0xCC: ">B", 0xCD: ">H", 0xCE: ">I", 0xCF: ">Q",
+           0xD0: ">b", 0xD1: ">h", 0xD2: ">i", 0xD3: ">q"}
+    if c in fmt:
+        n = struct.calcsize(fmt[c])
+        need(n)
+        return struct.unpack(fmt[c], b[p:p + n])[0], p + n
+    ext = {0xD4: 1, 0xD5: 2, 0xD6: 4, 0xD7: 8, 0xD8: 16}
+    if c in ext or c in (0xC7, 0xC8, 0xC9):
+        if c in ext:
+            n = ext[c]
+        else:
+            w = {0xC7: 1, 0xC8: 2, 0xC9: 4}[c]
+            need(w)
+            n = int.from_bytes(b[p:p + w], "big")
+            p += w
+        need(1 + n)
+        return ("ext", b[p], bytes(b[p + 1:p + 1 + n])), p + 1 + n
+    raise ValueError("bad MsgPack byte 0x%02x" % c)
+
+
+def fixlen(b, p, c, fix, w16):
+    if c < 0xC0:
+        return c & 0x0F, p
+    w = 2 if c == w16 else 4
+    if p + w > len(b):
+        raise Incomplete()
+    return int.from_bytes(b[p:p + w], "big"), p + w
+
+
+class MuxClient:
+    """Requests one at a time over the mux's Unix socket."""
+
+    def __init__(self, path):
+        self.s = socket.socket(socket.AF_UNIX)
+        self.s.connect(path)
+        self.buf = bytearray()
+        self.i = 2
+
+    def call(self, path, args, timeout=10.0):
+        i = self.i
+        self.i += 2
+        self.s.sendall(pack({"a": path, "d": args, "i": i}, bytearray()))
+        end = time.time() + timeout
+        while True:
+            while self.buf:
+                try:
+                    m, n = unpack(self.buf, 0)
+                except Incomplete:
+                    break
+                del self.buf[:n]
+                if isinstance(m, dict) and m.get("i") == i + 1:
+                    if "e" in m:
+                        raise RuntimeError("error reply: %r" % (m,))
+                    return m.get("d")
+            left = end - time.time()
+            if left <= 0:
+                raise TimeoutError("no reply to %r" % (path,))
+            self.s.settimeout(left)
+            chunk = self.s.recv(65536)
+            if not chunk:
+                raise ConnectionError("the mux closed the socket")
+            self.buf += chunk
+
+    def close(self):
+        self.s.close()
+
+
+# --- the node: one QEMU, its console on a pty ---
+
+class Console:
+    """The console pty, held open for the whole run (a closed pty makes
+    QEMU drop output and poll for a reader once a second, which a real
+    serial device would not do). A thread drains it while moat runs; it
+    pauses while mpremote owns the console."""
+
+    def __init__(self, path):
+        self.fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
+        self.buf = bytearray()
+        self.lock = threading.Lock()
+        self.reading = threading.Event()
+        self.reading.set()
+        self.stop = threading.Event()
+        self.log = bytearray()
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self):
+        while not self.stop.is_set():
+            if not self.reading.wait(0.05):
+                continue
+            r, _, _ = select.select([self.fd], [], [], 0.05)
+            if r and self.reading.is_set():
+                try:
+                    data = os.read(self.fd, 4096)
+                except OSError:
+                    return
+                with self.lock:
+                    self.buf += data
+                    self.log += data
+
+    def pause(self):
+        self.reading.clear()
+        time.sleep(0.15)  # let a select in flight finish
+
+    def resume(self):
+        with self.lock:
+            self.buf.clear()
+        self.reading.set()
+
+    def write(self, b):
+        os.write(self.fd, b)
+
+    def expect(self, token, limit):
+        end = time.time() + limit
+        while time.time() < end:
+            with self.lock:
+                k = self.buf.find(token)
+                if k >= 0:
+                    del self.buf[:k + len(token)]
+                    return True
+            time.sleep(0.02)
+        return False
+
+    def close(self):
+        self.stop.set()
+        time.sleep(0.1)
+        os.close(self.fd)
+
+
+def qemu_command(port, nodelay):
+    """The board's run command (boards/qemu-mps2.toml, what `moat run` and
+    the mux start) with the console (UART1, `-serial stdio`) on a pty, as
+    cli/src/emulator/qemu.rs builds it for Console::Pty."""
+    import tomllib
+
+    with open(os.path.join(ROOT, "boards", "qemu-mps2.toml"), "rb") as f:
+        cmd = tomllib.load(f)["run"]["command"]
+    cmd = [c.replace("{port}", str(port)).replace("{firmware}", "firmware.elf") for c in cmd]
+    serials = [k + 1 for k, c in enumerate(cmd) if c == "-serial"]
+    if len(serials) != 2:
+        raise RuntimeError("boards/qemu-mps2.toml: expected two -serial options (link, console)")
+    cmd[serials[1]] = "pty"
+    if nodelay and "nodelay" not in cmd[serials[0]]:
+        cmd[serials[0]] += ",nodelay=on"
+    return cmd
+
+
+def qemu_start(node_dir, port, nodelay=False):
+    cmd = qemu_command(port, nodelay)
+    p = subprocess.Popen(cmd, cwd=node_dir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT)
+    # QEMU 7.2 names the pty on stdout ("char device redirected to
+    # /dev/pts/N (label serial1)"), others on stderr: both are read here.
+    end = time.time() + 20
+    while time.time() < end:
+        r, _, _ = select.select([p.stdout], [], [], 0.5)
+        if r:
+            line = p.stdout.readline().decode(errors="replace")
+            if not line:
+                break
+            m = re.search(r"redirected to (/dev/\S+)", line)
+            if m:
+                # keep draining QEMU's output so it never blocks on a pipe
+                threading.Thread(target=lambda: p.stdout.read(), daemon=True).start()
+                return p, m.group(1)
+    p.kill()
+    p.wait()
+    raise RuntimeError("QEMU named no console pty")
+
+
+# --- measurements ---
+
+def timed(cmd, cwd=None, env=None, ok=None, timeout=60):
+    t = time.perf_counter()
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    dt = time.perf_counter() - t
+    if r.returncode != 0 or (ok and ok not in r.stdout):
+        raise RuntimeError("%s failed (%d): %s %s" % (" ".join(cmd[:4]), r.returncode,
+                                                     r.stdout[-300:], r.stderr[-500:]))
+    return dt
+
+
+class Moat:
+    def __init__(self, exe, proj, link_proj, env, work):
+        self.exe, self.proj, self.link_proj, self.env, self.work = exe, proj, link_proj, env, work
+
+    def wait_up(self, limit=60):
+        end = time.time() + limit
+        err = None
+        while time.time() < end:
             try:
-                data = os.read(fd, 4096)
-            except OSError:
+                timed([self.exe, "cmd", NODE, "ping", "m=hi"], cwd=self.proj, env=self.env,
+                      ok="hi", timeout=30)
                 return
-            os.write(b if fd == a else a, data)
+            except Exception as e:  # not up yet
+                err = e
+                time.sleep(0.5)
+        raise RuntimeError("the node runtime never answered on UART0: %s" % err)
+
+    def per_invocation(self, res, data_path, n):
+        for _ in range(n):
+            # A node ignores a new client's handshake within t/2 (500 ms)
+            # of the previous handshake (it takes it for an echo); space
+            # the invocations so each measures the ordinary case.
+            time.sleep(0.6)
+            res["moat_call"].append(timed([self.exe, "cmd", NODE, "ping", "m=hi"], cwd=self.proj,
+                                          env=self.env, ok="hi"))
+        for k in range(max(1, n // 2)):
+            time.sleep(0.6)
+            res["moat_copy"].append(timed([self.exe, "fs", "put", data_path, "peer%d.bin" % k],
+                                          cwd=self.proj, env=self.env))
+
+    def session(self, res, data_path, seconds, copies):
+        sock = os.path.join(self.work, "mux.sock")
+        time.sleep(0.6)
+        mux = subprocess.Popen([self.exe, "mux", "--socket", sock, "--json"], cwd=self.link_proj,
+                               env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True)
+        try:
+            end = time.time() + 30
+            while time.time() < end:
+                line = mux.stdout.readline()
+                if not line:
+                    raise RuntimeError("moat mux exited")
+                if '"state":"up"' in line.replace(" ", ""):
+                    break
+            else:
+                raise RuntimeError("the mux never brought the link up")
+            threading.Thread(target=lambda: mux.stdout.read(), daemon=True).start()
+            c = MuxClient(sock)
+            c.call([NODE, "ping"], {"m": "hi"})
+            k = 0
+            t = time.perf_counter()
+            while time.perf_counter() - t < seconds:
+                if c.call([NODE, "ping"], {"m": "hi"}) != {"m": "hi"}:
+                    raise RuntimeError("ping answered wrongly")
+                k += 1
+            res["moat_rate"].append(k / (time.perf_counter() - t))
+            c.close()
+            for k in range(copies):
+                res["moat_copy_session"].append(
+                    timed([self.exe, "fs", "put", "--socket", sock, data_path, "peer%d.bin" % k],
+                          cwd=self.link_proj, env=self.env))
+        finally:
+            mux.terminate()
+            mux.wait()
 
 
-def raw(fd):
-    import tty
+def mpremote_round(mp, pty, res, data_path, data, n, seconds):
+    base = [mp, "connect", pty]
+    for _ in range(n):
+        res["mp_call"].append(timed(base + ["exec", "print(7*6)"], ok="42"))
+    for k in range(max(1, n // 2)):
+        res["mp_copy"].append(timed(base + ["cp", "-f", data_path, ":mp%d.bin" % k]))
+    # In one session: mpremote's own transport, already in the raw REPL.
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(mp)), "lib",
+                                    "python%d.%d" % sys.version_info[:2], "site-packages"))
+    from mpremote.transport_serial import SerialTransport
 
-    tty.setraw(fd)
+    t = SerialTransport(pty, baudrate=115200)
+    try:
+        t.enter_raw_repl(soft_reset=False)
+        if t.exec("print(7*6)").strip() != b"42":
+            raise RuntimeError("mpremote exec answered wrongly")
+        k = 0
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            if t.exec("print(7*6)").strip() != b"42":
+                raise RuntimeError("mpremote exec answered wrongly")
+            k += 1
+        res["mp_rate"].append(k / (time.perf_counter() - t0))
+        for k in range(max(1, n // 2)):
+            t0 = time.perf_counter()
+            t.fs_writefile("mps%d.bin" % k, data)
+            res["mp_copy_session"].append(time.perf_counter() - t0)
+        if t.eval("__import__('os').stat('mps0.bin')[6]") != len(data):
+            raise RuntimeError("mpremote's copy has the wrong size")
+        t.exit_raw_repl()
+    finally:
+        t.close()
+
+
+def prepare(moat, work, env, keep_flash=False):
+    """A qemu-mps2 project (built once, kept under target/) and a second
+    manifest for the mux: the same node through a board without a run
+    command, so the mux connects to our QEMU instead of starting its own."""
+    proj = os.path.join(work, "proj")
+    os.makedirs(os.path.join(proj, "apps"), exist_ok=True)
+    manifest = ("[project]\nname = \"peer\"\n\n[apps]\npaths = [\"apps\"]\n\n"
+                "[nodes.q]\nboard = \"%s\"\nport = \"tcp:127.0.0.1:%d\"\n\n"
+                "[nodes.q.config]\napps = { fs = \"fs.Files\" }\n")
+    port = free_port()
+    with open(os.path.join(proj, "moat.toml"), "w") as f:
+        f.write(manifest % ("qemu-mps2", port))
+    log("moat build (qemu-mps2; a no-op once built) ...")
+    r = subprocess.run([moat, "build", "--node", NODE, "--json"], cwd=proj, env=env,
+                       capture_output=True, text=True, timeout=3600)
+    if r.returncode != 0:
+        raise RuntimeError("moat build failed: %s" % r.stderr[-800:])
+    node_dir = os.path.join(proj, ".moat", "nodes", NODE)
+    # A fresh filesystem each run: `moat flash` leaves moat.cfg, _boot moves it in.
+    if not keep_flash and os.path.exists(os.path.join(node_dir, "flash.bin")):
+        os.remove(os.path.join(node_dir, "flash.bin"))
+    r = subprocess.run([moat, "flash"], cwd=proj, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError("moat flash failed: %s" % r.stderr[-800:])
+    link = os.path.join(work, "link")
+    os.makedirs(os.path.join(link, "boards"), exist_ok=True)
+    os.makedirs(os.path.join(link, "apps"), exist_ok=True)
+    with open(os.path.join(ROOT, "boards", "qemu-mps2.toml")) as f:
+        board = f.read()
+    # No run command, so the mux does not start an emulator of its own (and
+    # a flash method that needs none; this board is never flashed).
+    board = board.split("\n[run]")[0].replace(
+        'method = "local"', 'method = "uf2"\nvolume = "NONE"\nfamily = 0')
+    with open(os.path.join(link, "boards", "qemu-link.toml"), "w") as f:
+        f.write(board)
+    with open(os.path.join(link, "moat.toml"), "w") as f:
+        f.write(manifest % ("qemu-link", port))
+    return proj, link, node_dir, port
+
+
+def run_node(a, proj, link, node_dir, port, env, data_path, data, nodelay, rounds, with_mpremote):
+    """One QEMU; `rounds` of moat then (optionally) mpremote."""
+    res = {k: [] for k in ("moat_call", "moat_copy", "moat_rate", "moat_copy_session",
+                           "mp_call", "mp_copy", "mp_rate", "mp_copy_session")}
+    q, pty = qemu_start(node_dir, port, nodelay)
+    con = Console(pty)
+    moat = Moat(a.moat, proj, link, env, a.work)
+    try:
+        log("QEMU up%s, console on %s; waiting for the node runtime"
+            % (" (link socket nodelay=on)" if nodelay else "", pty))
+        moat.wait_up()
+        for rnd in range(rounds):
+            log("round %d: moat over UART0" % (rnd + 1))
+            moat.per_invocation(res, data_path, a.n)
+            moat.session(res, data_path, a.seconds, max(1, a.n // 2))
+            if not with_mpremote:
+                continue
+            log("round %d: Ctrl-C on the console, mpremote over it" % (rnd + 1))
+            con.write(b"\x03")
+            if not con.expect(b">>> ", 10):
+                raise RuntimeError("no REPL prompt after Ctrl-C on the console")
+            con.pause()
+            mpremote_round(a.mpremote, pty, res, data_path, data, a.n, a.seconds)
+            con.resume()
+            if rnd + 1 < rounds:
+                con.write(b"\r\x04")  # soft reboot: main.py starts the runtime again
+                moat.wait_up()
+    except Exception:
+        log("console so far:", bytes(con.log[-2000:]))
+        raise
+    finally:
+        con.close()
+        q.kill()
+        q.wait()
+    for k, v in res.items():
+        if v:
+            log(k, " ".join("%.3f" % x for x in v))
+    return res
+
+
+def med(xs):
+    return statistics.median(xs)
+
+
+def faster(theirs, ours):
+    # times: how many times faster (or slower) moat is
+    return ("moat %.1fx faster" % (theirs / ours)) if theirs >= ours else \
+        ("moat %.1fx slower" % (ours / theirs))
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mpremote", required=True)
-    ap.add_argument("--firmware", required=True)
+    ap.add_argument("--moat", required=True)
+    ap.add_argument("--work", default=os.path.join(ROOT, "target", "bench-peer"))
+    ap.add_argument("--cache", default=os.path.join(ROOT, "target", "debug", "moat-e2e", "cache"),
+                    help="XDG_CACHE_HOME for moat build (the e2e tests' MicroPython sources)")
+    ap.add_argument("--rounds", type=int, default=2, help="moat/mpremote rounds, alternating")
+    ap.add_argument("-n", type=int, default=5, help="invocations per round (copies: half)")
+    ap.add_argument("--seconds", type=float, default=3.0, help="in-session timing per round")
+    ap.add_argument("--keep-flash", action="store_true",
+                    help="keep the node's filesystem (flash.bin) from the last run")
     a = ap.parse_args()
-    if not os.path.isfile(a.firmware):
-        print("why=no unix satellite firmware (run the e2e tests once)")
+    missing = [t for t in ("qemu-system-arm", "arm-none-eabi-gcc") if not shutil.which(t)]
+    if missing:
+        print("why=%s missing (apt-get install qemu-system-arm gcc-arm-none-eabi "
+              "libnewlib-arm-none-eabi)" % " and ".join(missing))
         return 0
-    node_m, node_s = os.openpty()
-    host_m, host_s = os.openpty()
-    raw(host_s)
-    host_path = os.ttyname(host_s)
-    stop = threading.Event()
-    th = threading.Thread(target=bridge, args=(node_m, host_m, stop), daemon=True)
-    th.start()
-    env = {"HOME": "/tmp", "PATH": os.environ.get("PATH", "")}
-    p = subprocess.Popen([a.firmware], stdin=node_s, stdout=node_s, stderr=node_s, env=env,
-                         close_fds=True)
+    os.makedirs(a.work, exist_ok=True)
+    env = dict(os.environ, XDG_CACHE_HOME=a.cache)
+    env.pop("MOAT_LOG", None)
+    env.pop("MOAT_SOCKET", None)
+    data = bytes((i * 7 + i // 251) & 0xFF for i in range(FILE_SIZE))
+    tmp = tempfile.mkdtemp(prefix="moat-peer-")
+    data_path = os.path.join(tmp, "peer.bin")
+    with open(data_path, "wb") as f:
+        f.write(data)
     try:
-        time.sleep(0.5)
-        # Typed REPL round trips through the same pty pair, from python.
-        hs = os.open(host_path, os.O_RDWR | os.O_NOCTTY)
-
-        def expect(token, limit=5.0):
-            buf = b""
-            end = time.time() + limit
-            while token not in buf and time.time() < end:
-                r, _, _ = select.select([hs], [], [], 0.05)
-                if r:
-                    buf += os.read(hs, 4096)
-            return token in buf
-
-        os.write(hs, b"\r")
-        expect(b">>> ")
-        n = 0
-        t = time.time()
-        while time.time() - t < 2.0:
-            os.write(hs, b"7*6\r")
-            if not expect(b"42\r\n>>> "):
-                break
-            n += 1
-        print("repl=%.0f" % (n / (time.time() - t)))
-        # mpremote needs the raw REPL (Ctrl-A); see whether this REPL has it.
-        os.write(hs, b"\x01")
-        has_raw = expect(b"raw REPL", 1.0)
-        os.write(hs, b"\x02")
-        os.close(hs)
-        if not has_raw:
-            print("why=the unix port's REPL has no raw REPL (Ctrl-A is ignored); mpremote needs it, "
-                  "so it cannot drive this node")
-            return 0
-        t = time.time()
-        r = subprocess.run([a.mpremote, "connect", host_path, "exec", "print(7*6)"],
-                           capture_output=True, text=True, timeout=60)
-        call = time.time() - t
-        if r.returncode != 0 or "42" not in r.stdout:
-            print("why=mpremote exec failed: %s" % (r.stderr.strip().splitlines() or ["?"])[-1])
-            return 0
-        print("call=|mpremote exec %.2f s|per call, incl. process start" % call)
+        proj, link, node_dir, port = prepare(a.moat, a.work, env, a.keep_flash)
+        res = run_node(a, proj, link, node_dir, port, env, data_path, data, False, a.rounds, True)
+        # The board's link socket has Nagle on unless it says nodelay: a
+        # second QEMU with nodelay=on shows what that costs moat.
+        extra = None
+        if "nodelay" not in " ".join(qemu_command(port, False)):
+            extra = run_node(a, proj, link, node_dir, port, env, data_path, data, True, 1, False)
+    except Exception as e:
+        print("why=%s" % str(e).replace("\n", " ")[:400])
+        return 0
     finally:
-        stop.set()
-        p.kill()
-        p.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+    mc, pc = med(res["moat_call"]), med(res["mp_call"])
+    print("call=moat cmd ping %.3f s|mpremote exec %.3f s|per invocation: process start, "
+          "connect, 1 call (median of %d, alternating); %s"
+          % (mc, pc, len(res["moat_call"]), faster(pc, mc)))
+    mr, pr = med(res["moat_rate"]), med(res["mp_rate"])
+    print("call_session=%.0f ping/s (moat mux client)|%.0f exec/s (mpremote raw REPL)|"
+          "back to back in one session, %.0f s x %d; %s"
+          % (mr, pr, a.seconds, len(res["moat_rate"]), faster(1 / pr, 1 / mr)))
+    mf, pf = med(res["moat_copy"]), med(res["mp_copy"])
+    print("copy=moat fs put %.2f s|mpremote cp -f %.2f s|per invocation (median of %d); %s"
+          % (mf, pf, len(res["moat_copy"]), faster(pf, mf)))
+    ms, ps = med(res["moat_copy_session"]), med(res["mp_copy_session"])
+    print("copy_session=moat fs put --socket %.2f s|mpremote fs_writefile %.2f s|"
+          "moat through a running mux (process start included), mpremote in its raw REPL; %s"
+          % (ms, ps, faster(ps, ms)))
+    if extra:
+        print("nodelay=%.0f ping/s, fs put --socket %.2f s|as shipped: %.0f ping/s, %.2f s|"
+              "moat on a second QEMU whose link socket has nodelay=on (the board's has Nagle on); "
+              "per-invocation ping %.3f s, fs put %.2f s"
+              % (med(extra["moat_rate"]), med(extra["moat_copy_session"]), mr, ms,
+                 med(extra["moat_call"]), med(extra["moat_copy"])))
     return 0
 
 
