@@ -501,9 +501,10 @@ def run_node(a, proj, link, node_dir, port, env, data_path, data, nodelay, round
             if rnd + 1 < rounds:
                 con.write(b"\r\x04")  # soft reboot: main.py starts the runtime again
                 moat.wait_up()
-    except Exception:
+    except Exception as e:
         log("console so far:", bytes(con.log[-2000:]))
-        raise
+        lines = [x for x in bytes(con.log).decode(errors="replace").splitlines() if x.strip()]
+        raise RuntimeError("%s; the console's last line: %s" % (e, lines[-1] if lines else "(none)"))
     finally:
         con.close()
         q.kill()
