@@ -18,17 +18,26 @@ tools, in alternating rounds:
   Ctrl-C    on the console: main.py ends, the friendly REPL runs
   mpremote  over the console pty:
               per invocation  `mpremote connect PTY exec 'print(7*6)'` and
-                              `mpremote connect PTY cp -f FILE :peer.bin`
+                              `mpremote connect PTY cp -f FILE :mpK.bin`
                               (a fresh process: raw REPL entry, soft reset)
               in session      mpremote's SerialTransport in the raw REPL:
                               exec round trips back to back, fs_writefile
   Ctrl-D    soft reboot: main.py runs the node runtime again
+
+When the board's link socket lacks `nodelay`, a second QEMU with
+`nodelay=on` measures moat again (Nagle on QEMU's side of the socket delays
+the node's reply frames by the host's delayed ACK).
+
+The firmware is built once in --work (default target/bench-peer/) with the
+e2e tests' cache; each run starts from a fresh flash image (--keep-flash
+reuses the last one, e.g. with modules put on the node's filesystem).
 
 Prints key=value lines for bench/run:
   call=OURS|THEIRS|NOTE       small call per invocation (median)
   call_session=OURS|THEIRS|NOTE  small calls per second in one session
   copy=OURS|THEIRS|NOTE       4 KiB copy per invocation (median)
   copy_session=OURS|THEIRS|NOTE  4 KiB copy in one session (median)
+  nodelay=OURS|THEIRS|NOTE    moat with nodelay=on vs as shipped
   why=TEXT                    why it could not be measured
 Progress and details go to stderr.
 """
@@ -407,9 +416,12 @@ def mpremote_round(mp, pty, res, data_path, data, n, seconds):
     for k in range(max(1, n // 2)):
         res["mp_copy"].append(timed(base + ["cp", "-f", data_path, ":mp%d.bin" % k]))
     # In one session: mpremote's own transport, already in the raw REPL.
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(mp)), "lib",
-                                    "python%d.%d" % sys.version_info[:2], "site-packages"))
-    from mpremote.transport_serial import SerialTransport
+    try:
+        from mpremote.transport_serial import SerialTransport
+    except ImportError:  # not run with the venv's python: use the venv's packages
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(mp)), "lib",
+                                        "python%d.%d" % sys.version_info[:2], "site-packages"))
+        from mpremote.transport_serial import SerialTransport
 
     t = SerialTransport(pty, baudrate=115200)
     try:
@@ -532,7 +544,7 @@ def main():
     ap.add_argument("--work", default=os.path.join(ROOT, "target", "bench-peer"))
     ap.add_argument("--cache", default=os.path.join(ROOT, "target", "debug", "moat-e2e", "cache"),
                     help="XDG_CACHE_HOME for moat build (the e2e tests' MicroPython sources)")
-    ap.add_argument("--rounds", type=int, default=2, help="moat/mpremote rounds, alternating")
+    ap.add_argument("--rounds", type=int, default=3, help="moat/mpremote rounds, alternating")
     ap.add_argument("-n", type=int, default=5, help="invocations per round (copies: half)")
     ap.add_argument("--seconds", type=float, default=3.0, help="in-session timing per round")
     ap.add_argument("--keep-flash", action="store_true",
