@@ -1,6 +1,7 @@
 # moat node runtime: TCP links (protocol.md §4): a server for any number of
 # clients, and a client that connects out with back-off. MsgPack objects
 # back to back, no framing.
+from micropython import const
 import asyncio
 from asyncio import core
 from msgpack import Unpacker, NONE
@@ -8,6 +9,9 @@ from proto import Link
 import err
 
 _PORT = 27587
+_NAP = const(20)  # ms to wait for heap before trying again (as proto's)
+_TRIES = const(10)  # naps a request waits for heap before it is refused
+_WAITS = const(50)  # naps a new client waits for heap before it is refused
 
 
 class SockLink(Link):
@@ -26,66 +30,107 @@ class SockLink(Link):
             return 0
 
     async def _write(self, buf):
-        # non-blocking socket writes; a cancellation waits for the message end
+        # non-blocking socket writes; a cancellation waits for the message
+        # end, and so does a full heap (the slice and the poller allocate)
         s = self.s
         off = 0
         n = len(buf)
         ce = None
         while off < n:
-            w = s.write(buf[off:] if off else buf)
-            if w:
-                off += w
-                continue
-            if w is not None and not self.up:
-                raise err.LinkDown(self.name)
             try:
+                w = s.write(buf[off:] if off else buf)
+                if w:
+                    off += w
+                    continue
+                if w is not None and not self.up:
+                    raise err.LinkDown(self.name)
                 yield core._io_queue.queue_write(s)
             except asyncio.CancelledError as e:
                 ce = e
+            except MemoryError:
+                if not self.up:
+                    raise
+                try:
+                    await asyncio.sleep_ms(_NAP)
+                except asyncio.CancelledError as e:
+                    ce = e
         if ce is not None:
             raise ce
 
     async def serve(self):
         self.task = asyncio.current_task()
-        u = await _alloc(lambda: Unpacker(self.m))
-        if u is None:
-            err.log("tcp: no memory for another link")
-            self.s.close()
-            return
-        rd = self.rd
         s = self.s
-        self.attach()
         try:
+            try:
+                u = await _alloc(self.root, lambda: Unpacker(self.m))
+            except MemoryError:
+                u = None
+            if u is None:
+                _full()
+                return
+            self.attach()
             await self.announce(True)
+            rd = self.rd
             while True:
-                sp = u.space()
-                if u.pending():
-                    try:
-                        n = await asyncio.wait_for_ms(rd.readinto(sp), self.idle)
-                    except asyncio.TimeoutError:
-                        u.clear()  # half a message and silence: resync
-                        continue
-                else:
-                    yield core._io_queue.queue_read(s)  # like Stream.readinto, minus a generator
-                    n = s.readinto(sp)
+                try:
+                    sp = u.space()
+                    if u.pending():
+                        try:
+                            n = await asyncio.wait_for_ms(rd.readinto(sp), self.idle)
+                        except asyncio.TimeoutError:
+                            u.clear()  # half a message and silence: resync
+                            continue
+                    else:
+                        yield core._io_queue.queue_read(s)  # like Stream.readinto, minus a generator
+                        n = s.readinto(sp)
+                except MemoryError:  # wait for memory; the peer waits for us
+                    await asyncio.sleep_ms(_NAP)
+                    continue
                 if n is None:  # spurious wake-up
                     continue
                 if not n:
                     break
                 u.got(n)
+                j = 0
                 while True:
-                    v = u.next()
+                    try:
+                        # a value that found no heap stays buffered and is
+                        # decoded again later; in the end u.next() takes it
+                        # for junk (a length may ask for more than there is)
+                        v = _next(u) if j < _TRIES else u.next()
+                    except MemoryError:
+                        j += 1
+                        await asyncio.sleep_ms(_NAP)
+                        continue
                     if v is NONE:
                         break
-                    self.rx(v)
+                    j = 0
+                    while self.rx(v):  # no memory to start it (nothing of it was)
+                        # read nothing more meanwhile: that holds the peer back
+                        await asyncio.sleep_ms(_NAP)
+                        j += 1
+                        if j >= _TRIES:
+                            try:
+                                await self.refuse(v)
+                                break
+                            except MemoryError:
+                                pass
         except asyncio.CancelledError:
             pass
+        except MemoryError:
+            pass  # no memory to attach: this client is refused
         except OSError as e:
-            err.log("tcp link:", repr(e))
-        finally:
-            self.detach()
             try:
-                self.s.close()  # Stream.close() does not close the socket
+                err.log("tcp link:", repr(e))
+            except MemoryError:
+                pass
+        finally:
+            try:
+                self.detach()
+            except MemoryError:
+                pass
+            try:
+                s.close()  # Stream.close() does not close the socket
             except Exception:
                 pass
 
@@ -95,20 +140,59 @@ class SockLink(Link):
             self.task.cancel()
 
 
+def _next(u):
+    # u.next(), except that a MemoryError leaves the message buffered (next()
+    # takes it for a malformed byte and skips it, and the request is lost):
+    # decode here first; anything else is next()'s to handle (it decodes
+    # again and resyncs or waits for more)
+    s = u.s
+    if s >= u.e:
+        return NONE
+    d = u.dec
+    d.p = s
+    d.e = u.e
+    try:
+        v = d.val()
+    except MemoryError:
+        raise
+    except Exception:
+        return u.next()
+    u.s = d.p
+    return v
+
+
 def _opts(c):
     m = c.get("m", 1024)
     return m, c.get("idle", 1000)
 
 
-async def _alloc(make):
-    # A link that is closing right now still holds its buffers until its
-    # task ends: on a small heap give it a moment before refusing a client.
-    for _ in range(10):
-        try:
-            return make()
-        except MemoryError:
-            await asyncio.sleep_ms(20)
+async def _alloc(root, make):
+    # A new link needs its buffers (2 x m bytes, whole). On a full heap no
+    # new request is started meanwhile (a link comes before requests) and
+    # the running ones get a moment to end and free theirs, a closing link
+    # its buffers; then the client is refused.
+    try:
+        return make()
+    except MemoryError:
+        pass
+    root.hold += 1
+    try:
+        for _ in range(_WAITS):
+            await asyncio.sleep_ms(_NAP)
+            try:
+                return make()
+            except MemoryError:
+                pass
+    finally:
+        root.hold -= 1
     return None
+
+
+def _full():
+    try:
+        err.log("tcp: no memory for another link")
+    except MemoryError:
+        pass
 
 
 async def server(root, c):
@@ -129,19 +213,24 @@ async def server(root, c):
         root.closers.append(asyncio.current_task())
         err.log("tcp server on %s:%d" % (h, p))
         while True:
-            yield core._io_queue.queue_read(s)
+            cs = None
             try:
-                cs, _ = s.accept()
-            except OSError:
-                continue
-            cs.setblocking(False)
-            st = asyncio.StreamReader(cs)
-            sl = await _alloc(lambda: SockLink(root, "tcp", st, st, m, idle))
-            if sl is None:  # refuse this client, keep serving
-                err.log("tcp: no memory for another link")
-                cs.close()
-                continue
-            asyncio.create_task(sl.serve())
+                yield core._io_queue.queue_read(s)
+                try:
+                    cs, _ = s.accept()
+                except OSError:
+                    continue
+                cs.setblocking(False)
+                st = asyncio.StreamReader(cs)
+                sl = await _alloc(root, lambda: SockLink(root, "tcp", st, st, m, idle))
+                if sl is None:  # refuse this client, keep serving
+                    raise MemoryError
+                asyncio.create_task(sl.serve())
+            except MemoryError:
+                if cs is not None:
+                    _full()
+                    cs.close()
+                await asyncio.sleep_ms(_NAP)
     finally:
         s.close()
 
@@ -158,5 +247,7 @@ async def client(root, c):
             await SockLink(root, "client", rd, wr, m, idle).serve()
         except OSError as e:
             err.log("tcp client %s:%d: %r" % (h, p, e))
+        except MemoryError:
+            pass  # no memory for the link now: try again after the back-off
         await asyncio.sleep_ms(delay)
         delay = min(delay * 2, 30000)

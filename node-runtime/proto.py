@@ -4,6 +4,7 @@
 # `_write(buf)` (write all of buf; must finish even when the calling task is
 # cancelled, so a cancellation never cuts a message in half) and `serve()`.
 from micropython import const
+import gc
 import asyncio
 from msgpack import Packer, NONE
 import err
@@ -12,6 +13,13 @@ _MAXSEQ = const(0x7FFFFFFE)
 _GEN = type((lambda: (yield))())  # what calling an `async def` returns
 _KEYS = "adiernx"
 _seen = []  # unknown keys already logged
+# Out of heap: a request that finds no memory is delayed (its link reads
+# nothing more for a while, which holds the peer back), then refused with
+# this error; nothing is logged (that would allocate), no link is dropped.
+BUSY = "E:busy: out of memory, retry later"
+_NAP = const(20)  # ms to wait for heap before trying again
+_QUIET = const(5)  # failed tries at sending a reply before it becomes BUSY
+_SLACK = const(1024)  # heap kept free for running requests, beyond a new link's 2 x m
 # f(link) for each link that detaches: apps free what its peer held there
 # (fs closes the files it opened); apps add and remove their own
 detached = []
@@ -22,6 +30,16 @@ async def result(v):
     if type(v) is _GEN:
         v = await v
     return v
+
+
+def _room(m):
+    # whether the heap has room for one more request: 2 x m (a new link's
+    # buffers) and _SLACK beyond it, after a collection if need be
+    low = (m << 1) + _SLACK
+    if gc.mem_free() >= low:
+        return True
+    gc.collect()
+    return gc.mem_free() >= low
 
 
 def _expected(ex, x):
@@ -80,33 +98,79 @@ class Link:
     def _enc(self, a, d, i, e, r, n):
         try:
             return self.pk.msg(a, d, i, e, r, n)
-        except (ValueError, TypeError, MemoryError) as ex:
+        except (ValueError, TypeError) as ex:
             if i is NONE or e is not NONE:
                 raise
             ep, ed = err.encode(ex)  # a reply that cannot be sent: say why
             return self.pk.msg(NONE, NONE if ed is None else ed, i, ep)
 
-    async def send(self, a=NONE, d=NONE, i=NONE, e=NONE, r=NONE, n=NONE):
+    def _now(self, a, d, i, e, r, n):
+        # The cheap send: encode and write at once, without yielding (no
+        # other task can touch the buffer meanwhile) and without a coroutine
+        # or lock object, for which a full heap may have no room.
+        # -> 0: sent; -1: the lock is taken, nothing done; k > 0: the last k
+        # bytes are still to go and the lock is ours: pass k to send(), and
+        # again if calling it fails for lack of memory (a MemoryError then
+        # comes before it starts).
         lk = self.lock
         # Not `lk.locked()`: while release() hands the lock to a waiting task,
         # state holds that task and locked() reads False; encoding then would
         # overwrite the buffer the woken task is about to write.
-        if lk.state == 0:
-            # fast path: encode and write without yielding (no other task
-            # can touch the buffer meanwhile), no lock objects needed
-            buf = self._enc(a, d, i, e, r, n)
-            w = self._put(buf)
-            if w == len(buf):
+        if lk.state != 0:
+            return -1
+        buf = self._enc(a, d, i, e, r, n)
+        k = len(buf) - self._put(buf)
+        if k:
+            lk.state = 1  # it was free and we did not yield: ours
+        return k
+
+    async def send(self, a=NONE, d=NONE, i=NONE, e=NONE, r=NONE, n=NONE, left=0):
+        # The whole message or, raising MemoryError (or OSError), none of
+        # it: a message is never cut, however full the heap. `left`: what
+        # the caller's own _now() returned, 0 if it did not try.
+        # No `async with`: its __aexit__ is allocated on the way out, and
+        # without memory for it the lock would stay taken.
+        if not left:
+            left = self._now(a, d, i, e, r, n)
+            if not left:
                 return
-            async with lk:  # acquired at once: it was free and we did not yield
-                await self._write(buf[w:])
-            return
-        async with lk:
-            await self._write(self._enc(a, d, i, e, r, n))
+        lk = self.lock
+        whole = left < 0  # nothing written yet
+        if whole:
+            await lk.acquire()
+        try:
+            pk = self.pk
+            if whole:
+                self._enc(a, d, i, e, r, n)
+                left = pk.n
+            ce = None
+            while True:
+                try:
+                    wr = self._write(memoryview(pk.b)[pk.n - left : pk.n])
+                    break
+                except MemoryError:
+                    if whole:
+                        raise  # the caller may try again
+                # part of it is out: wait for memory to finish it
+                try:
+                    await asyncio.sleep_ms(_NAP)
+                except asyncio.CancelledError as x:
+                    ce = x
+            await wr
+            if ce is not None:
+                raise ce
+        finally:
+            lk.release()
 
     async def send_err(self, i, ex):
         e, d = err.encode(ex)
         await self.send(NONE, NONE if d is None else d, i, e)
+
+    async def refuse(self, m):
+        # a request rx() found no memory for, after waiting: say so
+        i = m.get("i") if isinstance(m, dict) and "a" in m else None
+        if isinstance(i, int):
+            await self.send(NONE, NONE, i ^ 1, BUSY)
 
     async def announce(self, up):
         try:
@@ -116,24 +180,33 @@ class Link:
 
     # --- receiving
     def rx(self, m):
+        # -> True when there was no heap for m and nothing of it was done:
+        # the link's loop waits a little and calls again, and in the end
+        # refuses it (refuse()). A link that ignores this drops m, not itself.
         if not isinstance(m, dict):
-            return  # console byte or junk
-        c = ("a" in m) + ("d" in m) + ("i" in m) + ("e" in m) + ("r" in m) + ("n" in m) + ("x" in m)
-        if c != len(m):
-            self._unknown(m)
+            return False  # console byte or junk
         i = m.get("i")
-        if i is not None and (not isinstance(i, int) or i < 0 or i > _MAXSEQ + 1):
-            return
-        if "a" in m:
-            self._req(m, i)
-            return
+        try:
+            c = ("a" in m) + ("d" in m) + ("i" in m) + ("e" in m) + ("r" in m) + ("n" in m) + ("x" in m)
+            if c != len(m):
+                self._unknown(m)
+            if i is not None and (not isinstance(i, int) or i < 0 or i > _MAXSEQ + 1):
+                return False
+            if "a" in m:
+                self._req(m, i)
+                return False
+        except MemoryError:
+            return True
         if i is None:
-            return
+            return False
         k = i ^ 1
         if "e" in m:
             c = self.own.get(k)
             if c is not None:
-                c.e = err.decode(m["e"], m.get("d"))
+                try:
+                    c.e = err.decode(m["e"], m.get("d"))
+                except MemoryError as x:  # no memory to build the error: this one says why
+                    c.e = x
                 c.ev.set()
         elif "r" in m:
             pass  # end of a stream we asked for: we never ask for streams
@@ -154,6 +227,12 @@ class Link:
                 err.log("ignoring unknown message key", k)
 
     def _req(self, m, i):
+        # Admission: while a new link waits for heap it comes first; and a
+        # request that would leave too little heap for a new link's buffers
+        # and for the running requests to finish waits. Not for a link's
+        # only request (a sequential client's): the slack covers those.
+        if self.root.hold or (self.peer and not _room(self.m)):
+            raise MemoryError
         a = m["a"]
         if isinstance(a, str):
             a = [a]
@@ -165,37 +244,73 @@ class Link:
             asyncio.create_task(self._serve(a, d, None, None, None))
             return
         k = i ^ 1
-        if k in self.peer:
+        p = self.peer
+        if k in p:
             asyncio.create_task(self.send_err(k, err.DupSeq(i)))
             return
-        if len(self.peer) >= self.q:  # bounded: a flood must not exhaust the heap
+        if len(p) >= self.q:  # bounded: a flood must not exhaust the heap
             asyncio.create_task(self.send(NONE, NONE, k, "E:busy: %d requests open" % self.q))
             return
-        self.peer[k] = asyncio.create_task(self._serve(a, d, k, r, m.get("x")))
+        p[k] = None  # the table grows first: a MemoryError below leaves nothing
+        try:
+            p[k] = asyncio.create_task(self._serve(a, d, k, r, m.get("x")))
+        except MemoryError:
+            del p[k]
+            raise
 
     async def _serve(self, a, d, k, r, x):
+        # Runs one request and answers it. Never raises: on a full heap the
+        # answer waits for memory (NAP), and after a few tries becomes BUSY.
         try:
-            if not isinstance(a, list) or not isinstance(d, dict):
-                raise err.NoPath(a, "bad request")
-            if isinstance(r, int) and r > 0 and k is not None:
-                await self._stream(a, d, k, r)
-            else:
+            e = NONE
+            try:
+                if not isinstance(a, list) or not isinstance(d, dict):
+                    raise err.NoPath(a, "bad request")
+                if isinstance(r, int) and r > 0 and k is not None:
+                    await self._stream(a, d, k, r)
+                    return
                 f, _ = self.root.resolve(a)
                 v = f(**d)
                 if type(v) is _GEN:
                     v = await v
-                if k is not None:
-                    await self.send(NONE, v, k)
-        except asyncio.CancelledError:
-            k = None
-        except Exception as ex:
-            if not (isinstance(ex, (err.NoPath, err.DupSeq)) or _expected(ex, x)):
-                err.log("error in", a, repr(ex))
-            if k is not None:
+            except asyncio.CancelledError:
+                return
+            except MemoryError:
+                v, e = NONE, BUSY
+            except Exception as ex:
+                v, e = NONE, BUSY  # unless there is memory to say more
                 try:
-                    await self.send_err(k, ex)
-                except Exception:
+                    if not (isinstance(ex, (err.NoPath, err.DupSeq)) or _expected(ex, x)):
+                        err.log("error in", a, repr(ex))
+                    e, v = err.encode(ex)
+                    if v is None:
+                        v = NONE
+                except MemoryError:
                     pass
+            j = 0
+            left = 0  # see _now()
+            while k is not None and self.up:
+                try:
+                    if left <= 0:
+                        left = self._now(NONE, v, k, e, NONE, NONE)
+                    if left:
+                        await self.send(NONE, v, k, e, NONE, NONE, left)
+                    return
+                except MemoryError:
+                    if left <= 0:
+                        j += 1
+                        if j == _QUIET:  # the answer itself may be what does not fit
+                            v, e = NONE, BUSY
+                except asyncio.CancelledError:
+                    return
+                except Exception:
+                    return  # link down
+                try:
+                    await asyncio.sleep_ms(_NAP)
+                except asyncio.CancelledError:
+                    if left <= 0:
+                        return
+                    # half of the answer is out: finish it first
         finally:
             if k is not None and self.peer.get(k) is asyncio.current_task():
                 del self.peer[k]
@@ -204,15 +319,32 @@ class Link:
         f = _Feed()
         pt = asyncio.create_task(self._produce(f, a, d, r))
         try:
+            left = 0  # see _now()
+            ce = None
             while True:
-                if f.n == f.sent:  # nothing new to send
-                    if f.done:
-                        break
-                    f.ev.clear()
-                    await f.ev.wait()
-                    continue
-                f.sent = f.n
-                await self.send(NONE, f.v, k, NONE, NONE, f.n)
+                try:
+                    if left <= 0:
+                        if ce is not None:
+                            raise ce
+                        if f.n == f.sent:  # nothing new to send
+                            if f.done:
+                                break
+                            f.ev.clear()
+                            await f.ev.wait()
+                            continue
+                        n = f.n
+                        left = self._now(NONE, f.v, k, NONE, NONE, n)
+                    if left:
+                        await self.send(NONE, f.v, k, NONE, NONE, n, left)
+                        left = 0
+                    f.sent = n
+                except MemoryError:  # not now: the latest value goes out later
+                    try:
+                        await asyncio.sleep_ms(_NAP)
+                    except asyncio.CancelledError as x:
+                        if left <= 0:
+                            raise
+                        ce = x  # half an item is out: finish it first
             if f.e is not None:
                 raise f.e
             await self.send(NONE, NONE, k, NONE, False)
@@ -228,7 +360,10 @@ class Link:
             else:
                 t = asyncio.ticks()
                 while True:
-                    f(await result(fn(**d)))
+                    try:
+                        f(await result(fn(**d)))
+                    except MemoryError:
+                        pass  # no memory for this one: skip it
                     t = asyncio.ticks_add(t, r)
                     w = asyncio.ticks_diff(t, asyncio.ticks())
                     if w < 0:  # running late: do not try to catch up
@@ -274,20 +409,31 @@ class Link:
 
     def detach(self):
         # the link is gone: fail our calls, stop the peer's requests
+        # (iterating a dict allocates nothing, its .values() would)
         self.up = False
         if self in self.root.links:
             self.root.links.remove(self)
-        for c in self.own.values():
-            c.e = err.LinkDown(self.name)
+        for s in self.own:
+            c = self.own[s]
+            try:
+                c.e = err.LinkDown(self.name)
+            except MemoryError as x:  # no memory to say more: this says why
+                c.e = x
             c.ev.set()
-        for t in self.peer.values():
-            t.cancel()
-        self.peer.clear()
+        p = self.peer
+        for k in p:
+            t = p[k]
+            if t is not None:
+                t.cancel()
+        p.clear()
         for f in detached:
             try:
                 f(self)
             except Exception as e:
-                err.log("detach hook:", repr(e))
+                try:
+                    err.log("detach hook:", repr(e))
+                except MemoryError:
+                    pass
 
     async def close(self):
         pass

@@ -22,6 +22,7 @@ class Root(App):
         self.wdt = None  # the Watchdog, when configured
         self.boot = 0  # set by sys.boot: 1 soft, 2 hard
         self.m = 1024  # smallest message size limit of the links
+        self.hold = 0  # links waiting for heap: no new request is started meanwhile
         from sys_app import Sys
         from cfg import Cfg
 
@@ -177,9 +178,18 @@ class Root(App):
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                self.bad[name] = "app failed: " + repr(e)
-                err.log("app", name, "failed:", repr(e))
-                await self.send(["err", name], "E:" + repr(e))
-                await self._stop(name)
+                # reporting allocates: on a full heap the app is restarted
+                # all the same, said or not (a MemoryError here would end
+                # the node's TaskGroup, and the node with it)
+                try:
+                    self.bad[name] = "app failed: " + repr(e)
+                    err.log("app", name, "failed:", repr(e))
+                    await self.send(["err", name], "E:" + repr(e))
+                except MemoryError:
+                    pass
+                try:
+                    await self._stop(name)
+                except MemoryError:
+                    self.apps.pop(name, None)
             await asyncio.sleep_ms(delay)
             delay = min(delay * 2, 60000)

@@ -16,8 +16,14 @@ class TaskGroup:
         self.ev.set()
 
     def start(self, coro):
-        t = asyncio.create_task(self._run(coro))
-        self.tasks.append(t)
+        ts = self.tasks
+        ts.append(None)  # the list grows first: a MemoryError below leaves nothing
+        try:
+            t = asyncio.create_task(self._run(coro))
+        except MemoryError:
+            ts.pop()
+            raise
+        ts[-1] = t
         self.ev.clear()
         return t
 

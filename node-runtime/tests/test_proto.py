@@ -6,7 +6,7 @@ import asyncio
 from msgpack import Packer, Proxy, NONE, unpackb
 from taskgroup import TaskGroup
 from root import Root
-from proto import Link
+from proto import Link, BUSY
 from app import App
 
 fails = []
@@ -57,6 +57,42 @@ class Sizes(Link):
         self._put(buf)
 
 
+class Halves(Mem):
+    # a peer that takes half of a message at once, and a heap that has no
+    # room for the coroutine finishing it the first `short` times
+    def __init__(self, root, short):
+        super().__init__(root)
+        self.short = short
+        self.raw = bytearray()
+
+    def _put(self, buf):
+        h = len(buf) // 2
+        self.raw.extend(buf[:h])
+        return h
+
+    def _write(self, buf):
+        if self.short:
+            self.short -= 1
+            raise MemoryError
+        return self._rest(buf)
+
+    async def _rest(self, buf):
+        self.raw.extend(buf)
+
+
+def fill():
+    # take every block of the heap: -> what holds them
+    gc.collect()
+    last = None
+    for size in (1024, 64, 16):
+        try:
+            while True:
+                last = [bytearray(size), last]
+        except MemoryError:
+            pass
+    return last
+
+
 def fragment():
     # fill the heap with ~0.5 KB blocks, then free every other one: a lot
     # of free memory, none of it 1 KB in one piece (a long-running node's heap)
@@ -88,6 +124,9 @@ class T(App):
 
     def cmd_bad(self):
         raise KeyError("k")
+
+    def cmd_oom(self):
+        raise MemoryError
 
     async def stream_fast(self, send, r, n=10):
         for j in range(n):
@@ -223,6 +262,54 @@ async def main():
         check(not whole, "test set-up: the heap still has 1 KB in one piece")
         check(sz.n and sz.n[0] > 600, "big reply on a fragmented heap: %r" % sz.n)
         check(unpackb(bytes(sz.pk.out())) == {"i": 41, "d": big}, "big reply content")
+
+        # --- out of heap: requests wait or are refused, nothing is lost
+        dead = []  # tasks that ended with an exception nobody retrieved
+        asyncio.get_event_loop().set_exception_handler(lambda loop, c: dead.append(c["exception"]))
+
+        # a command out of memory is answered with the busy error
+        got = await req({"a": ["t", "oom"], "i": 60})
+        check(got == [{"i": 61, "e": BUSY}], "oom command %r" % got)
+
+        # no heap to start a request: rx says so and starts nothing; called
+        # again with heap it runs; refuse() tells the peer
+        l.got.clear()
+        root.hold = 1  # (a new link waiting for heap: requests wait)
+        m = {"a": ["t", "add"], "d": {"a": 1, "b": 1}, "i": 62}
+        check(l.rx(m) is True, "rx without heap says so")
+        await asyncio.sleep_ms(20)
+        check(l.got == [] and 63 not in l.peer, "nothing started: %r %r" % (l.got, l.peer))
+        root.hold = 0
+        check(l.rx(m) is False, "rx with heap")
+        await until(lambda: l.got)
+        check(l.got == [{"i": 63, "d": 2}], "served once heap is back: %r" % l.got)
+        l.got.clear()
+        await l.refuse({"a": ["ping"], "i": 64})
+        await l.refuse({"a": ["ping"]})  # fire and forget: nobody to tell
+        check(l.got == [{"i": 65, "e": BUSY}], "refused %r" % l.got)
+
+        # half a reply is out and the heap has no room to finish it: the
+        # rest follows once it has, the message is never cut
+        h = Halves(root, 3)
+        h.attach()
+        h.rx({"a": ["ping"], "d": {"m": "x" * 40}, "i": 66})
+        await until(lambda: not h.short and not h.peer)
+        check(unpackb(bytes(h.raw)) == {"i": 67, "d": {"m": "x" * 40}}, "whole reply %r" % h.raw)
+        check(h.lock.state == 0, "lock free again")
+        h.detach()
+
+        # a request whose reply finds the heap full: it waits for heap and
+        # is answered (its reply, or busy after a few tries), exactly once
+        l.got.clear()
+        l.rx({"a": ["t", "slow"], "d": {"t": 10}, "i": 68})
+        hold = fill()
+        await asyncio.sleep_ms(150)
+        hold = None
+        gc.collect()
+        await until(lambda: l.got)
+        await asyncio.sleep_ms(50)
+        check(l.got in ([{"i": 69, "d": 10}], [{"i": 69, "e": BUSY}]), "answer after a full heap %r" % l.got)
+        check(dead == [], "task exceptions: %r" % dead)
 
         # allocation per request (64-bit unix figures are about twice an ESP8266's)
         for _ in range(3):
