@@ -571,7 +571,7 @@ def main():
         # second QEMU with nodelay=on shows what that costs moat.
         extra = None
         if "nodelay" not in " ".join(qemu_command(port, False)):
-            extra = run_node(a, proj, link, node_dir, port, env, data_path, data, True, 1, False)
+            extra = run_node(a, proj, link, node_dir, port, env, data_path, data, True, a.rounds, False)
     except Exception as e:
         print("why=%s" % str(e).replace("\n", " ")[:400])
         return 0
