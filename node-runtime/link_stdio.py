@@ -1,6 +1,7 @@
 # moat node runtime: the stdio link: a lossless byte stream on stdin/stdout
 # (USB CDC, or a process's pipes) carrying MsgPack messages interleaved with
-# console text (top-level 0x00-0x7F bytes are console).
+# console text (top-level 0x00-0x7F bytes are console; a top-level Ctrl-C
+# stops the runtime, so REPL tools work on a node that talks on its console).
 import sys
 import asyncio
 import micropython
@@ -58,6 +59,10 @@ class StdioLink(Link):
                     if not self.i.readinto(one):
                         break
                     eof = False
+                    if one[0] == 3 and not u.pending():
+                        # Ctrl-C between messages is the console's: leave
+                        # to the REPL (mpremote, `moat cfg upload --repl`)
+                        raise KeyboardInterrupt
                     sp[0] = one[0]
                     u.got(1)
                     if len(sp) == 1:
@@ -70,6 +75,7 @@ class StdioLink(Link):
                         break
                     self.rx(v)
         finally:
+            micropython.kbd_intr(3)
             self.detach()
         # the host closed our stdin: nobody is left to talk to
         self.root.reboot(3)

@@ -30,11 +30,13 @@ def _open(c):
         except Exception as e:
             err.log("uart: cannot set raw mode:", repr(e))
         return f
-    from machine import UART, Pin
+    from machine import UART
 
     kw = {}
     for k in ("tx", "rx"):
         if c.get(k) is not None:
+            from machine import Pin  # not every port has one (qemu)
+
             kw[k] = Pin(c[k])
     return UART(c.get("n", p) or 0, baudrate=c.get("b", 115200), **kw)
 

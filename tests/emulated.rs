@@ -122,30 +122,74 @@ struct Emulator {
 
 impl Emulator {
     fn start() -> anyhow::Result<Emulator> {
-        let project = qemu_project()?;
         let dir = tempfile::Builder::new().prefix("moat-qemu-").tempdir()?;
-        let fw = project.join(".moat/build/q/firmware/firmware.elf");
-        std::fs::copy(&fw, dir.path().join("firmware.elf"))?;
         std::fs::copy(
-            project.join(".moat/build/q/moat.cfg"),
+            qemu_project()?.join(".moat/build/q/moat.cfg"),
             dir.path().join("moat.cfg"),
         )?;
+        let console = moat::emulator::qemu::Console::File(dir.path().join("console.log"));
+        let (emu, _) = Emulator::start_in(dir, console)?;
+        Ok(emu)
+    }
+
+    /// A device fresh from flashing: no config in its folder, so the node
+    /// talks on its console (the built-in default link), which is a pty;
+    /// returns the pty's path too.
+    fn start_fresh_with_console_pty() -> anyhow::Result<(Emulator, PathBuf)> {
+        let dir = tempfile::Builder::new().prefix("moat-qemu-").tempdir()?;
+        let (emu, pty) = Emulator::start_in(dir, moat::emulator::qemu::Console::Pty)?;
+        Ok((emu, pty.context("QEMU named no pty for the console")?))
+    }
+
+    fn start_in(
+        dir: tempfile::TempDir,
+        console: moat::emulator::qemu::Console,
+    ) -> anyhow::Result<(Emulator, Option<PathBuf>)> {
+        let fw = qemu_project()?.join(".moat/build/q/firmware/firmware.elf");
+        std::fs::copy(&fw, dir.path().join("firmware.elf"))?;
         let port = free_port();
+        let pty = console == moat::emulator::qemu::Console::Pty;
         let mut cmd = moat::emulator::qemu::command(
             &dir.path().join("firmware.elf"),
             port,
-            &moat::emulator::qemu::Console::File(dir.path().join("console.log")),
+            &console,
             dir.path(),
         );
-        let child = cmd
+        let piped = || if pty { Stdio::piped() } else { Stdio::null() };
+        let mut child = cmd
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(piped())
+            .stderr(piped())
             .spawn()
             .context("cannot start qemu-system-arm")?;
+        let mut pty_path = None;
+        if pty {
+            // QEMU names the pty on stdout or stderr (by version); both are
+            // drained for its whole life so that it never blocks on them.
+            let (tx, rx) = std::sync::mpsc::channel();
+            let out: [Box<dyn std::io::Read + Send>; 2] = [
+                Box::new(child.stdout.take().unwrap()),
+                Box::new(child.stderr.take().unwrap()),
+            ];
+            for stream in out {
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    use std::io::BufRead;
+                    for line in std::io::BufReader::new(stream)
+                        .lines()
+                        .map_while(Result::ok)
+                    {
+                        if let Some(p) = moat::emulator::qemu::pty_path(&line) {
+                            let _ = tx.send(p);
+                        }
+                    }
+                });
+            }
+            pty_path = rx.recv_timeout(Duration::from_secs(20)).ok();
+        }
         let emu = Emulator { child, port, dir };
         emu.wait_listening()?;
-        Ok(emu)
+        Ok((emu, pty_path))
     }
 
     fn wait_listening(&self) -> anyhow::Result<()> {
@@ -524,6 +568,58 @@ fn qemu_node_boots_with_the_runtime_and_reports_its_heap() {
         assert!(!emu.dir.path().join("moat.cfg").exists());
         link.stop().await;
     });
+}
+
+/// A freshly flashed device has no config: its node talks on the console.
+/// `moat cfg upload --repl` stops it with Ctrl-C there, writes the config
+/// through MicroPython's raw REPL and soft-resets it; the node then serves
+/// the manifest's apps on its configured link (UART0). Done again on the
+/// configured node, whose console is a plain REPL console now.
+#[test]
+fn a_fresh_node_takes_its_config_over_the_repl_on_its_console() {
+    if !emulator_tools_present() {
+        return;
+    }
+    let (emu, pty) = Emulator::start_fresh_with_console_pty().unwrap();
+    // Its own project (and so its own mux socket name), same apps.
+    let proj = tempfile::tempdir().unwrap();
+    let root = proj.path();
+    std::fs::create_dir_all(root.join("apps")).unwrap();
+    std::fs::write(root.join("apps/counter.py"), COUNTER_APP).unwrap();
+    write_node_manifest(root, "q", "qemu-mps2", emu.port).unwrap();
+    let toml = std::fs::read_to_string(root.join("moat.toml")).unwrap();
+    std::fs::write(
+        root.join("moat.toml"),
+        toml.replace("name = \"emu\"", "name = \"emurepl\""),
+    )
+    .unwrap();
+    let pty = pty.to_str().unwrap();
+    let upload = || {
+        let out = run_ok(moat(root).args(["cfg", "upload", "--repl", "--port", pty, "--json"]))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["uploaded"], true, "{v}");
+        assert_eq!(v["via"], "repl", "{v}");
+    };
+    let counter = |call: &str| -> String {
+        let t0 = Instant::now();
+        loop {
+            match run_ok(moat(root).args(["cmd", "--direct", "q", call])) {
+                Ok(out) => return String::from_utf8(out.stdout).unwrap().trim().to_owned(),
+                Err(e) if t0.elapsed() > Duration::from_secs(40) => {
+                    panic!("the configured node never answered on its link: {e:#}")
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(300)),
+            }
+        }
+    };
+    upload();
+    assert_eq!(counter("c.inc"), "1");
+    assert_eq!(counter("c.inc"), "2");
+    // Again on the configured node: the soft reset restarts its apps.
+    upload();
+    assert_eq!(counter("c.get"), "0");
+    // (the counter app is not in the fallback config: this is moat.cfg)
 }
 
 /// Whether Node.js, npm and cmake are here for the rpi-pico board (the

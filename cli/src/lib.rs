@@ -16,6 +16,7 @@ pub mod modules;
 pub mod patches;
 pub mod project;
 pub mod render;
+pub mod repl;
 pub mod source;
 pub mod template;
 pub mod tools;

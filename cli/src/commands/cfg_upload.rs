@@ -15,11 +15,22 @@ pub struct Args {
     /// Print one JSON object: {node, changes, uploaded, restart}.
     #[arg(long)]
     pub json: bool,
+    /// Write the config over MicroPython's raw REPL on a serial port (a
+    /// device not reachable over its link yet, e.g. freshly flashed), then
+    /// soft-reset it.
+    #[arg(long, conflicts_with_all = ["dry_run", "socket", "direct"])]
+    pub repl: bool,
+    /// With `--repl`: the serial port (default: the node's `port`).
+    #[arg(long, value_name = "PATH", requires = "repl")]
+    pub port: Option<String>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let project = Project::find_from_cwd()?;
     let node = client::pick_node(&project, a.target.node.as_deref())?.clone();
+    if a.repl {
+        return over_repl(&node, a.port.as_deref(), a.json);
+    }
     let out = client::block_on(config::upload(&project, &node, &a.target, a.dry_run))??;
     let lines: Option<Vec<String>> = out
         .changes
@@ -55,6 +66,35 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         println!("{}: moat.cfg replaced; {how}", node.name);
     } else if a.dry_run && lines.as_ref().is_none_or(|l| !l.is_empty()) {
         println!("{}: dry run, nothing sent", node.name);
+    }
+    Ok(())
+}
+
+/// `--repl`: the config files over the raw REPL, then a soft reset.
+fn over_repl(node: &moat::manifest::Node, port: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let port = match port.or(node.port.as_deref()) {
+        Some(p) if p.starts_with('/') => p.to_owned(),
+        Some(p) => anyhow::bail!(
+            "node `{}`: `{p}` is not a serial port; give the device's port with `--port /dev/ttyUSB0`",
+            node.name
+        ),
+        None => anyhow::bail!(
+            "node `{}` has no `port` in moat.toml; give the device's serial port with `--port /dev/ttyUSB0`",
+            node.name
+        ),
+    };
+    moat::update::config_repl::install(&port, node, None, std::time::Duration::from_secs(5))
+        .map_err(|e| anyhow::anyhow!("node `{}`: {e:#}", node.name))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"node": node.name, "uploaded": true, "via": "repl", "port": port, "restart": "soft-reset"})
+        );
+    } else {
+        println!(
+            "{}: moat.cfg written over the REPL on {port}; soft reset",
+            node.name
+        );
     }
     Ok(())
 }

@@ -371,23 +371,66 @@ fn upload_config(project: &Project, node: &Node, json: bool) -> anyhow::Result<(
     })?
 }
 
-/// Uploads `moat.cfg` (and the fallback config) over the node's link and,
-/// where the flash method could not verify, compares the node's frozen
-/// module hashes (`sys.hash`) with the build record. Returns (uploaded,
-/// build checked).
+/// Gives a just-flashed device its config, and where the flash method
+/// could not verify (ESP8266) checks that it runs the build just written
+/// (its frozen module hashes against the build record). Returns
+/// (uploaded, build checked).
+///
+/// First over MicroPython's raw REPL on the serial port: a fresh device
+/// has no config yet and talks on its console, not on the link the
+/// manifest names ([`moat::update::config_repl`]). When no REPL answers
+/// there (no serial port, or the port is not the console), over the link.
 fn after_flash(
     project: &Project,
     node: &Node,
     plan: &FlashPlan,
     json: bool,
 ) -> anyhow::Result<(bool, Option<bool>)> {
+    let record = moat::build::record::Record::load(
+        &local_node::build_dir(project, &node.name).join("record.json"),
+    )
+    .filter(|_| plan.method == "esp8266-rom");
+    let repl_port = match &plan.destination {
+        Destination::Serial { port, .. } => Some(port.clone()),
+        // UF2, probe: the device's own USB serial port, once it is back
+        _ => node.port.clone().filter(|p| p.starts_with('/')),
+    };
+    let mut repl_failed = None;
+    if let Some(port) = &repl_port {
+        let patience = std::time::Duration::from_secs(8);
+        match moat::update::config_repl::install(port, node, record.as_ref(), patience) {
+            Ok(installed) => {
+                let checked = match installed.differing_modules {
+                    Some(d) if !d.is_empty() => anyhow::bail!(
+                        "it does not run the build just flashed (frozen modules {} differ): the write failed unnoticed, flash again",
+                        d.join(", ")
+                    ),
+                    Some(_) => Some(true),
+                    None => None,
+                };
+                return Ok((true, checked));
+            }
+            Err(e) => repl_failed = Some(format!("over the REPL on {port}: {e:#}")),
+        }
+    }
+    over_link(project, node, record.as_ref(), json).map_err(|e| match repl_failed {
+        Some(repl) => anyhow::anyhow!("{repl}; over its link: {e:#}"),
+        None => e,
+    })
+}
+
+/// [`after_flash`] over the node's link: `moat.cfg` and the fallback
+/// config through `fs`, then the module hashes (`sys.hash`) against
+/// `record`.
+fn over_link(
+    project: &Project,
+    node: &Node,
+    record: Option<&moat::build::record::Record>,
+    json: bool,
+) -> anyhow::Result<(bool, Option<bool>)> {
     let config = node.config();
     let cfg = msgpack::to_vec(&config);
     let fallback = msgpack::to_vec(&local_node::fallback_config(&config));
-    let record = moat::build::record::Record::load(
-        &local_node::build_dir(project, &node.name).join("record.json"),
-    );
-    let check = plan.method == "esp8266-rom";
     moat::client::block_on(async {
         let mut client = moat::client::Client::direct(project, node)
             .await
@@ -395,7 +438,7 @@ fn after_flash(
         super::fs::write_file(&mut client, local_node::CONFIG_FILE, &cfg, json).await?;
         super::fs::write_file(&mut client, local_node::FALLBACK_FILE, &fallback, json).await?;
         let mut checked = None;
-        if let (true, Some(rec)) = (check, record) {
+        if let Some(rec) = record {
             let hashes = client
                 .call_names(&["sys", "hash"], Value::Map(vec![]))
                 .await

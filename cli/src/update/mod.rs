@@ -33,6 +33,7 @@
 
 pub mod apply;
 pub mod config;
+pub mod config_repl;
 pub mod meter;
 pub mod mpy;
 pub mod plan;
