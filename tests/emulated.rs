@@ -622,6 +622,81 @@ fn a_fresh_node_takes_its_config_over_the_repl_on_its_console() {
     // (the counter app is not in the fallback config: this is moat.cfg)
 }
 
+/// `moat flash` for a device, end to end: the ESP ROM simulator takes the
+/// image, then "boots" into a real MicroPython (a fresh qemu node's
+/// console). moat gives it its config over the REPL and, since the ESP8266
+/// ROM cannot verify, checks the frozen module hashes against the build
+/// record; then the node serves the manifest's apps on its link.
+#[test]
+fn moat_flash_configures_the_booted_device_over_the_repl_and_checks_its_build() {
+    use moat_e2e::esp_rom_sim::{Sim, SimChip, SimConfig};
+    if !emulator_tools_present() {
+        return;
+    }
+    let (emu, pty) = Emulator::start_fresh_with_console_pty().unwrap();
+    let sim = Sim::start(SimConfig {
+        boots_into: Some(pty),
+        ..SimConfig::new(SimChip::Esp8266)
+    })
+    .unwrap();
+    let proj = tempfile::tempdir().unwrap();
+    let root = proj.path();
+    std::fs::create_dir_all(root.join("apps")).unwrap();
+    std::fs::write(root.join("apps/counter.py"), COUNTER_APP).unwrap();
+    let manifest = |port: &str| {
+        std::fs::write(
+            root.join("moat.toml"),
+            format!(
+                "[project]\nname = \"flashrepl\"\n\n[apps]\npaths = [\"apps\"]\n\n\
+                 [nodes.d]\nboard = \"esp8266\"\nport = \"{port}\"\n\n\
+                 [nodes.d.config]\napps = {{ fs = \"fs.Files\", c = \"counter.Counter\" }}\n"
+            ),
+        )
+        .unwrap();
+    };
+    manifest(sim.path());
+    // As `moat build` would leave it: the image, and the record of the
+    // build the "device" really runs (the qemu firmware's modules).
+    let build = root.join(".moat/build/d");
+    std::fs::create_dir_all(build.join("firmware")).unwrap();
+    let mut image: Vec<u8> = (0..20_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    image[0] = 0xe9;
+    std::fs::write(build.join("firmware/firmware.bin"), &image).unwrap();
+    std::fs::copy(
+        qemu_project().unwrap().join(".moat/build/q/record.json"),
+        build.join("record.json"),
+    )
+    .unwrap();
+    let out = run_ok(moat(root).args([
+        "flash",
+        "--json",
+        "--before",
+        "no-reset",
+        "--after",
+        "no-reset-no-stub",
+    ]))
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report[0]["config_uploaded"], true, "{report}");
+    assert_eq!(report[0]["build_checked"], true, "{report}");
+    let r = sim.finish();
+    assert!(r.rebooted);
+    assert_eq!(&r.flash[..image.len()], &image[..]);
+    // The node runs its new config on its link (UART0).
+    manifest(&format!("tcp:127.0.0.1:{}", emu.port));
+    let t0 = Instant::now();
+    let v = loop {
+        match run_ok(moat(root).args(["cmd", "--direct", "d", "c.inc"])) {
+            Ok(out) => break String::from_utf8(out.stdout).unwrap(),
+            Err(e) if t0.elapsed() > Duration::from_secs(40) => {
+                panic!("the configured node never answered on its link: {e:#}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(300)),
+        }
+    };
+    assert_eq!(v.trim(), "1");
+}
+
 /// Whether Node.js, npm and cmake are here for the rpi-pico board (the
 /// qemu tools cover the compiler). Under `CI=true` missing ones fail.
 fn pico_tools_present() -> bool {

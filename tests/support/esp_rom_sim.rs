@@ -20,9 +20,9 @@
 //! FLASH_END asking to run the firmware "reboots": the loader goes quiet.
 
 use md5::{Digest, Md5};
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -61,6 +61,10 @@ pub struct SimConfig {
     pub corrupt_at: Option<u32>,
     /// Answer nothing at all (a port with no ROM loader behind it).
     pub silent: bool,
+    /// What the chip runs once the loader is told to run the firmware: a
+    /// tty (say, a real MicroPython's console on a pty) whose bytes flow
+    /// to and from the host from then on. None: silence.
+    pub boots_into: Option<PathBuf>,
 }
 
 impl SimConfig {
@@ -71,6 +75,7 @@ impl SimConfig {
             flash_size: 4 << 20,
             corrupt_at: None,
             silent: false,
+            boots_into: None,
         }
     }
 }
@@ -237,6 +242,12 @@ fn run(master: OwnedFd, cfg: SimConfig, stop: &AtomicBool) -> SimReport {
     let (mut in_frame, mut esc) = (false, false);
     let mut buf = [0u8; 4096];
     while !stop.load(Ordering::SeqCst) {
+        if dev.report.rebooted {
+            if let Some(tty) = dev.cfg.boots_into.clone() {
+                bridge(&mut file, &tty, stop, &mut dev.report);
+                break;
+            }
+        }
         let mut pfd = libc::pollfd {
             fd,
             events: libc::POLLIN,
@@ -292,6 +303,46 @@ fn run(master: OwnedFd, cfg: SimConfig, stop: &AtomicBool) -> SimReport {
         }
     }
     dev.report
+}
+
+/// After the reboot: bytes both ways between the host's pty and `tty`.
+fn bridge(host: &mut std::fs::File, tty: &Path, stop: &AtomicBool, report: &mut SimReport) {
+    let Ok(mut fw) = std::fs::File::options().read(true).write(true).open(tty) else {
+        return;
+    };
+    let _ = set_raw(fw.as_raw_fd());
+    let mut buf = [0u8; 4096];
+    while !stop.load(Ordering::SeqCst) {
+        let mut pfds = [host.as_raw_fd(), fw.as_raw_fd()].map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        // SAFETY: two valid pollfds.
+        if unsafe { libc::poll(pfds.as_mut_ptr(), 2, 20) } <= 0 {
+            continue;
+        }
+        for (i, p) in pfds.iter().enumerate() {
+            if p.revents & libc::POLLIN == 0 {
+                if p.revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                continue;
+            }
+            let (from, to): (&mut std::fs::File, &mut std::fs::File) = if i == 0 {
+                (&mut *host, &mut fw)
+            } else {
+                (&mut fw, &mut *host)
+            };
+            let Ok(n) = from.read(&mut buf) else { continue };
+            if i == 0 {
+                report.from_host += n as u64;
+            } else {
+                report.to_host += n as u64;
+            }
+            let _ = to.write_all(&buf[..n]);
+        }
+    }
 }
 
 fn word(d: &[u8], i: usize) -> u32 {

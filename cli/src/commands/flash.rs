@@ -244,11 +244,8 @@ fn flash_device(project: &Project, node: &Node, a: &Args) -> anyhow::Result<serd
     if !a.device.no_config && !to_file && plan.config.is_some() {
         let (uploaded, checked) = after_flash(project, node, &plan, a.json).map_err(|e| {
             anyhow::anyhow!(
-                "node `{n}`: the firmware was flashed, but {e:#}; once the node is reachable, upload its config with `moat fs put --node {n} {cfg} moat.cfg` (or flash with `--no-config` when it has no link yet)",
+                "node `{n}`: the firmware was flashed, but {e:#}; give it its config with `moat cfg upload --node {n} --repl --port PORT` (its serial console) or, once it is reachable over its link, `moat cfg upload --node {n}`",
                 n = node.name,
-                cfg = local_node::build_dir(project, &node.name)
-                    .join(local_node::CONFIG_FILE)
-                    .display()
             )
         })?;
         config_uploaded = uploaded;
