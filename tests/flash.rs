@@ -43,6 +43,7 @@ fn esp32_images() -> Vec<Image> {
 fn esp8266_image(len: usize) -> Image {
     let mut data = noise(len, 7);
     data[0] = 0xe9;
+    data[3] = 0x40; // 4 MiB, 40 MHz: what the simulated chip has
     Image {
         name: "firmware.bin".into(),
         offset: 0,
@@ -211,10 +212,14 @@ fn an_image_larger_than_the_flash_is_refused_before_anything_is_written() {
 #[test]
 fn esp8266_rom_client_writes_every_byte_in_1k_blocks_and_runs_the_firmware() {
     let sim = Sim::start(SimConfig::new(SimChip::Esp8266)).unwrap();
-    let images = vec![esp8266_image(100_000)];
+    let mut images = vec![esp8266_image(100_000)];
+    images[0].data[3] = 0x2f; // built for 1 MiB, 80 MHz
     let out =
         flash::esp8266_rom::flash(&images, &pty_opts(&sim, 115_200, false), &mut Silent).unwrap();
     let r = sim.finish();
+    // The header says the flash size detected (4 MiB); the rest as built.
+    assert_eq!(r.flash[3], 0x4f);
+    images[0].data[3] = 0x4f;
     assert_flash_holds(&r.flash, &images);
     let blocks = r.ops.iter().filter(|&&o| o == op::FLASH_DATA).count();
     assert_eq!(blocks, 100_000usize.div_ceil(1024));

@@ -516,12 +516,18 @@ pub fn flash_on(
     }
     let id = rom.flash_id()?;
     let size_code = (id >> 16) & 0xff;
+    let mut patched = Vec::new();
     if (0x12..=0x1a).contains(&size_code) {
-        check_fits(images, 1u64 << size_code)?;
+        let size = 1u64 << size_code;
+        check_fits(images, size)?;
         progress.note(&format!(
             "detected esp8266, flash id {id:06x} ({} KiB)",
-            (1u64 << size_code) / 1024
+            size / 1024
         ));
+        patched = images
+            .iter()
+            .map(|i| with_flash_size(i, size))
+            .collect::<Vec<_>>();
     } else {
         progress.note(&format!(
             "detected esp8266, flash id {id:06x} (size unknown)"
@@ -534,6 +540,7 @@ pub fn flash_on(
         ));
     }
     let mut results = Vec::new();
+    let images = if patched.is_empty() { images } else { &patched };
     for image in images {
         rom.write(image, progress)?;
         results.push((image.name.clone(), "written".to_owned()));
@@ -561,9 +568,50 @@ pub fn flash_on(
     })
 }
 
+/// The image with the flash size in its header set to `size` (what
+/// `esptool --flash_size detect` does): the boot ROM and the SDK read it to
+/// map the flash, and MicroPython finds its filesystem by it. Mode and
+/// frequency stay; images not at offset 0 and unknown sizes stay as built.
+pub fn with_flash_size(image: &Image, size: u64) -> Image {
+    let code: u8 = match size {
+        0x4_0000 => 0x10,
+        0x8_0000 => 0x00,
+        0x10_0000 => 0x20,
+        0x20_0000 => 0x30,
+        0x40_0000 => 0x40,
+        0x80_0000 => 0x80,
+        0x100_0000 => 0x90,
+        _ => return image.clone(),
+    };
+    let mut out = image.clone();
+    if out.offset == 0 && out.data.len() > 3 && out.data[0] == 0xe9 {
+        out.data[3] = (out.data[3] & 0x0f) | code;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_header_gets_the_detected_flash_size_and_keeps_mode_and_frequency() {
+        let image = Image {
+            name: "firmware.bin".into(),
+            offset: 0,
+            data: vec![0xe9, 3, 2, 0x2f, 7, 7],
+        };
+        let p = with_flash_size(&image, 4 << 20);
+        assert_eq!(p.data, [0xe9, 3, 2, 0x4f, 7, 7]);
+        assert_eq!(with_flash_size(&image, 512 << 10).data[3], 0x0f);
+        // elsewhere than 0, or a size the header cannot say: as built
+        let other = Image {
+            offset: 0x1000,
+            ..image.clone()
+        };
+        assert_eq!(with_flash_size(&other, 4 << 20), other);
+        assert_eq!(with_flash_size(&image, 3 << 20), image);
+    }
 
     #[test]
     fn slip_round_trips_frames_with_end_and_escape_bytes() {
