@@ -207,16 +207,21 @@ pub fn to_flash(blocks: &[Block]) -> (u32, Vec<u8>) {
 /// file system (and `/media/*/`, `/run/media/*/`) whose folder is named
 /// `volume` and holds `INFO_UF2.TXT`.
 pub fn find_drives(volume: &str) -> Vec<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let roots = ["/media", "/run/media", "/Volumes"].map(Path::new);
+    find_drives_in(volume, &mounts, &roots)
+}
+
+/// [`find_drives`] given the mount table's text and the automount roots.
+pub fn find_drives_in(volume: &str, mounts: &str, roots: &[&Path]) -> Vec<PathBuf> {
     let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
-        for line in mounts.lines() {
-            if let Some(dir) = line.split(' ').nth(1) {
-                // /proc/mounts escapes spaces as \040.
-                candidates.push(PathBuf::from(dir.replace("\\040", " ")));
-            }
+    for line in mounts.lines() {
+        if let Some(dir) = line.split(' ').nth(1) {
+            // /proc/mounts escapes spaces as \040.
+            candidates.push(PathBuf::from(dir.replace("\\040", " ")));
         }
     }
-    for root in ["/media", "/run/media", "/Volumes"] {
+    for root in roots {
         if let Ok(users) = std::fs::read_dir(root) {
             for u in users.flatten() {
                 candidates.push(u.path().join(volume));
@@ -354,4 +359,35 @@ fn write_file(target: &Path, uf2: &[u8], progress: &mut dyn Progress) -> Result<
     f.sync_all().map_err(err)?;
     progress.finish("written");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bootloader_drives_are_found_in_the_mount_table_and_under_automount_roots() {
+        let t = tempfile::tempdir().unwrap();
+        let mounted = t.path().join("mnt/RPI-RP2");
+        let automount = t.path().join("media/alice/RPI-RP2");
+        let not_uf2 = t.path().join("media/bob/RPI-RP2");
+        let other_label = t.path().join("mnt/OTHER");
+        for d in [&mounted, &automount, &not_uf2, &other_label] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        for d in [&mounted, &automount, &other_label] {
+            std::fs::write(d.join("INFO_UF2.TXT"), "UF2 Bootloader v3.0\n").unwrap();
+        }
+        let mounts = format!(
+            "/dev/sda1 / ext4 rw 0 0\n/dev/sdb1 {} vfat rw 0 0\n/dev/sdc1 {} vfat rw 0 0\n",
+            mounted.display(),
+            other_label.display()
+        );
+        let media = t.path().join("media");
+        let found = find_drives_in("RPI-RP2", &mounts, &[media.as_path()]);
+        let mut want = vec![automount, mounted];
+        want.sort();
+        assert_eq!(found, want);
+        assert!(find_drives_in("RPI-RP2", "", &[]).is_empty());
+    }
 }
