@@ -485,10 +485,16 @@ fn cfg_upload_replaces_the_config_and_restarts_the_apps() {
     assert_eq!(j["uploaded"], false);
     assert_eq!(f.node_file("moat.cfg").unwrap(), before);
 
+    // The fallback config goes up with it (a stale one would come back
+    // after the next crash).
+    std::fs::remove_file(f.node_dir().join("moat_fb.cfg")).unwrap();
     let out = run_ok(&mut f.moat(&["cfg", "upload", "--direct", "--json"])).unwrap();
     let j = json_lines(&out.stdout).unwrap().pop().unwrap();
     assert_eq!(j["uploaded"], true);
     assert_eq!(j["restart"], "apps");
+    let fallback =
+        msgpack::decode_exact(&f.node_file("moat_fb.cfg").unwrap(), &Limits::default()).unwrap();
+    assert!(fallback.get("link").is_some(), "{fallback:?}");
     let now = msgpack::decode_exact(&f.node_file("moat.cfg").unwrap(), &Limits::default()).unwrap();
     assert_eq!(
         now.get("c").and_then(|c| c.get("step")),

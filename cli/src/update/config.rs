@@ -2,7 +2,8 @@
 //! gives (`[nodes.NAME.config]` plus the derived `link`), atomically, and
 //! make it the running config.
 //!
-//! The file goes up like a module (temporary name, hash check, rename);
+//! The file goes up like a module (temporary name, hash check, rename),
+//! and so does the fallback config derived from it (`moat_fb.cfg`);
 //! a node without an `fs` app gets it as its running config, saved with
 //! `cfg.s` (atomic on the node).
 //! Then the running config becomes the new one (`cfg.w p=[]`) and the
@@ -13,7 +14,7 @@
 use super::meter::Metered;
 use super::upload::Files;
 use crate::client::Target;
-use crate::local_node::CONFIG_FILE;
+use crate::local_node::{CONFIG_FILE, FALLBACK_FILE};
 use crate::manifest::Node;
 use crate::project::Project;
 use crate::render;
@@ -149,9 +150,11 @@ pub async fn upload(
         }
         let p = Value::Array(vec![]);
         if has_fs {
-            Files::new(&conn.client, limit)
-                .put(CONFIG_FILE, &bytes, &|_| {})
-                .await?;
+            let mut files = Files::new(&conn.client, limit);
+            files.put(CONFIG_FILE, &bytes, &|_| {}).await?;
+            // the fallback config follows the links and the `fs` app
+            let fallback = msgpack::to_vec(&crate::local_node::fallback_config(&new));
+            files.put(FALLBACK_FILE, &fallback, &|_| {}).await?;
         } else if fits {
             call(&conn, &["cfg", "w"], Value::map([("p", p.clone()), ("d", new.clone())])).await?;
             call(&conn, &["cfg", "s"], Value::Map(vec![])).await?;
