@@ -2,9 +2,10 @@
 # clients, and a client that connects out with back-off. MsgPack objects
 # back to back, no framing.
 from micropython import const
+import gc
 import asyncio
 from asyncio import core
-from msgpack import Unpacker, NONE
+from msgpack import Unpacker, NONE, _Incomplete
 from proto import Link
 import err
 
@@ -12,6 +13,7 @@ _PORT = 27587
 _NAP = const(20)  # ms to wait for heap before trying again (as proto's)
 _TRIES = const(10)  # naps a request waits for heap before it is refused
 _WAITS = const(50)  # naps a new client waits for heap before it is refused
+_PLENTY = const(4096)  # free heap in which a value that finds none is junk
 
 
 class SockLink(Link):
@@ -50,6 +52,8 @@ class SockLink(Link):
             except MemoryError:
                 if not self.up:
                     raise
+                if self.root.spend():
+                    continue  # try again at once, with the spare
                 try:
                     await asyncio.sleep_ms(_NAP)
                 except asyncio.CancelledError as e:
@@ -84,6 +88,8 @@ class SockLink(Link):
                         yield core._io_queue.queue_read(s)  # like Stream.readinto, minus a generator
                         n = s.readinto(sp)
                 except MemoryError:  # wait for memory; the peer waits for us
+                    if self.root.spend():
+                        continue  # try again at once, with the spare
                     await asyncio.sleep_ms(_NAP)
                     continue
                 if n is None:  # spurious wake-up
@@ -94,27 +100,45 @@ class SockLink(Link):
                 j = 0
                 while True:
                     try:
-                        # a value that found no heap stays buffered and is
-                        # decoded again later; in the end u.next() takes it
-                        # for junk (a length may ask for more than there is)
-                        v = _next(u) if j < _TRIES else u.next()
-                    except MemoryError:
+                        v = _next(u)
+                    except MemoryError:  # it stays buffered: decode it again
+                        if self.root.spend():
+                            continue  # at once, with the spare
                         j += 1
+                        if j >= _TRIES:
+                            gc.collect()
+                            if gc.mem_free() >= _PLENTY:
+                                # the heap has room, the value wants more:
+                                # junk (a length field), skip a byte
+                                u.bad += 1
+                                u.s += 1
+                                j = 0
+                                continue
                         await asyncio.sleep_ms(_NAP)
                         continue
                     if v is NONE:
                         break
                     j = 0
-                    while self.rx(v):  # no memory to start it (nothing of it was)
+                    while self.rx(v):  # no heap to start it (nothing of it was)
                         # read nothing more meanwhile: that holds the peer back
-                        await asyncio.sleep_ms(_NAP)
                         j += 1
                         if j >= _TRIES:
-                            try:
-                                await self.refuse(v)
+                            left = self.refuse(v)
+                            if left >= 0:
+                                while left:  # half of it is out: finish it
+                                    try:
+                                        await self.send(left=left)
+                                        left = 0
+                                    except MemoryError:
+                                        self.root.spend()
+                                        await asyncio.sleep_ms(_NAP)
                                 break
-                            except MemoryError:
-                                pass
+                            self.root.spend()
+                        await asyncio.sleep_ms(_NAP)
+                    if u.pending():
+                        # more is buffered (a pipelining peer): let what just
+                        # started run first, so admission sees what it takes
+                        await asyncio.sleep_ms(0)
         except asyncio.CancelledError:
             pass
         except MemoryError:
@@ -141,24 +165,32 @@ class SockLink(Link):
 
 
 def _next(u):
-    # u.next(), except that a MemoryError leaves the message buffered (next()
-    # takes it for a malformed byte and skips it, and the request is lost):
-    # decode here first; anything else is next()'s to handle (it decodes
-    # again and resyncs or waits for more)
-    s = u.s
-    if s >= u.e:
-        return NONE
-    d = u.dec
-    d.p = s
-    d.e = u.e
-    try:
-        v = d.val()
-    except MemoryError:
-        raise
-    except Exception:
-        return u.next()
-    u.s = d.p
-    return v
+    # u.next() with its resync rules, except that a MemoryError leaves the
+    # value buffered, to be decoded again once there is heap (next() takes
+    # it for junk and skips a byte: a request would be lost)
+    while True:
+        s = u.s
+        e = u.e
+        if s >= e:
+            return NONE
+        d = u.dec
+        d.p = s
+        d.e = e
+        try:
+            v = d.val()
+        except MemoryError:
+            raise
+        except _Incomplete:
+            if s == 0 and e == len(u.b):  # can never fit: drop it, resync
+                u.bad += 1
+                u.s = u.e = 0
+            return NONE
+        except Exception:  # malformed: skip a byte
+            u.bad += 1
+            u.s = s + 1
+            continue
+        u.s = d.p
+        return v
 
 
 def _opts(c):
@@ -175,6 +207,11 @@ async def _alloc(root, make):
         return make()
     except MemoryError:
         pass
+    if root.spend():
+        try:
+            return make()  # with the spare
+        except MemoryError:
+            pass
     root.hold += 1
     try:
         for _ in range(_WAITS):
@@ -230,6 +267,7 @@ async def server(root, c):
                 if cs is not None:
                     _full()
                     cs.close()
+                root.spend()
                 await asyncio.sleep_ms(_NAP)
     finally:
         s.close()
@@ -251,3 +289,4 @@ async def client(root, c):
             pass  # no memory for the link now: try again after the back-off
         await asyncio.sleep_ms(delay)
         delay = min(delay * 2, 30000)
+

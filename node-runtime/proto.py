@@ -19,7 +19,7 @@ _seen = []  # unknown keys already logged
 BUSY = "E:busy: out of memory, retry later"
 _NAP = const(20)  # ms to wait for heap before trying again
 _QUIET = const(5)  # failed tries at sending a reply before it becomes BUSY
-_SLACK = const(1024)  # heap kept free for running requests, beyond a new link's 2 x m
+_SLACK = const(1024)  # heap kept free for running requests (beyond the spare)
 # f(link) for each link that detaches: apps free what its peer held there
 # (fs closes the files it opened); apps add and remove their own
 detached = []
@@ -32,14 +32,12 @@ async def result(v):
     return v
 
 
-def _room(m):
-    # whether the heap has room for one more request: 2 x m (a new link's
-    # buffers) and _SLACK beyond it, after a collection if need be
-    low = (m << 1) + _SLACK
-    if gc.mem_free() >= low:
+def _room(n):
+    # whether the heap has n bytes free, after a collection if need be
+    if gc.mem_free() >= n:
         return True
     gc.collect()
-    return gc.mem_free() >= low
+    return gc.mem_free() >= n
 
 
 def _expected(ex, x):
@@ -152,6 +150,8 @@ class Link:
                     if whole:
                         raise  # the caller may try again
                 # part of it is out: wait for memory to finish it
+                if self.root.spend():
+                    continue
                 try:
                     await asyncio.sleep_ms(_NAP)
                 except asyncio.CancelledError as x:
@@ -166,11 +166,17 @@ class Link:
         e, d = err.encode(ex)
         await self.send(NONE, NONE if d is None else d, i, e)
 
-    async def refuse(self, m):
-        # a request rx() found no memory for, after waiting: say so
-        i = m.get("i") if isinstance(m, dict) and "a" in m else None
-        if isinstance(i, int):
-            await self.send(NONE, NONE, i ^ 1, BUSY)
+    def refuse(self, m):
+        # Says E:busy to a request rx() found no heap for, at once and
+        # without a coroutine. -> as _now(): 0 done (or nothing to say, for
+        # fire and forget), -1 not now, k > 0: finish with send(left=k).
+        i = m.get("i") if "a" in m else None
+        if not isinstance(i, int):
+            return 0
+        try:
+            return self._now(NONE, NONE, i ^ 1, BUSY, NONE, NONE)
+        except MemoryError:
+            return -1
 
     async def announce(self, up):
         try:
@@ -227,12 +233,30 @@ class Link:
                 err.log("ignoring unknown message key", k)
 
     def _req(self, m, i):
-        # Admission: while a new link waits for heap it comes first; and a
-        # request that would leave too little heap for a new link's buffers
-        # and for the running requests to finish waits. Not for a link's
-        # only request (a sequential client's): the slack covers those.
-        if self.root.hold or (self.peer and not _room(self.m)):
+        # Admission. A request waits while the spare heap is given up (to
+        # tasks that wait for heap, or to a new link: they come first), and
+        # while less than _SLACK x 2 is free (after a collection) for it and
+        # the running ones to finish; a stream, which holds its share for
+        # long, while less than _SLACK x 8 is. Not a link's only request (a
+        # sequential client's): it is tried at once, so a busy node still
+        # answers `sys.mem` or `ping`.
+        r = self.root
+        held = r.keep()
+        st = m.get("r")
+        if isinstance(st, int) and st > 0:
+            need = _SLACK << 3
+        else:
+            need = _SLACK << 1 if self.peer else 0
+        if need and (not held or r.hold or not _room(need)):
             raise MemoryError
+        try:
+            self._start(m, i)
+        except MemoryError:
+            if not r.spend():
+                raise
+            self._start(m, i)  # with the spare (nothing of the first try was done)
+
+    def _start(self, m, i):
         a = m["a"]
         if isinstance(a, str):
             a = [a]
@@ -270,9 +294,17 @@ class Link:
                     await self._stream(a, d, k, r)
                     return
                 f, _ = self.root.resolve(a)
-                v = f(**d)
-                if type(v) is _GEN:
-                    v = await v
+                try:
+                    v = f(**d)
+                    if type(v) is _GEN:
+                        v = await v
+                except MemoryError:
+                    if not self.root.spend():
+                        raise
+                    # once more, with the spare: what a client does after BUSY
+                    v = f(**d)
+                    if type(v) is _GEN:
+                        v = await v
             except asyncio.CancelledError:
                 return
             except MemoryError:
@@ -305,6 +337,8 @@ class Link:
                     return
                 except Exception:
                     return  # link down
+                if self.root.spend():
+                    continue  # try again at once, with the spare
                 try:
                     await asyncio.sleep_ms(_NAP)
                 except asyncio.CancelledError:
@@ -339,6 +373,8 @@ class Link:
                         left = 0
                     f.sent = n
                 except MemoryError:  # not now: the latest value goes out later
+                    if self.root.spend():
+                        continue  # try again at once, with the spare
                     try:
                         await asyncio.sleep_ms(_NAP)
                     except asyncio.CancelledError as x:
@@ -362,8 +398,8 @@ class Link:
                 while True:
                     try:
                         f(await result(fn(**d)))
-                    except MemoryError:
-                        pass  # no memory for this one: skip it
+                    except MemoryError:  # no memory for this one: skip it
+                        self.root.spend()
                     t = asyncio.ticks_add(t, r)
                     w = asyncio.ticks_diff(t, asyncio.ticks())
                     if w < 0:  # running late: do not try to catch up

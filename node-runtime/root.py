@@ -2,11 +2,15 @@
 #
 # Holds the built-in apps (`sys`, `cfg`), the configured apps (each in its
 # own supervised task), the links, and the proxy cache.
+from micropython import const
+import gc
 import asyncio
 from app import App
 from msgpack import Proxy
 from proto import result
 import err
+
+_SPARE = const(512)
 
 
 class Root(App):
@@ -23,6 +27,11 @@ class Root(App):
         self.boot = 0  # set by sys.boot: 1 soft, 2 hard
         self.m = 1024  # smallest message size limit of the links
         self.hold = 0  # links waiting for heap: no new request is started meanwhile
+        # _SPARE bytes of heap held back: given to the first task that finds
+        # no heap (spend()), so the running ones always get to finish (tasks
+        # waiting for each other's memory would wait forever); taken again
+        # (keep()) before a request is admitted
+        self.spare = None
         from sys_app import Sys
         from cfg import Cfg
 
@@ -31,6 +40,26 @@ class Root(App):
     # --- commands
     def cmd_ping(self, m=None):
         return {"m": m}
+
+    # --- the spare heap
+    def keep(self):
+        # -> whether the spare is held, taking it again if the heap has room
+        if self.spare is None:
+            try:
+                self.spare = bytearray(_SPARE)
+            except MemoryError:
+                return False
+        return True
+
+    def spend(self):
+        # A task found no heap: the spare is its, now (collected at once, so
+        # that the task's next try gets it, not whatever runs first).
+        # -> whether there was one
+        if self.spare is None:
+            return False
+        self.spare = None
+        gc.collect()
+        return True
 
     # --- dispatch
     def resolve(self, a, stream=False):

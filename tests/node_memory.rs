@@ -151,6 +151,11 @@ fn a_node_out_of_heap_refuses_requests_and_keeps_its_links() {
         total.replies > 0,
         "no ping was served under load: {total:?}"
     );
+    // the load is more than the heap holds: the node must have said no
+    assert!(
+        total.refused + total.streams_refused > 0,
+        "no request was refused: the load did not exhaust the heap: {total:?}"
+    );
     // the probe, idle all along, still answers, and so does a new client
     assert_eq!(
         probe.ok("ping", kw([("m", "after".into())])),
