@@ -286,7 +286,7 @@ impl Client {
                     node: node.name.clone(),
                     route,
                     message_limit: DEFAULT_MESSAGE_LIMIT,
-                    link: Some(link),
+                    link: Some(track(link)),
                 })
             }
         }
@@ -453,5 +453,26 @@ pub fn block_on<F: std::future::Future>(fut: F) -> anyhow::Result<F::Output> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    Ok(rt.block_on(fut))
+    let out = rt.block_on(fut);
+    // Direct links a verb left open are closed properly, not dropped with
+    // the runtime: a serial node is told the session ended (`n: 0`), so
+    // the next command's handshake is answered at once.
+    let open = std::mem::take(&mut *OPEN_LINKS.lock().unwrap_or_else(|p| p.into_inner()));
+    rt.block_on(async {
+        for link in open {
+            link.stop().await;
+        }
+    });
+    Ok(out)
+}
+
+/// Direct links opened by this process (see [`block_on`]).
+static OPEN_LINKS: std::sync::Mutex<Vec<NodeLink>> = std::sync::Mutex::new(Vec::new());
+
+fn track(link: NodeLink) -> NodeLink {
+    OPEN_LINKS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(link.clone());
+    link
 }

@@ -667,7 +667,7 @@ async fn a_serial_link_over_a_pty_carries_requests_through_the_reliable_layer() 
     use tokio_serial::SerialPort;
     let (master, slave) = tokio_serial::SerialStream::pair().unwrap();
     let path = slave.name().expect("the pty slave has a path");
-    let _node = serial_fake_node(master);
+    let node = serial_fake_node(master);
     let link = NodeLink::spawn(
         "uart",
         LinkSpec::Serial(SerialSpec {
@@ -686,6 +686,16 @@ async fn a_serial_link_over_a_pty_carries_requests_through_the_reliable_layer() 
     }
     assert!(link.stats().bytes_out > 0 && link.stats().bytes_in > 0);
     link.stop().await;
+    // Stopping tells the node (a closing frame): its session ends now, so
+    // a new one's handshake is not taken for an echo of the old one.
+    timeout(PATIENCE, node.closed())
+        .await
+        .expect("the node learnt that the host closed the link");
+    let why = node
+        .down_reason()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(why.contains("closed"), "{why}");
     drop(slave);
 }
 

@@ -22,6 +22,9 @@ use crate::framing::{FramingError, Incoming, SerialPackerCodec, SerialPackerConf
 use crate::reliable::{self, Event};
 use crate::value::Value;
 
+/// How long a closing link may take to send its closing frame.
+const CLOSE_FLUSH: std::time::Duration = std::time::Duration::from_millis(300);
+
 /// A serial link's settings.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SerialSpec {
@@ -111,6 +114,7 @@ where
         }
     })
     .boxed();
+    let closer = handle.clone();
     let sink = Box::pin(futures::sink::unfold(
         handle,
         |handle, msg: Value| async move { handle.send(msg).await.map(|()| handle) },
@@ -120,7 +124,15 @@ where
         endpoint,
         teardown: Some(
             async move {
-                task.abort();
+                // Tell the node (`n: 0`) so that the next connection's
+                // reset is not taken for an echo of this one's handshake
+                // (the node ignores resets for t/2 after one).
+                let _ = closer.close("the host closed the link");
+                drop(closer);
+                let mut task = task;
+                if tokio::time::timeout(CLOSE_FLUSH, &mut task).await.is_err() {
+                    task.abort();
+                }
             }
             .boxed(),
         ),
