@@ -276,7 +276,12 @@ impl<'p> Builder<'p> {
         }
         let inputs = record::Inputs {
             moat: env!("CARGO_PKG_VERSION").into(),
-            source: tree.id.clone(),
+            source: if tree.id.starts_with("path:") {
+                // edited in place: its files' stamp says when it changed
+                format!("{} {}", tree.id, crate::source::path_stamp(&tree.root))
+            } else {
+                tree.id.clone()
+            },
             board: board.name.clone(),
             board_sha256: sha256_hex(&serde_json::to_vec(board)?),
             build_args: build_args.clone(),

@@ -222,6 +222,45 @@ fn provide_path(path: &Path, cache: &Cache, notes: Notes) -> anyhow::Result<Sour
     })
 }
 
+/// A fingerprint of a local tree's files (path, size, modification time;
+/// build folders and `.git` left out): a `path` source is edited in place,
+/// so its id alone cannot tell the build record that it changed. Like
+/// cargo's path dependencies; make then rebuilds only what changed.
+pub fn path_stamp(root: &Path) -> String {
+    fn walk(dir: &Path, root: &Path, h: &mut sha2::Sha256) {
+        use sha2::Digest;
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut entries: Vec<_> = entries.flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            let Ok(meta) = e.metadata() else { continue };
+            if meta.is_dir() {
+                if name == ".git" || name.starts_with("build") {
+                    continue;
+                }
+                walk(&e.path(), root, h);
+            } else {
+                let rel = e.path();
+                let rel = rel.strip_prefix(root).unwrap_or(&rel);
+                let mtime = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos());
+                h.update(format!("{}\0{}\0{mtime}\n", rel.display(), meta.len()).as_bytes());
+            }
+        }
+    }
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    walk(root, root, &mut h);
+    hex::encode(&h.finalize()[..8])
+}
+
 fn provide_git(url: &str, rev: &str, cache: &Cache, notes: Notes) -> anyhow::Result<SourceTree> {
     if rev.is_empty() || rev.starts_with('-') {
         bail!("[micropython] rev {rev:?} is not a git revision (a tag, branch or commit)");
@@ -397,6 +436,24 @@ mod tests {
             assert!(check_version(bad).is_err(), "{bad}");
         }
         check_version("1.25.0").unwrap();
+    }
+
+    #[test]
+    fn a_path_trees_stamp_follows_its_sources_not_its_build_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path();
+        std::fs::create_dir_all(t.join("py")).unwrap();
+        std::fs::create_dir_all(t.join("ports/unix/build-standard")).unwrap();
+        std::fs::write(t.join("py/vm.c"), "int x;").unwrap();
+        let first = path_stamp(t);
+        assert_eq!(path_stamp(t), first);
+        std::fs::write(t.join("ports/unix/build-standard/vm.o"), "obj").unwrap();
+        assert_eq!(path_stamp(t), first, "build output is not source");
+        std::fs::write(t.join("py/vm.c"), "int xy;").unwrap();
+        let edited = path_stamp(t);
+        assert_ne!(edited, first, "an edited source changes the stamp");
+        std::fs::write(t.join("py/new.c"), "").unwrap();
+        assert_ne!(path_stamp(t), edited, "a new file changes the stamp");
     }
 
     #[test]
