@@ -24,9 +24,10 @@ tools, in alternating rounds:
                               exec round trips back to back, fs_writefile
   Ctrl-D    soft reboot: main.py runs the node runtime again
 
-When the board's link socket lacks `nodelay`, a second QEMU with
-`nodelay=on` measures moat again (Nagle on QEMU's side of the socket delays
-the node's reply frames by the host's delayed ACK).
+QEMU runs with the board's own command (boards/qemu-mps2.toml), so moat is
+measured as shipped: since commit 4dc2bb2 that includes `nodelay=on` on
+the link socket (before, Nagle on QEMU's side delayed each reply frame by
+the host's delayed ACK). The call_session note says which it was.
 
 The firmware is built once in --work (default target/bench-peer/) with the
 e2e tests' cache; each run starts from a fresh flash image (--keep-flash
@@ -37,7 +38,6 @@ Prints key=value lines for bench/run:
   call_session=OURS|THEIRS|NOTE  small calls per second in one session
   copy=OURS|THEIRS|NOTE       4 KiB copy per invocation (median)
   copy_session=OURS|THEIRS|NOTE  4 KiB copy in one session (median)
-  nodelay=OURS|THEIRS|NOTE    moat with nodelay=on vs as shipped
   why=TEXT                    why it could not be measured
 Progress and details go to stderr.
 """
@@ -290,7 +290,7 @@ class Console:
         os.close(self.fd)
 
 
-def qemu_command(port, nodelay):
+def qemu_command(port):
     """The board's run command (boards/qemu-mps2.toml, what `moat run` and
     the mux start) with the console (UART1, `-serial stdio`) on a pty, as
     cli/src/emulator/qemu.rs builds it for Console::Pty."""
@@ -303,13 +303,17 @@ def qemu_command(port, nodelay):
     if len(serials) != 2:
         raise RuntimeError("boards/qemu-mps2.toml: expected two -serial options (link, console)")
     cmd[serials[1]] = "pty"
-    if nodelay and "nodelay" not in cmd[serials[0]]:
-        cmd[serials[0]] += ",nodelay=on"
     return cmd
 
 
-def qemu_start(node_dir, port, nodelay=False):
-    cmd = qemu_command(port, nodelay)
+def link_nodelay(port):
+    """Whether the board's link socket has nodelay (Nagle off)."""
+    cmd = qemu_command(port)
+    return "nodelay=on" in cmd[cmd.index("-serial") + 1]
+
+
+def qemu_start(node_dir, port):
+    cmd = qemu_command(port)
     p = subprocess.Popen(cmd, cwd=node_dir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT)
     # QEMU 7.2 names the pty on stdout ("char device redirected to
@@ -486,23 +490,20 @@ def prepare(moat, work, env, keep_flash=False):
     return proj, link, node_dir, port
 
 
-def run_node(a, proj, link, node_dir, port, env, data_path, data, nodelay, rounds, with_mpremote):
-    """One QEMU; `rounds` of moat then (optionally) mpremote."""
+def run_node(a, proj, link, node_dir, port, env, data_path, data):
+    """One QEMU; `a.rounds` of moat then mpremote."""
     res = {k: [] for k in ("moat_call", "moat_copy", "moat_rate", "moat_copy_session",
                            "mp_call", "mp_copy", "mp_rate", "mp_copy_session")}
-    q, pty = qemu_start(node_dir, port, nodelay)
+    q, pty = qemu_start(node_dir, port)
     con = Console(pty)
     moat = Moat(a.moat, proj, link, env, a.work)
     try:
-        log("QEMU up%s, console on %s; waiting for the node runtime"
-            % (" (link socket nodelay=on)" if nodelay else "", pty))
+        log("QEMU up, console on %s; waiting for the node runtime" % pty)
         moat.wait_up()
-        for rnd in range(rounds):
+        for rnd in range(a.rounds):
             log("round %d: moat over UART0" % (rnd + 1))
             moat.per_invocation(res, data_path, a.n)
             moat.session(res, data_path, a.seconds, max(1, a.n // 2))
-            if not with_mpremote:
-                continue
             log("round %d: Ctrl-C on the console, mpremote over it" % (rnd + 1))
             con.write(b"\x03")
             if not con.expect(b">>> ", 10):
@@ -510,7 +511,7 @@ def run_node(a, proj, link, node_dir, port, env, data_path, data, nodelay, round
             con.pause()
             mpremote_round(a.mpremote, pty, res, data_path, data, a.n, a.seconds)
             con.resume()
-            if rnd + 1 < rounds:
+            if rnd + 1 < a.rounds:
                 con.write(b"\r\x04")  # soft reboot: main.py starts the runtime again
                 moat.wait_up()
     except Exception as e:
@@ -566,12 +567,8 @@ def main():
         f.write(data)
     try:
         proj, link, node_dir, port = prepare(a.moat, a.work, env, a.keep_flash)
-        res = run_node(a, proj, link, node_dir, port, env, data_path, data, False, a.rounds, True)
-        # The board's link socket has Nagle on unless it says nodelay: a
-        # second QEMU with nodelay=on shows what that costs moat.
-        extra = None
-        if "nodelay" not in " ".join(qemu_command(port, False)):
-            extra = run_node(a, proj, link, node_dir, port, env, data_path, data, True, a.rounds, False)
+        res = run_node(a, proj, link, node_dir, port, env, data_path, data)
+        nodelay = link_nodelay(port)
     except Exception as e:
         print("why=%s" % str(e).replace("\n", " ")[:400])
         return 0
@@ -583,8 +580,9 @@ def main():
           % (mc, pc, len(res["moat_call"]), faster(pc, mc)))
     mr, pr = med(res["moat_rate"]), med(res["mp_rate"])
     print("call_session=%.0f ping/s (moat mux client)|%.0f exec/s (mpremote raw REPL)|"
-          "back to back in one session, %.0f s x %d; %s"
-          % (mr, pr, a.seconds, len(res["moat_rate"]), faster(1 / pr, 1 / mr)))
+          "back to back in one session, %.0f s x %d; %s; link socket %s"
+          % (mr, pr, a.seconds, len(res["moat_rate"]), faster(1 / pr, 1 / mr),
+             "nodelay=on" if nodelay else "with Nagle (no nodelay)"))
     mf, pf = med(res["moat_copy"]), med(res["mp_copy"])
     print("copy=moat fs put %.2f s|mpremote cp -f %.2f s|per invocation (median of %d); %s"
           % (mf, pf, len(res["moat_copy"]), faster(pf, mf)))
@@ -592,12 +590,6 @@ def main():
     print("copy_session=moat fs put --socket %.2f s|mpremote fs_writefile %.2f s|"
           "moat through a running mux (process start included), mpremote in its raw REPL; %s"
           % (ms, ps, faster(ps, ms)))
-    if extra:
-        print("nodelay=%.0f ping/s, fs put --socket %.2f s|as shipped: %.0f ping/s, %.2f s|"
-              "moat on a second QEMU whose link socket has nodelay=on (the board's has Nagle on); "
-              "per-invocation ping %.3f s, fs put %.2f s"
-              % (med(extra["moat_rate"]), med(extra["moat_copy_session"]), mr, ms,
-                 med(extra["moat_call"]), med(extra["moat_copy"])))
     return 0
 
 
