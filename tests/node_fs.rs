@@ -127,20 +127,7 @@ fn a_leaving_client_closes_only_its_own_files(heap: u32) {
     assert!(n.running(), "node died:\n{}", n.console());
 }
 
-macro_rules! both_heaps {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn heap_256k() {
-                super::$name(256)
-            }
-            #[test]
-            fn heap_64k() {
-                super::$name(64)
-            }
-        }
-    )*};
-}
+use moat_e2e::both_heaps;
 
 both_heaps!(
     files_of_a_client_that_disconnects_are_closed,

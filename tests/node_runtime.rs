@@ -115,20 +115,7 @@ fn standard(heap: u32) -> (Node, Conn) {
     (n, c)
 }
 
-macro_rules! both_heaps {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn heap_256k() {
-                super::$name(256)
-            }
-            #[test]
-            fn heap_64k() {
-                super::$name(64)
-            }
-        }
-    )*};
-}
+use moat_e2e::both_heaps;
 
 both_heaps!(
     builtins_answer,

@@ -281,3 +281,21 @@ fn project_files(root: &Path) -> anyhow::Result<std::collections::BTreeMap<PathB
     }
     Ok(out)
 }
+
+/// One test module per scenario `fn name(heap_kb)`, run at a roomy heap
+/// (256 KiB) and at a device-sized one (64 KiB).
+#[macro_export]
+macro_rules! both_heaps {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn heap_256k() {
+                super::$name(256)
+            }
+            #[test]
+            fn heap_64k() {
+                super::$name(64)
+            }
+        }
+    )*};
+}
