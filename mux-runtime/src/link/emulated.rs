@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use futures::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::Command;
 
 use super::{serial, usb, ConnectCtx, ConnectError, Connection, LinkSpec, ProcessSpec};
 
@@ -42,21 +41,13 @@ pub async fn connect(
             "an emulated node's serial port must be a socket `tcp:HOST:PORT`, not {path}"
         ));
     };
-    let mut child = Command::new(&emulator.program)
-        .args(&emulator.args)
-        .current_dir(&emulator.cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| {
-            format!(
-                "cannot start the emulator {} in {}: {e} (is it installed? run `moat flash` first)",
-                emulator.program.display(),
-                emulator.cwd.display()
-            )
-        })?;
+    let mut child = super::process::spawn_child(emulator, Stdio::null()).map_err(|e| {
+        format!(
+            "cannot start the emulator {} in {}: {e} (is it installed? run `moat flash` first)",
+            emulator.program.display(),
+            emulator.cwd.display()
+        )
+    })?;
     if let Some(out) = child.stdout.take() {
         tokio::spawn(copy_console(out, ctx.console.clone()));
     }

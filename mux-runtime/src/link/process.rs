@@ -52,22 +52,27 @@ impl ProcessSpec {
     }
 }
 
-pub async fn connect(spec: &ProcessSpec, ctx: &ConnectCtx) -> Result<Connection, ConnectError> {
-    let mut child = Command::new(&spec.program)
+/// Starts `spec`'s program in its folder, stdout and stderr piped, killed
+/// when dropped (the node's process, or an emulator running it).
+pub(crate) fn spawn_child(spec: &ProcessSpec, stdin: Stdio) -> std::io::Result<Child> {
+    Command::new(&spec.program)
         .args(&spec.args)
         .current_dir(&spec.cwd)
-        .stdin(Stdio::piped())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| {
-            format!(
-                "cannot start {} in {}: {e} (run `moat flash` to install the node)",
-                spec.program.display(),
-                spec.cwd.display()
-            )
-        })?;
+}
+
+pub async fn connect(spec: &ProcessSpec, ctx: &ConnectCtx) -> Result<Connection, ConnectError> {
+    let mut child = spawn_child(spec, Stdio::piped()).map_err(|e| {
+        format!(
+            "cannot start {} in {}: {e} (run `moat flash` to install the node)",
+            spec.program.display(),
+            spec.cwd.display()
+        )
+    })?;
     let (Some(stdin), Some(stdout), Some(stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
