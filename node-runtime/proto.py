@@ -233,13 +233,14 @@ class Link:
                 err.log("ignoring unknown message key", k)
 
     def _req(self, m, i):
-        # Admission. A request waits while the spare heap is given up (to
-        # tasks that wait for heap, or to a new link: they come first), and
-        # while less than _SLACK x 2 is free (after a collection) for it and
-        # the running ones to finish; a stream, which holds its share for
-        # long, while less than _SLACK x 8 is. Not a link's only request (a
-        # sequential client's): it is tried at once, so a busy node still
-        # answers `sys.mem` or `ping`.
+        # Admission. A request waits while a new link waits for heap (it
+        # comes first), and while less than _SLACK x 2 is free (after a
+        # collection) for it and the running ones to finish; a stream, which
+        # holds its share for long, while less than _SLACK x 8 is; twice
+        # that while the spare is given up (to tasks that found no heap) and
+        # cannot be taken again. Not a link's only request (a sequential
+        # client's): it is tried at once, so a busy node still answers
+        # `sys.mem` or `ping`.
         r = self.root
         held = r.keep()
         st = m.get("r")
@@ -247,7 +248,7 @@ class Link:
             need = _SLACK << 3
         else:
             need = _SLACK << 1 if self.peer else 0
-        if need and (not held or r.hold or not _room(need)):
+        if need and (r.hold or not _room(need if held else need << 1)):
             raise MemoryError
         try:
             self._start(m, i)
@@ -271,6 +272,12 @@ class Link:
         p = self.peer
         if k in p:
             asyncio.create_task(self.send_err(k, err.DupSeq(i)))
+            return
+        if self.root.boot:
+            # going down: its apps may be stopped already ("no such app"
+            # would mislead); a link that re-handshakes meanwhile (uart)
+            # hears it is stopping
+            asyncio.create_task(self.send_err(k, err.Stopped("node stopping")))
             return
         if len(p) >= self.q:  # bounded: a flood must not exhaust the heap
             asyncio.create_task(self.send(NONE, NONE, k, "E:busy: %d requests open" % self.q))
