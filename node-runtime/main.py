@@ -176,6 +176,10 @@ def main():
             machine.reset()
         except (ImportError, AttributeError):
             pass  # unix: a hard reset ends the process; the runner restarts it
+    if b == 3:
+        # stopped (Ctrl-C, the host went away): on a device the REPL takes
+        # over (sys.exit would soft-reset into main.py again); unix exits
+        return
     sys.exit(0)
 
 

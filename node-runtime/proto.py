@@ -279,6 +279,12 @@ class Link:
             # hears it is stopping
             asyncio.create_task(self.send_err(k, err.Stopped("node stopping")))
             return
+        if self.root.boot:
+            # going down: its apps may be stopped already ("no such app"
+            # would mislead); a link that re-handshakes meanwhile (uart)
+            # hears it is stopping
+            asyncio.create_task(self.send_err(k, err.Stopped("node stopping")))
+            return
         if len(p) >= self.q:  # bounded: a flood must not exhaust the heap
             asyncio.create_task(self.send(NONE, NONE, k, "E:busy: %d requests open" % self.q))
             return

@@ -341,8 +341,39 @@ function shutdown(code) {
   save();
   process.exit(code);
 }
-process.on('SIGINT', () => shutdown(0));
-process.on('SIGTERM', () => shutdown(0));
+// Asked to stop: a Ctrl-C on the console (between messages) stops the node
+// runtime cleanly, which clears its crash marker; once the REPL prompt shows
+// (or after 3 s) the flash is saved. A runtime not yet serving is just
+// stopped, as before.
+let stopping = false;
+const PROMPT = Buffer.from('>>> ');
+function stop() {
+  if (stopping) return;
+  stopping = true;
+  if (!ready) return shutdown(0);
+  if (input) input.pause();
+  pending.length = 0;
+  pendingBytes = 0;
+  ready = false; // host bytes no longer reach the node
+  seen = Buffer.alloc(0);
+  let tail = Buffer.alloc(0);
+  const watch = cdc.onSerialData;
+  cdc.onSerialData = (data) => {
+    watch(data);
+    tail = Buffer.concat([tail, Buffer.from(data)]).subarray(-64);
+    if (tail.includes(PROMPT)) {
+      if (debug) process.stderr.write('rp2040js harness: the node runtime stopped\n');
+      setTimeout(() => shutdown(0), 100);
+    }
+  };
+  cdc.sendSerialByte(0x03);
+  setTimeout(() => {
+    if (debug) process.stderr.write(`rp2040js harness: no REPL prompt after Ctrl-C: ${JSON.stringify(tail.toString('latin1'))}\n`);
+    shutdown(0);
+  }, 3000);
+}
+process.on('SIGINT', stop);
+process.on('SIGTERM', stop);
 
 // Start like the bootrom would after boot2: at the image's start.
 mcu.core.PC = FLASH_BASE;

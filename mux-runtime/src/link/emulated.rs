@@ -18,6 +18,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::{serial, usb, ConnectCtx, ConnectError, Connection, LinkSpec, ProcessSpec};
 
+/// How long an emulator whose link went down may take to exit by itself.
+const EXIT_GRACE: Duration = Duration::from_secs(3);
 /// How often to look for the emulator's socket while it starts.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -93,6 +95,7 @@ pub async fn connect(
         }
     };
     let pid = ctx.pid.clone();
+    let stop = ctx.stop.clone();
     let inner = conn.teardown;
     Ok(Connection {
         endpoint: conn.endpoint,
@@ -101,7 +104,16 @@ pub async fn connect(
                 if let Some(t) = inner {
                     t.await;
                 }
-                let _ = child.kill().await;
+                // The node closed the link because it resets: let it finish
+                // (its crash marker is cleared last; a hard reset ends the
+                // emulator by itself). Stopping the link kills at once.
+                if stop.is_cancelled()
+                    || tokio::time::timeout(EXIT_GRACE, child.wait())
+                        .await
+                        .is_err()
+                {
+                    let _ = child.kill().await;
+                }
                 pid.store(0, Ordering::Relaxed);
             }
             .boxed(),

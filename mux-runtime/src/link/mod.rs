@@ -200,6 +200,8 @@ pub struct ConnectCtx {
     pub timeout: Duration,
     /// A process link's child pid while it runs (0: none).
     pub pid: Arc<AtomicU32>,
+    /// Cancelled when the link is stopped for good (not just down).
+    pub stop: CancellationToken,
 }
 
 impl ConnectCtx {
@@ -372,6 +374,7 @@ async fn supervise(shared: Arc<Shared>, handler: Arc<dyn Handler>, options: Link
         bytes: shared.bytes.clone(),
         timeout: options.connect_timeout,
         pid: shared.pid.clone(),
+        stop: shared.stop.clone(),
     };
     let mut backoff = Backoff::new(options.backoff_min, options.backoff_max);
     let mut connected_before = false;
