@@ -17,6 +17,7 @@ _PLENTY = const(4096)  # free heap in which a value that finds none is junk
 
 
 class SockLink(Link):
+    NOW = True  # _put() writes at once: plain commands are answered inline
     def __init__(self, root, name, rd, wr, m, idle):
         super().__init__(root, name, m)
         self.rd = rd

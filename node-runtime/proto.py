@@ -40,6 +40,23 @@ def _room(n):
     return gc.mem_free() >= n
 
 
+_BUSY = (BUSY, NONE)
+
+
+def _why(ex, a, x):
+    # -> (e, d) of the error reply to ex, logged unless expected; the busy
+    # error when there is no heap to say more
+    if not isinstance(ex, MemoryError):
+        try:
+            if not (isinstance(ex, (err.NoPath, err.DupSeq)) or _expected(ex, x)):
+                err.log("error in", a, repr(ex))
+            e, d = err.encode(ex)
+            return e, NONE if d is None else d
+        except MemoryError:
+            pass
+    return _BUSY
+
+
 def _expected(ex, x):
     # the caller listed this error type in `x`: do not log it
     if not isinstance(x, list):
@@ -73,6 +90,7 @@ class _Feed:
 
 
 class Link:
+    NOW = False  # whether _put() can write at once (then plain commands run inline)
     def __init__(self, root, name, m=1024):
         self.root = root
         self.name = name
@@ -279,21 +297,70 @@ class Link:
             # hears it is stopping
             asyncio.create_task(self.send_err(k, err.Stopped("node stopping")))
             return
-        if self.root.boot:
-            # going down: its apps may be stopped already ("no such app"
-            # would mislead); a link that re-handshakes meanwhile (uart)
-            # hears it is stopping
-            asyncio.create_task(self.send_err(k, err.Stopped("node stopping")))
-            return
         if len(p) >= self.q:  # bounded: a flood must not exhaust the heap
             asyncio.create_task(self.send(NONE, NONE, k, "E:busy: %d requests open" % self.q))
             return
+        x = m.get("x")
+        if self.NOW and self.lock.state == 0 and self.root.spare is not None and not (isinstance(r, int) and r > 0):
+            if self._inline(a, d, k, x):
+                return
         p[k] = None  # the table grows first: a MemoryError below leaves nothing
         try:
-            p[k] = asyncio.create_task(self._serve(a, d, k, r, m.get("x")))
+            p[k] = asyncio.create_task(self._serve(a, d, k, r, x))
         except MemoryError:
             del p[k]
             raise
+
+    def _inline(self, a, d, k, x):
+        # A plain (def) command, called and answered at once in the link's
+        # own task: no task, no coroutine, which a fragmented heap may have
+        # no block for. -> False: it runs in a task after all (an async
+        # command: nothing of it ran). A MemoryError comes only before the
+        # command runs.
+        if not isinstance(a, list) or not isinstance(d, dict):
+            return False
+        try:
+            f, _ = self.root.resolve(a)
+        except MemoryError:
+            raise
+        except Exception:
+            return False  # the task says why
+        e = NONE
+        p = self.peer
+        # open while it runs, served by this task: apps that ask which link
+        # a request came from (fs) find it as for a task of its own
+        p[k] = asyncio.current_task()
+        try:
+            try:
+                v = f(**d)
+            except MemoryError:
+                if not self.root.spend():
+                    raise
+                v = f(**d)  # once more, with the spare: what a client does after BUSY
+            if type(v) is _GEN:
+                v.close()
+                return False
+        except Exception as ex:
+            e, v = _why(ex, a, x)
+        finally:
+            del p[k]
+        # it ran: from here on it is answered, come what may
+        try:
+            left = self._now(NONE, v, k, e, NONE, NONE)
+        except MemoryError:
+            left = -1  # no heap to encode it: a task tries again
+        if left:  # the lock was taken, half of it is out, or no heap
+            try:
+                asyncio.create_task(self._answer(k, v, e, left))
+            except MemoryError:
+                # the spare, held when this began (_start), unless the
+                # command took it; without it the answer is lost
+                if self.root.spend():
+                    try:
+                        asyncio.create_task(self._answer(k, v, e, left))
+                    except MemoryError:
+                        pass
+        return True
 
     async def _serve(self, a, d, k, r, x):
         # Runs one request and answers it. Never raises: on a full heap the
@@ -320,18 +387,9 @@ class Link:
                         v = await v
             except asyncio.CancelledError:
                 return
-            except MemoryError:
-                v, e = NONE, BUSY
             except Exception as ex:
-                v, e = NONE, BUSY  # unless there is memory to say more
-                try:
-                    if not (isinstance(ex, (err.NoPath, err.DupSeq)) or _expected(ex, x)):
-                        err.log("error in", a, repr(ex))
-                    e, v = err.encode(ex)
-                    if v is None:
-                        v = NONE
-                except MemoryError:
-                    pass
+                e, v = _why(ex, a, x)
+            # as _answer(), inline: a coroutine for it may find no heap
             j = 0
             left = 0  # see _now()
             while k is not None and self.up:
@@ -361,6 +419,36 @@ class Link:
         finally:
             if k is not None and self.peer.get(k) is asyncio.current_task():
                 del self.peer[k]
+
+    async def _answer(self, k, v, e, left):
+        # Sends the answer (v, or the error e) to request k; `left` as from
+        # _now(), 0 if not tried. On a full heap it waits for heap (NAP),
+        # and after a few tries becomes BUSY. Never raises.
+        j = 0
+        while self.up:
+            try:
+                if left <= 0:
+                    left = self._now(NONE, v, k, e, NONE, NONE)
+                if left:
+                    await self.send(NONE, v, k, e, NONE, NONE, left)
+                return
+            except MemoryError:
+                if left <= 0:
+                    j += 1
+                    if j == _QUIET:  # the answer itself may be what does not fit
+                        v, e = NONE, BUSY
+            except asyncio.CancelledError:
+                return
+            except Exception:
+                return  # link down
+            if self.root.spend():
+                continue  # try again at once, with the spare
+            try:
+                await asyncio.sleep_ms(_NAP)
+            except asyncio.CancelledError:
+                if left <= 0:
+                    return
+                # half of the answer is out: finish it first
 
     async def _stream(self, a, d, k, r):
         f = _Feed()

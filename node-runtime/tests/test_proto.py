@@ -312,6 +312,26 @@ async def main():
         check(l.got in ([{"i": 69, "d": 10}], [{"i": 69, "e": BUSY}]), "answer after a full heap %r" % l.got)
         check(dead == [], "task exceptions: %r" % dead)
 
+        # a link that writes at once answers plain commands inline: the
+        # answer is out when rx() returns, no task; async ones get a task
+        class Now(Mem):
+            NOW = True
+
+        nl = Now(root)
+        nl.attach()
+        nl.rx({"a": ["t", "add"], "d": {"a": 2, "b": 5}, "i": 80})
+        check(nl.got == [{"i": 81, "d": 7}] and not nl.peer, "inline %r %r" % (nl.got, nl.peer))
+        nl.got.clear()
+        nl.rx({"a": ["t", "bad"], "i": 82, "x": [Proxy("_KyErr")]})
+        check(nl.got == [{"i": 83, "e": Proxy("_KyErr"), "d": ["k"]}], "inline error %r" % nl.got)
+        nl.got.clear()
+        nl.rx({"a": ["t", "nope"], "i": 84})
+        nl.rx({"a": ["t", "slow"], "d": {"t": 10}, "i": 86})
+        check(nl.got == [] and 87 in nl.peer, "async: a task %r" % nl.got)
+        await until(lambda: len(nl.got) >= 2)
+        check(sorted(m["i"] for m in nl.got) == [85, 87] and nl.got[-1] == {"i": 87, "d": 10}, "via tasks %r" % nl.got)
+        nl.detach()
+
         # allocation per request (64-bit unix figures are about twice an ESP8266's)
         for _ in range(3):
             await req({"a": ["ping"], "d": {"m": 1}, "i": 20})
