@@ -406,6 +406,21 @@ async fn the_mux_starts_the_emulator_and_restarts_it_after_a_hard_reset() {
         ep.call(["q", "c", "inc"], kw(&[])).await.unwrap(),
         Value::Int(1)
     );
+    // A soft reset closes the link but QEMU runs on: the mux reaches the
+    // same emulator again, whose node restarted on moat.cfg (the counter app
+    // is not in the fallback config a killed emulator would boot on).
+    let _ = ep
+        .call(["q", "sys", "boot"], kw(&[("m", Value::Int(1))]))
+        .await;
+    let t0 = Instant::now();
+    while answer("after the soft reset").await != Value::Int(0) {
+        assert!(t0.elapsed() < Duration::from_secs(60), "no soft reset");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        ep.call(["q", "c", "inc"], kw(&[])).await.unwrap(),
+        Value::Int(1)
+    );
     // A hard reset ends QEMU; a new one boots with a fresh counter.
     let _ = ep
         .call(["q", "sys", "boot"], kw(&[("m", Value::Int(2))]))

@@ -18,8 +18,6 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::{serial, usb, ConnectCtx, ConnectError, Connection, LinkSpec, ProcessSpec};
 
-/// How long an emulator whose link went down may take to exit by itself.
-const EXIT_GRACE: Duration = Duration::from_secs(3);
 /// How often to look for the emulator's socket while it starts.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -43,19 +41,14 @@ pub async fn connect(
             "an emulated node's serial port must be a socket `tcp:HOST:PORT`, not {path}"
         ));
     };
-    let mut child = super::process::spawn_child(emulator, Stdio::null()).map_err(|e| {
-        format!(
-            "cannot start the emulator {} in {}: {e} (is it installed? run `moat flash` first)",
-            emulator.program.display(),
-            emulator.cwd.display()
-        )
-    })?;
-    if let Some(out) = child.stdout.take() {
-        tokio::spawn(copy_console(out, ctx.console.clone()));
-    }
-    if let Some(err) = child.stderr.take() {
-        tokio::spawn(copy_console(err, ctx.console.clone()));
-    }
+    let kept = ctx.kept.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let mut child = match kept {
+        Some(mut c) => match c.try_wait() {
+            Ok(None) => c, // still running: its node reset and closed the link
+            _ => start(emulator, ctx)?,
+        },
+        None => start(emulator, ctx)?,
+    };
     ctx.pid.store(child.id().unwrap_or(0), Ordering::Relaxed);
     // Wait for the socket: the emulator listens shortly after it starts.
     let t0 = Instant::now();
@@ -96,6 +89,7 @@ pub async fn connect(
     };
     let pid = ctx.pid.clone();
     let stop = ctx.stop.clone();
+    let kept = ctx.kept.clone();
     let inner = conn.teardown;
     Ok(Connection {
         endpoint: conn.endpoint,
@@ -104,21 +98,39 @@ pub async fn connect(
                 if let Some(t) = inner {
                     t.await;
                 }
-                // The node closed the link because it resets: let it finish
-                // (its crash marker is cleared last; a hard reset ends the
-                // emulator by itself). Stopping the link kills at once.
-                if stop.is_cancelled()
-                    || tokio::time::timeout(EXIT_GRACE, child.wait())
-                        .await
-                        .is_err()
-                {
+                // The node closed the link because it resets (the emulator
+                // runs on) or the emulator ended (a hard reset): kept for the
+                // next connection, which starts a new one if it ended.
+                // Stopping the link kills it at once.
+                if stop.is_cancelled() {
                     let _ = child.kill().await;
+                } else {
+                    *kept.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
+                    return;
                 }
                 pid.store(0, Ordering::Relaxed);
             }
             .boxed(),
         ),
     })
+}
+
+/// Starts the emulator, its stdout and stderr copied to the console.
+fn start(emulator: &ProcessSpec, ctx: &ConnectCtx) -> Result<tokio::process::Child, ConnectError> {
+    let mut child = super::process::spawn_child(emulator, Stdio::null()).map_err(|e| {
+        format!(
+            "cannot start the emulator {} in {}: {e} (is it installed? run `moat flash` first)",
+            emulator.program.display(),
+            emulator.cwd.display()
+        )
+    })?;
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(copy_console(out, ctx.console.clone()));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(copy_console(err, ctx.console.clone()));
+    }
+    Ok(child)
 }
 
 async fn copy_console<R: AsyncRead + Unpin>(

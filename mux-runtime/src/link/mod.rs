@@ -202,6 +202,10 @@ pub struct ConnectCtx {
     pub pid: Arc<AtomicU32>,
     /// Cancelled when the link is stopped for good (not just down).
     pub stop: CancellationToken,
+    /// An emulator kept running between connections (its node reset and
+    /// closed the link; the next connection reaches it again). Killed when
+    /// the link ends (`kill_on_drop`).
+    pub kept: Arc<std::sync::Mutex<Option<tokio::process::Child>>>,
 }
 
 impl ConnectCtx {
@@ -375,6 +379,7 @@ async fn supervise(shared: Arc<Shared>, handler: Arc<dyn Handler>, options: Link
         timeout: options.connect_timeout,
         pid: shared.pid.clone(),
         stop: shared.stop.clone(),
+        kept: Arc::default(),
     };
     let mut backoff = Backoff::new(options.backoff_min, options.backoff_max);
     let mut connected_before = false;
