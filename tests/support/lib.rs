@@ -61,8 +61,26 @@ fn snapshot(bin: &Path) -> anyhow::Result<PathBuf> {
         let tmp = dir.join(format!(".moat-{}.tmp", std::process::id()));
         std::fs::copy(bin, &tmp)?;
         std::fs::rename(&tmp, &copy)?;
+        prune_snapshots(&dir);
     }
     Ok(copy)
+}
+
+/// Removes snapshots nobody has used for a day (each is a whole debug
+/// binary; a working copy rebuilt all day would fill the disk).
+fn prune_snapshots(dir: &Path) {
+    let day = std::time::Duration::from_secs(24 * 3600);
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.accessed().or_else(|_| m.modified()))
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > day);
+        if old {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 fn cargo_build_moat() -> anyhow::Result<PathBuf> {
