@@ -649,7 +649,7 @@ fn moat_flash_configures_the_booted_device_over_the_repl_and_checks_its_build() 
     }
     let (emu, pty) = Emulator::start_fresh_with_console_pty().unwrap();
     let sim = Sim::start(SimConfig {
-        boots_into: Some(pty),
+        boots_into: Some(pty.clone()),
         ..SimConfig::new(SimChip::Esp8266)
     })
     .unwrap();
@@ -710,6 +710,39 @@ fn moat_flash_configures_the_booted_device_over_the_repl_and_checks_its_build() 
         }
     };
     assert_eq!(v.trim(), "1");
+    // Flashed again, but the device runs another build than the record
+    // says (a write that failed unnoticed): the command fails naming it.
+    let rec = std::fs::read_to_string(build.join("record.json")).unwrap();
+    let at = rec.find("\"main\": \"").unwrap() + 9;
+    let tampered = format!("{}ff{}", &rec[..at], &rec[at + 2..]);
+    std::fs::write(build.join("record.json"), tampered).unwrap();
+    let sim = Sim::start(SimConfig {
+        boots_into: Some(pty),
+        ..SimConfig::new(SimChip::Esp8266)
+    })
+    .unwrap();
+    manifest(sim.path());
+    let out = moat(root)
+        .args([
+            "flash",
+            "--before",
+            "no-reset",
+            "--after",
+            "no-reset-no-stub",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("does not run the build just flashed") && err.contains("main"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("cfg upload"),
+        "a config hint would mislead: {err}"
+    );
+    drop(sim);
 }
 
 /// Whether Node.js, npm and cmake are here for the rpi-pico board (the

@@ -243,9 +243,12 @@ fn flash_device(project: &Project, node: &Node, a: &Args) -> anyhow::Result<serd
     let mut build_checked = None;
     if !a.device.no_config && !to_file && plan.config.is_some() {
         let (uploaded, checked) = after_flash(project, node, &plan, a.json).map_err(|e| {
+            let n = &node.name;
+            if e.is::<WrongBuild>() {
+                return anyhow::anyhow!("node `{n}`: the firmware was flashed, but {e}");
+            }
             anyhow::anyhow!(
-                "node `{n}`: the firmware was flashed, but {e:#}; give it its config with `moat cfg upload --node {n} --repl --port PORT` (its serial console) or, once it is reachable over its link, `moat cfg upload --node {n}`",
-                n = node.name,
+                "node `{n}`: the firmware was flashed, but {e:#}; give it its config with `moat cfg upload --node {n} --repl --port PORT` (its serial console) or, once it is reachable over its link, `moat cfg upload --node {n}`"
             )
         })?;
         config_uploaded = uploaded;
@@ -368,6 +371,12 @@ fn upload_config(project: &Project, node: &Node, json: bool) -> anyhow::Result<(
     })?
 }
 
+/// The device runs another build than the one just flashed (frozen module
+/// hashes differ from the build record).
+#[derive(Debug, thiserror::Error)]
+#[error("it does not run the build just flashed (frozen modules differ: {0}): the write failed unnoticed, flash again")]
+struct WrongBuild(String);
+
 /// Gives a just-flashed device its config, and where the flash method
 /// could not verify (ESP8266) checks that it runs the build just written
 /// (its frozen module hashes against the build record). Returns
@@ -398,10 +407,7 @@ fn after_flash(
         match moat::update::config_repl::install(port, node, record.as_ref(), patience) {
             Ok(installed) => {
                 let checked = match installed.differing_modules {
-                    Some(d) if !d.is_empty() => anyhow::bail!(
-                        "it does not run the build just flashed (frozen modules {} differ): the write failed unnoticed, flash again",
-                        d.join(", ")
-                    ),
+                    Some(d) if !d.is_empty() => return Err(WrongBuild(d.join(", ")).into()),
                     Some(_) => Some(true),
                     None => None,
                 };
@@ -443,9 +449,7 @@ fn over_link(
             for (module, hex) in &rec.inputs.modules {
                 let want = Value::Bin(hex::decode(hex).unwrap_or_default());
                 if hashes.get(module.as_str()) != Some(&want) {
-                    anyhow::bail!(
-                        "it does not run the build just flashed (frozen module `{module}` differs): the write failed unnoticed, flash again"
-                    );
+                    return Err(WrongBuild(module.clone()).into());
                 }
             }
             checked = Some(true);
