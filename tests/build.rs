@@ -224,7 +224,7 @@ fn board_without_toolchain_fails_at_the_compiler_after_generating_manifest_and_h
     if !build_tools_present() {
         return;
     }
-    if on_path_any("xtensa-lx106-elf-gcc") {
+    if moat_e2e::on_path("xtensa-lx106-elf-gcc") {
         eprintln!("SKIPPED: an ESP8266 toolchain is installed; the failure path cannot be shown");
         return;
     }
@@ -257,11 +257,6 @@ fn board_without_toolchain_fails_at_the_compiler_after_generating_manifest_and_h
         hash.contains("\"inisetup\": b\""),
         "port modules hashed too: {hash}"
     );
-}
-
-fn on_path_any(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }
 
 #[test]
@@ -395,10 +390,10 @@ fn a_git_micropython_source_is_cloned_at_its_rev_and_builds() {
         return;
     }
     assert!(
-        on_path_any("git") || std::env::var_os("CI").is_none_or(|v| v != "true"),
+        moat_e2e::on_path("git") || std::env::var_os("CI").is_none_or(|v| v != "true"),
         "CI=true but git is missing"
     );
-    if !on_path_any("git") {
+    if !moat_e2e::on_path("git") {
         eprintln!("SKIPPED: git not installed");
         return;
     }

@@ -41,24 +41,11 @@ class Counter(App):
 /// one fails the test (`.ci/run` installs them); otherwise the test says
 /// why and returns.
 fn emulator_tools_present() -> bool {
-    if !moat_e2e::build_tools_present() {
-        return false;
-    }
-    let missing: Vec<&str> = ["qemu-system-arm", "arm-none-eabi-gcc", "patch"]
-        .into_iter()
-        .filter(|t| {
-            !std::env::var_os("PATH")
-                .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(t).is_file()))
-        })
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some_and(|v| v == "true") {
-        panic!("CI=true but {missing:?} are missing (apt-get install qemu-system-arm gcc-arm-none-eabi libnewlib-arm-none-eabi patch)");
-    }
-    eprintln!("SKIPPED: {missing:?} missing; install them to run this test");
-    false
+    moat_e2e::build_tools_present()
+        && moat_e2e::tools_present(
+            &["qemu-system-arm", "arm-none-eabi-gcc", "patch"],
+            "apt-get install qemu-system-arm gcc-arm-none-eabi libnewlib-arm-none-eabi patch",
+        )
 }
 
 fn free_port() -> u16 {
@@ -748,24 +735,11 @@ fn moat_flash_configures_the_booted_device_over_the_repl_and_checks_its_build() 
 /// Whether Node.js, npm and cmake are here for the rpi-pico board (the
 /// qemu tools cover the compiler). Under `CI=true` missing ones fail.
 fn pico_tools_present() -> bool {
-    if !emulator_tools_present() {
-        return false;
-    }
-    let missing: Vec<&str> = ["node", "npm", "cmake", "g++"]
-        .into_iter()
-        .filter(|t| {
-            !std::env::var_os("PATH")
-                .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(t).is_file()))
-        })
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some_and(|v| v == "true") {
-        panic!("CI=true but {missing:?} are missing (apt-get install nodejs npm cmake g++ libstdc++-arm-none-eabi-newlib)");
-    }
-    eprintln!("SKIPPED: {missing:?} missing; install them to run this test");
-    false
+    emulator_tools_present()
+        && moat_e2e::tools_present(
+            &["node", "npm", "cmake", "g++"],
+            "apt-get install nodejs npm cmake g++ libstdc++-arm-none-eabi-newlib",
+        )
 }
 
 /// The shared rpi-pico project, built (or found current), held under its

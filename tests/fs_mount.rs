@@ -13,8 +13,7 @@ const WAIT: Duration = Duration::from_secs(20);
 /// Whether FUSE can be used here. Under `CI=true` a missing piece is a
 /// failure; otherwise the test says why it skips.
 fn fuse_usable() -> bool {
-    let fusermount = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("fusermount3").is_file()));
+    let fusermount = moat_e2e::on_path("fusermount3");
     let dev = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

@@ -184,21 +184,29 @@ pub fn json_lines(stdout: &[u8]) -> anyhow::Result<Vec<serde_json::Value>> {
 /// otherwise it prints why and returns false so the caller can return
 /// early.
 pub fn build_tools_present() -> bool {
-    let missing: Vec<&str> = ["make", "gcc", "python3", "tar", "xz"]
-        .into_iter()
-        .filter(|t| !on_path(t))
-        .collect();
+    tools_present(
+        &["make", "gcc", "python3", "tar", "xz"],
+        "install build-essential, python3, xz-utils",
+    )
+}
+
+/// Whether every program of `tools` is on PATH. Under `CI=true` a missing
+/// one fails the test (`.ci/run` installs them: `install` says how);
+/// otherwise the test says why and returns.
+pub fn tools_present(tools: &[&str], install: &str) -> bool {
+    let missing: Vec<&str> = tools.iter().copied().filter(|t| !on_path(t)).collect();
     if missing.is_empty() {
         return true;
     }
     if std::env::var_os("CI").is_some_and(|v| v == "true") {
-        panic!("CI=true but build tools are missing: {missing:?} (install build-essential, python3, xz-utils)");
+        panic!("CI=true but {missing:?} are missing ({install})");
     }
-    eprintln!("SKIPPED: missing build tools {missing:?}; install them to run this test");
+    eprintln!("SKIPPED: {missing:?} missing; install them to run this test");
     false
 }
 
-fn on_path(program: &str) -> bool {
+/// Whether `program` is on PATH.
+pub fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }
