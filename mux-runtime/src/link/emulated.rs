@@ -12,9 +12,7 @@ use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use futures::FutureExt;
-use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::{serial, usb, ConnectCtx, ConnectError, Connection, LinkSpec, ProcessSpec};
 
@@ -125,26 +123,10 @@ fn start(emulator: &ProcessSpec, ctx: &ConnectCtx) -> Result<tokio::process::Chi
         )
     })?;
     if let Some(out) = child.stdout.take() {
-        tokio::spawn(copy_console(out, ctx.console.clone()));
+        tokio::spawn(super::process::copy_console(out, ctx.console.clone()));
     }
     if let Some(err) = child.stderr.take() {
-        tokio::spawn(copy_console(err, ctx.console.clone()));
+        tokio::spawn(super::process::copy_console(err, ctx.console.clone()));
     }
     Ok(child)
-}
-
-async fn copy_console<R: AsyncRead + Unpin>(
-    mut from: R,
-    to: tokio::sync::broadcast::Sender<bytes::Bytes>,
-) {
-    let mut buf = BytesMut::with_capacity(1024);
-    loop {
-        buf.clear();
-        match from.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {
-                let _ = to.send(buf.split().freeze());
-            }
-        }
-    }
 }

@@ -176,7 +176,8 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-async fn copy_console<R: AsyncRead + Unpin>(
+/// Copies a child's output into the link's console broadcast until EOF.
+pub(crate) async fn copy_console<R: AsyncRead + Unpin>(
     mut from: R,
     to: tokio::sync::broadcast::Sender<Bytes>,
 ) {
