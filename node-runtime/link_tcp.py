@@ -5,7 +5,7 @@ from micropython import const
 import gc
 import asyncio
 from asyncio import core
-from msgpack import Unpacker, NONE, _Incomplete
+from msgpack import Unpacker, NONE
 from proto import Link
 import err
 
@@ -101,7 +101,7 @@ class SockLink(Link):
                 j = 0
                 while True:
                     try:
-                        v = _next(u)
+                        v = u.next(True)
                     except MemoryError:  # it stays buffered: decode it again
                         if self.root.spend():
                             continue  # at once, with the spare
@@ -163,35 +163,6 @@ class SockLink(Link):
         if self.task is not None:
             await self.announce(False)
             self.task.cancel()
-
-
-def _next(u):
-    # u.next() with its resync rules, except that a MemoryError leaves the
-    # value buffered, to be decoded again once there is heap (next() takes
-    # it for junk and skips a byte: a request would be lost)
-    while True:
-        s = u.s
-        e = u.e
-        if s >= e:
-            return NONE
-        d = u.dec
-        d.p = s
-        d.e = e
-        try:
-            v = d.val()
-        except MemoryError:
-            raise
-        except _Incomplete:
-            if s == 0 and e == len(u.b):  # can never fit: drop it, resync
-                u.bad += 1
-                u.s = u.e = 0
-            return NONE
-        except Exception:  # malformed: skip a byte
-            u.bad += 1
-            u.s = s + 1
-            continue
-        u.s = d.p
-        return v
 
 
 def _opts(c):

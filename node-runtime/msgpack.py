@@ -478,7 +478,10 @@ class Unpacker:
     def clear(self):
         self.s = self.e = 0
 
-    def next(self):
+    def next(self, keep=False):
+        # keep: a MemoryError propagates and leaves the value buffered, to
+        # be decoded again once there is heap (otherwise it counts as junk
+        # and a byte is skipped: the message is lost)
         while True:
             s = self.s
             e = self.e
@@ -495,7 +498,9 @@ class Unpacker:
                     self.bad += 1
                     self.s = self.e = 0
                 return NONE
-            except Exception:  # Malformed, MemoryError, ...: skip a byte
+            except Exception as x:  # Malformed, MemoryError, ...: skip a byte
+                if keep and isinstance(x, MemoryError):
+                    raise
                 self.bad += 1
                 self.s = s + 1
                 continue
