@@ -12,8 +12,10 @@ import err
 _PORT = 27587
 _NAP = const(20)  # ms to wait for heap before trying again (as proto's)
 _TRIES = const(10)  # naps a request waits for heap before it is refused
-_WAITS = const(50)  # naps a new client waits for heap before it is refused
 _PLENTY = const(4096)  # free heap in which a value that finds none is junk
+# What a client refused for lack of heap reads before the socket closes:
+# {e: "E:busy: ..."}, encoded here because there is no heap to encode it then.
+_NOMEM = b"\x81\xa1e\xd9/E:busy: no memory for another link, retry later"
 
 
 class SockLink(Link):
@@ -25,6 +27,7 @@ class SockLink(Link):
         self.s = wr.s
         self.idle = idle
         self.task = None
+        self.busy = False  # reading or digesting input: may free heap soon
 
     def _put(self, buf):
         try:
@@ -71,7 +74,7 @@ class SockLink(Link):
             except MemoryError:
                 u = None
             if u is None:
-                _full()
+                _refuse(s)
                 return
             self.attach()
             await self.announce(True)
@@ -86,8 +89,10 @@ class SockLink(Link):
                             u.clear()  # half a message and silence: resync
                             continue
                     else:
+                        self.busy = False  # idle: nothing of ours to free
                         yield core._io_queue.queue_read(s)  # like Stream.readinto, minus a generator
                         n = s.readinto(sp)
+                    self.busy = True
                 except MemoryError:  # wait for memory; the peer waits for us
                     if self.root.spend():
                         continue  # try again at once, with the spare
@@ -171,10 +176,13 @@ def _opts(c):
 
 
 async def _alloc(root, make):
-    # A new link needs its buffers (2 x m bytes, whole). On a full heap no
-    # new request is started meanwhile (a link comes before requests) and
-    # the running ones get a moment to end and free theirs, a closing link
-    # its buffers; then the client is refused.
+    # A new link needs its buffers (2 x m bytes, whole). On a full heap it
+    # waits for heap, bounded by what happens, not by the clock: no new
+    # request is started meanwhile (a link comes before requests), and it
+    # tries again until nothing is left that could free any: no request of
+    # a peer runs and every other TCP link is idle (one still digesting a
+    # burst, even a slow one on a loaded machine, frees its buffers when it
+    # is done or its peer closed). Only then -> None: the client is refused.
     try:
         return make()
     except MemoryError:
@@ -186,20 +194,37 @@ async def _alloc(root, make):
             pass
     root.hold += 1
     try:
-        for _ in range(_WAITS):
-            await asyncio.sleep_ms(_NAP)
+        while True:
+            busy = _busy(root)
+            gc.collect()
             try:
                 return make()
             except MemoryError:
                 pass
+            if not busy:
+                return None
+            await asyncio.sleep_ms(_NAP)
     finally:
         root.hold -= 1
-    return None
 
 
-def _full():
+def _busy(root):
+    # whether another link may still free heap: a peer's request runs (it
+    # ends or is refused) or a TCP link is reading (it ends its message)
+    for l in root.links:
+        if l.peer or getattr(l, "busy", False):
+            return True
+    return False
+
+
+def _refuse(s):
+    # no heap for this client: it reads why, the console says it
     try:
-        err.log("tcp: no memory for another link")
+        s.write(_NOMEM)
+    except Exception:
+        pass
+    try:
+        err.log("tcp: no memory for another link: client refused")
     except MemoryError:
         pass
 
@@ -235,9 +260,14 @@ async def server(root, c):
                 if sl is None:  # refuse this client, keep serving
                     raise MemoryError
                 asyncio.create_task(sl.serve())
+                # drop our references: a link that ends frees its buffers
+                # then, not when the next client is accepted (which would
+                # need them)
+                sl = st = None
             except MemoryError:
+                st = None
                 if cs is not None:
-                    _full()
+                    _refuse(cs)
                     cs.close()
                 root.spend()
                 await asyncio.sleep_ms(_NAP)
