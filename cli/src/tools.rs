@@ -100,6 +100,62 @@ pub fn require(tools: &[Tool]) -> Result<(), MissingTool> {
     Ok(())
 }
 
+/// What building the unix-board satellite needs (the main job, `moat
+/// demo`): the programs, plus libffi's development files, which the unix
+/// port finds through pkg-config.
+pub const UNIX_BUILD: [Tool; 6] = [
+    GCC,
+    MAKE,
+    PYTHON3,
+    Tool {
+        program: "pkg-config",
+        package: "pkg-config",
+        purpose: "find libffi for the unix port",
+    },
+    TAR,
+    XZ,
+];
+
+/// Checks every tool of `tools` (and libffi's development files when
+/// `libffi`) at once and fails with one line naming all that is missing and
+/// the one `apt-get install` that brings it, before anything long starts.
+pub fn preflight(tools: &[Tool], libffi: bool) -> anyhow::Result<()> {
+    let mut missing: Vec<&str> = Vec::new();
+    let mut packages: Vec<&str> = Vec::new();
+    for t in tools {
+        if find_program(t.program).is_none() {
+            missing.push(t.program);
+            if !packages.contains(&t.package) {
+                packages.push(t.package);
+            }
+        }
+    }
+    if libffi && !has_libffi() {
+        missing.push("libffi (headers)");
+        packages.push("libffi-dev");
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "missing {}: install with `sudo apt-get install {}`",
+        missing.join(", "),
+        packages.join(" ")
+    )
+}
+
+/// Whether pkg-config knows libffi (its -dev package is installed).
+fn has_libffi() -> bool {
+    Command::new("pkg-config")
+        .args(["--exists", "libffi"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
 /// The last `n` lines of a log file, for error messages.
 pub fn log_tail(log: &Path, n: usize) -> String {
     let mut text = String::new();

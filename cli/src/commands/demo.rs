@@ -67,6 +67,10 @@ fn step(n: u32, what: &str) {
 
 fn demo(root: &Path, parent: Option<&Path>) -> anyhow::Result<()> {
     let moat = std::env::current_exe().context("finding the moat binary")?;
+    // Everything the unix build needs, named at once, before the first
+    // long step (a missing compiler found after a minute of make is worse).
+    moat::tools::preflight(&moat::tools::UNIX_BUILD, true)
+        .context("moat demo builds a unix-port MicroPython")?;
 
     step(1, "moat init: a project with one node on the unix board");
     if root.join("moat.toml").is_file() {
