@@ -47,11 +47,11 @@ impl Fixture {
         let manifest = project.path().join("moat.toml");
         let text = std::fs::read_to_string(&manifest).unwrap();
         assert!(
-            text.contains("port = 27587"),
+            text.contains("link = { kind = \"tcp\""),
             "moat init's manifest changed:\n{text}"
         );
         let text = match link {
-            None => text.replace("port = 27587", &format!("port = {port}")),
+            None => with_port(&text, port),
             Some(link) => text
                 .lines()
                 .map(|l| {
@@ -130,10 +130,11 @@ impl Fixture {
             .unwrap()
             .to_string_lossy()
             .into_owned();
+        let id = project_id(self.root());
         self.runtime
             .path()
             .join("moat")
-            .join(format!("{name}.sock"))
+            .join(format!("{name}-{id}.sock"))
     }
 
     /// `moat mux` in the background on the project's default socket,
@@ -655,4 +656,33 @@ fn run_passes_the_nodes_exit_status_on() {
         Some(3),
         "moat run exits with the node's status"
     );
+}
+
+/// `text` (a manifest) with the port of its `link = { … port = N }` line
+/// set to `port` (`moat init` picks a random one).
+fn with_port(text: &str, port: u16) -> String {
+    let mut out: String = text
+        .lines()
+        .map(|l| match l.find("port = ") {
+            Some(at) if l.starts_with("link = ") => {
+                let rest = l[at + 7..].trim_start_matches(|c: char| c.is_ascii_digit());
+                format!("{}{port}{rest}\n", &l[..at + 7])
+            }
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    if !text.ends_with('\n') {
+        out.pop();
+    }
+    out
+}
+
+/// The `[project] id` `moat init` wrote into `root`'s manifest.
+fn project_id(root: &Path) -> String {
+    let text = std::fs::read_to_string(root.join("moat.toml")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("id = \""))
+        .and_then(|l| l.split('"').next())
+        .expect("moat init writes [project] id")
+        .to_owned()
 }

@@ -74,9 +74,10 @@ impl Fixture {
         std::fs::copy(build.join("record.json"), mine.join("record.json")).unwrap();
         let port = free_port();
         let node_port = if proxied { free_port() } else { port };
-        let toml = std::fs::read_to_string(sat.join("moat.toml"))
-            .unwrap()
-            .replace("port = 27587", &format!("port = {port}"));
+        let toml = with_port(
+            &std::fs::read_to_string(sat.join("moat.toml")).unwrap(),
+            port,
+        );
         assert!(toml.contains(&format!("port = {port}")), "{toml}");
         std::fs::write(root.join("moat.toml"), toml).unwrap();
         let original_counter = std::fs::read_to_string(root.join("apps/counter.py")).unwrap();
@@ -775,4 +776,23 @@ fn upload_that_stays_damaged_is_reported_and_the_node_keeps_its_module() {
     );
     assert!(f.node_files_ending(".moat-tmp").is_empty());
     assert!(f.cmd("c.get", &[]).is_ok());
+}
+
+/// `text` (a manifest) with the port of its `link = { … port = N }` line
+/// set to `port` (`moat init` picks a random one).
+fn with_port(text: &str, port: u16) -> String {
+    let mut out: String = text
+        .lines()
+        .map(|l| match l.find("port = ") {
+            Some(at) if l.starts_with("link = ") => {
+                let rest = l[at + 7..].trim_start_matches(|c: char| c.is_ascii_digit());
+                format!("{}{port}{rest}\n", &l[..at + 7])
+            }
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    if !text.ends_with('\n') {
+        out.pop();
+    }
+    out
 }

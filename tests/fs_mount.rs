@@ -89,12 +89,11 @@ impl Fixture {
             .port();
         let manifest = project.path().join("moat.toml");
         let text = std::fs::read_to_string(&manifest).unwrap();
-        assert!(text.contains("port = 27587"), "manifest changed:\n{text}");
-        std::fs::write(
-            &manifest,
-            text.replace("port = 27587", &format!("port = {port}")),
-        )
-        .unwrap();
+        assert!(
+            text.contains("link = { kind = \"tcp\""),
+            "manifest changed:\n{text}"
+        );
+        std::fs::write(&manifest, with_port(&text, port)).unwrap();
         let built = project.path().join(".moat/build/demo/firmware");
         std::fs::create_dir_all(&built).unwrap();
         std::fs::copy(&firmware, built.join("micropython")).unwrap();
@@ -150,7 +149,12 @@ impl Fixture {
     fn start_mux(&mut self) {
         let mut child = self.spawn(&["mux"], "mux.log");
         let name = self.project.path().file_name().unwrap().to_str().unwrap();
-        let socket = self.logs.path().join("moat").join(format!("{name}.sock"));
+        let id = project_id(self.project.path());
+        let socket = self
+            .logs
+            .path()
+            .join("moat")
+            .join(format!("{name}-{id}.sock"));
         poll(
             "the mux",
             || {
@@ -355,4 +359,33 @@ fn the_mount_works_through_the_mux_when_one_runs() {
     );
     let status = f.unmount();
     assert!(status.success(), "{status}:\n{}", f.log("mount.log"));
+}
+
+/// `text` (a manifest) with the port of its `link = { … port = N }` line
+/// set to `port` (`moat init` picks a random one).
+fn with_port(text: &str, port: u16) -> String {
+    let mut out: String = text
+        .lines()
+        .map(|l| match l.find("port = ") {
+            Some(at) if l.starts_with("link = ") => {
+                let rest = l[at + 7..].trim_start_matches(|c: char| c.is_ascii_digit());
+                format!("{}{port}{rest}\n", &l[..at + 7])
+            }
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    if !text.ends_with('\n') {
+        out.pop();
+    }
+    out
+}
+
+/// The `[project] id` `moat init` wrote into `root`'s manifest.
+fn project_id(root: &Path) -> String {
+    let text = std::fs::read_to_string(root.join("moat.toml")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("id = \""))
+        .and_then(|l| l.split('"').next())
+        .expect("moat init writes [project] id")
+        .to_owned()
 }

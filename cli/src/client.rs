@@ -2,9 +2,10 @@
 //!
 //! 1. Through the project's multiplexer when one runs: its Unix socket is
 //!    `--socket PATH`, else `$MOAT_SOCKET`, else the project's default
-//!    ([`default_socket`]: `$XDG_RUNTIME_DIR/moat/<project>.sock`, or
-//!    `/tmp/moat-<uid>/<project>.sock` without `XDG_RUNTIME_DIR`, the same
-//!    rule `moat mux` binds by). Command
+//!    ([`default_socket`]: `$XDG_RUNTIME_DIR/moat/<project>-<id>.sock`, or
+//!    `/tmp/moat-<uid>/<project>-<id>.sock` without `XDG_RUNTIME_DIR`, the
+//!    same rule `moat mux` binds by; the folder must be the user's and
+//!    private, the socket the user's). Command
 //!    paths get the node's name in front (`["pump", "sys", "info"]`).
 //! 2. Otherwise directly over the node's link from the manifest (TCP to
 //!    `host:port`).
@@ -50,11 +51,11 @@ pub struct Target {
     pub direct: bool,
 }
 
-/// The default socket of `project`: the one `moat mux` binds,
-/// `$XDG_RUNTIME_DIR/moat/<project>.sock`, else
-/// `/tmp/moat-<uid>/<project>.sock`.
-pub fn default_socket(project: &str) -> PathBuf {
-    mux_runtime::mux::socket::default_path(project)
+/// The default socket of the project called `name` with id `id`: the one
+/// `moat mux` binds, `$XDG_RUNTIME_DIR/moat/<name>-<id>.sock`, else
+/// `/tmp/moat-<uid>/<name>-<id>.sock`.
+pub fn default_socket(name: &str, id: &str) -> PathBuf {
+    crate::runtime_dir::socket_path(name, id)
 }
 
 /// Where the mux's socket is looked for, and whether the user named it.
@@ -197,7 +198,7 @@ impl Client {
                 target.socket.as_deref(),
                 std::env::var_os(SOCKET_ENV),
                 project.map(Project::name),
-                default_socket,
+                |name| default_socket(name, project.map_or("", Project::id)),
             );
             if let Some(choice) = choice {
                 if let Some(client) = Client::via_mux(&choice, &node_name).await? {
@@ -216,7 +217,14 @@ impl Client {
     /// Through the mux at `choice`; `None` when the default socket has no
     /// mux behind it.
     async fn via_mux(choice: &SocketChoice, node: &str) -> anyhow::Result<Option<Client>> {
-        if !choice.explicit && !choice.path.exists() {
+        if !choice.explicit {
+            // The default folder must be ours and private before anything
+            // in it is trusted (see crate::runtime_dir).
+            if let Some(dir) = choice.path.parent().filter(|d| d.exists()) {
+                crate::runtime_dir::ensure_private(dir)?;
+            }
+        }
+        if !crate::runtime_dir::check_socket(&choice.path)? && !choice.explicit {
             return Ok(None);
         }
         match Endpoint::connect_unix(&choice.path).await {
@@ -245,7 +253,7 @@ impl Client {
     /// Over the node's own link.
     pub async fn direct(project: &Project, node: &Node) -> anyhow::Result<Client> {
         match &node.link {
-            Link::Tcp { host, port } => {
+            Link::Tcp { host, port, .. } => {
                 let addr = format!("{host}:{port}");
                 let endpoint = Endpoint::connect_tcp(&addr).await.with_context(|| {
                     format!(
@@ -407,7 +415,7 @@ pub fn link_spec(project: &Project, node: &Node) -> anyhow::Result<LinkSpec> {
         })
     };
     Ok(match &node.link {
-        Link::Tcp { host, port } => LinkSpec::Tcp {
+        Link::Tcp { host, port, .. } => LinkSpec::Tcp {
             addr: format!("{host}:{port}"),
         },
         Link::Usb => LinkSpec::Usb {

@@ -90,13 +90,17 @@ pub struct Installed {
     pub firmware_changed: bool,
 }
 
-/// The fallback config: the node's links, plus its `fs` app when it has
-/// one, so that after a crash the node is still reachable and repairable
-/// (`cfg`, always present, fixes the config; `fs` the files).
+/// The fallback config: the node's links and its identity (`auth`: an
+/// authenticated link does not start without its key), plus its `fs` app
+/// when it has one, so that after a crash the node is still reachable and
+/// repairable (`cfg`, always present, fixes the config; `fs` the files).
 pub fn fallback_config(config: &Value) -> Value {
     let mut out = Vec::new();
     if let Some(link) = config.get("link") {
         out.push(("link", link.clone()));
+    }
+    if let Some(auth) = config.get("auth") {
+        out.push(("auth", auth.clone()));
     }
     let files = config.get("apps").and_then(|apps| match apps {
         Value::Map(pairs) => pairs

@@ -8,6 +8,7 @@
 //! ```toml
 //! [project]
 //! name = "garden"
+//! id = "3f9c0d2a7b1e4c55"      # random, made by `moat init`: the node identity
 //! [micropython]
 //! version = "1.25.0"          # or: path = "…", or: git = "…", rev = "…"
 //! [apps]
@@ -35,8 +36,8 @@ pub const DEFAULT_MICROPYTHON_VERSION: &str = "1.25.0";
 pub const DEFAULT_TCP_PORT: u16 = 27587;
 /// Host the host side connects to when a tcp link names none.
 pub const DEFAULT_TCP_HOST: &str = "127.0.0.1";
-/// Address a node's TCP server listens on.
-pub const NODE_LISTEN_HOST: &str = "0.0.0.0";
+/// Length of a project id in hex digits (`[project] id`).
+pub const PROJECT_ID_LEN: usize = 16;
 /// Serial defaults (protocol.md §4).
 pub const DEFAULT_BAUD: u32 = 115_200;
 pub const DEFAULT_SERIAL_MAX: u32 = 255;
@@ -63,6 +64,11 @@ pub struct Manifest {
 pub struct Project {
     /// The project's name (letters, digits, `-`, `_`).
     pub name: String,
+    /// The project's random id (16 hex digits, `moat init` writes it):
+    /// nodes carry it (`auth.p`) so a client can tell two projects of the
+    /// same name apart; `None` in a manifest written before ids existed
+    /// ([`crate::project::Project::load`] gives it one).
+    pub id: Option<String>,
 }
 
 /// Where the MicroPython source comes from.
@@ -88,18 +94,67 @@ pub struct Node {
     pub port: Option<String>,
     /// How the host reaches the node (defaults and board default applied).
     pub link: Link,
+    /// Whether the link authenticates (`auth = true|false`; default true
+    /// on tcp, false on process, serial and usb links).
+    pub link_auth: bool,
     /// `[nodes.NAME.config]` converted to a value, keys in file order;
     /// `Value::Map(vec![])` when absent. Does not yet include the derived
-    /// `link` section: see [`Node::config`].
+    /// `link` section: see [`Node::config`]. A secret (`{ secret = "x" }`)
+    /// is `nil` here until the project resolves it.
     pub user_config: Value,
+    /// Values of the config read from secrets (`pw = { secret = "wifi_pw" }`).
+    pub secrets: Vec<Secret>,
+    /// The node's key and project id, once known (see
+    /// [`crate::project::Project::load`]): they go into its config as
+    /// `auth: {k, n, p}`.
+    pub auth: Option<NodeAuth>,
+}
+
+/// A config value kept out of `moat.toml`: read from `secrets.toml` next to
+/// it or from `MOAT_SECRET_<NAME>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Secret {
+    /// Where it goes in the node's config (`["wifi", "pw"]`).
+    pub path: Vec<String>,
+    /// The secret's name (`wifi_pw`).
+    pub name: String,
+    /// `moat.toml:LINE:COL` of the reference, for errors.
+    pub at: String,
+}
+
+/// What a node's config says about its identity (`auth: {k, n, p}`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct NodeAuth {
+    /// The node key (32 bytes).
+    pub key: [u8; 32],
+    /// The project id.
+    pub project: String,
+}
+
+impl fmt::Debug for NodeAuth {
+    // Never prints the key (it ends up in logs and test output).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeAuth")
+            .field("key", &"<32 bytes>")
+            .field("project", &self.project)
+            .finish()
+    }
 }
 
 /// How the host talks to a node, with every default filled in.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Link {
-    /// The node runs a TCP server on `port`; the host connects to
+    /// The node runs a TCP server on `listen:port`; the host connects to
     /// `host:port`.
-    Tcp { host: String, port: u16 },
+    Tcp {
+        host: String,
+        port: u16,
+        /// The address the node listens on: `host` when it is an address
+        /// of this machine (loopback, `0.0.0.0`), all interfaces
+        /// (`0.0.0.0`) on a device board, which is reached at its own
+        /// address.
+        listen: String,
+    },
     /// The node is a child process of the host; its stdin/stdout is the
     /// link (unix board only).
     Process,
@@ -138,17 +193,21 @@ impl Link {
     }
 
     /// The node's side of this link, as it goes into the node's config
-    /// under `link`: tcp → `{tcp: {h: "0.0.0.0", p: PORT}}`, process and
-    /// usb → `{stdio: {}}`, serial → `{uart: {b, m, t, w, r, …extra}}`.
-    pub fn node_side(&self) -> Value {
-        match self {
-            Link::Tcp { port, .. } => Value::map([(
-                "tcp",
-                Value::map([
-                    ("h", Value::from(NODE_LISTEN_HOST)),
-                    ("p", Value::from(*port)),
-                ]),
-            )]),
+    /// under `link`: tcp → `{tcp: {h: LISTEN, p: PORT, a: AUTH}}`, process
+    /// and usb → `{stdio: {}}`, serial → `{uart: {b, m, t, w, r, …extra}}`;
+    /// `a: true` on those when `auth` (their node-side default is off).
+    pub fn node_side(&self, auth: bool) -> Value {
+        let mut side = match self {
+            Link::Tcp { port, listen, .. } => {
+                return Value::map([(
+                    "tcp",
+                    Value::map([
+                        ("h", Value::from(listen.as_str())),
+                        ("p", Value::from(*port)),
+                        ("a", Value::from(auth)),
+                    ]),
+                )])
+            }
             Link::Process | Link::Usb => Value::map([("stdio", Value::Map(vec![]))]),
             Link::Serial(s) => {
                 let mut uart = vec![
@@ -161,18 +220,38 @@ impl Link {
                 uart.extend(s.extra.iter().cloned());
                 Value::map([("uart", Value::map(uart))])
             }
+        };
+        if auth {
+            if let Value::Map(kinds) = &mut side {
+                for (_, v) in kinds.iter_mut() {
+                    if let Value::Map(settings) = v {
+                        settings.push((Value::from("a"), Value::from(true)));
+                    }
+                }
+            }
         }
+        side
     }
+}
+
+/// Whether `host` is a loopback address (`127.x.y.z`, `::1`, `localhost`).
+pub fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback())
 }
 
 impl Node {
     /// The node's complete config (its `moat.cfg`): the user's
     /// `[nodes.NAME.config]` plus the `link` section derived from
     /// [`Node::link`]. A `link` table the user wrote is merged over the
-    /// derived one (user keys win, maps merge recursively).
+    /// derived one (user keys win, maps merge recursively). Then `sec`,
+    /// the paths of secret values (the node masks them in `cfg.r`), and
+    /// `auth: {k, n, p}` when the node's key is known.
     pub fn config(&self) -> Value {
         let mut cfg = self.user_config.clone();
-        let derived = self.link.node_side();
+        let derived = self.link.node_side(self.link_auth);
         let Value::Map(pairs) = &mut cfg else {
             return cfg;
         };
@@ -184,8 +263,30 @@ impl Node {
             }
             None => pairs.push((Value::from("link"), derived)),
         }
+        if !self.secrets.is_empty() {
+            let paths = self
+                .secrets
+                .iter()
+                .map(|s| Value::Array(s.path.iter().map(|p| Value::from(p.as_str())).collect()))
+                .collect();
+            pairs.retain(|(k, _)| k.as_str() != Some("sec"));
+            pairs.push((Value::from("sec"), Value::Array(paths)));
+        }
+        if let Some(auth) = &self.auth {
+            pairs.retain(|(k, _)| k.as_str() != Some("auth"));
+            pairs.push((Value::from("auth"), auth_section(&self.name, auth)));
+        }
         cfg
     }
+}
+
+/// `auth: {k: bin(32), n: NODE, p: PROJECT-ID}` (docs/auth.md).
+pub fn auth_section(node: &str, auth: &NodeAuth) -> Value {
+    Value::map([
+        ("k", Value::Bin(auth.key.to_vec())),
+        ("n", Value::from(node)),
+        ("p", Value::from(auth.project.as_str())),
+    ])
 }
 
 /// Merges `over` into `base`: maps merge key by key (recursively), anything
@@ -305,20 +406,20 @@ type Span = Option<std::ops::Range<usize>>;
 type Res<T> = Result<T, ManifestError>;
 
 const TOP_KEYS: &[&str] = &["project", "micropython", "apps", "defaults", "nodes"];
-const PROJECT_KEYS: &[&str] = &["name"];
+const PROJECT_KEYS: &[&str] = &["name", "id"];
 const MICROPYTHON_KEYS: &[&str] = &["version", "path", "git", "rev"];
 const APPS_KEYS: &[&str] = &["paths"];
 const DEFAULTS_KEYS: &[&str] = &["link"];
 const NODE_KEYS: &[&str] = &["board", "port", "link", "config"];
-const TCP_KEYS: &[&str] = &["kind", "host", "port"];
-const PROCESS_KEYS: &[&str] = &["kind"];
+const TCP_KEYS: &[&str] = &["kind", "host", "port", "auth"];
+const PROCESS_KEYS: &[&str] = &["kind", "auth"];
 const SERIAL_KEYS: &[&str] = &[
-    "kind", "baud", "max", "timeout", "window", "retries", "uart", "tx", "rx",
+    "kind", "baud", "max", "timeout", "window", "retries", "uart", "tx", "rx", "auth",
 ];
-const USB_KEYS: &[&str] = &["kind"];
+const USB_KEYS: &[&str] = &["kind", "auth"];
 
 /// Integer link settings and their valid ranges (everything but `kind` and
-/// `host`, which are strings).
+/// `host`, which are strings, and `auth`, a boolean).
 const LINK_INTS: &[(&str, i64, i64)] = &[
     ("port", 1, 65535),
     ("baud", 1, 10_000_000),
@@ -532,6 +633,19 @@ impl<'t> Parser<'t> {
             ));
         }
 
+        let id = self.string(&project, "id")?;
+        if let Some(id) = &id {
+            if id.len() != PROJECT_ID_LEN || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(self.err(
+                    project.span_of("id"),
+                    project.key_path("id"),
+                    format!(
+                        "`{id}` is not a project id ({PROJECT_ID_LEN} hex digits); remove the line and any moat command writes a new one"
+                    ),
+                ));
+            }
+        }
+
         let micropython = self.micropython(&top, root)?;
         let app_paths = self.app_paths(&top, root)?;
         let defaults = match self.table(&top, "defaults")? {
@@ -550,7 +664,7 @@ impl<'t> Parser<'t> {
         };
         let nodes = self.nodes(&top, boards, defaults.as_ref())?;
         Ok(Manifest {
-            project: Project { name },
+            project: Project { name, id },
             micropython,
             app_paths,
             nodes,
@@ -679,8 +793,14 @@ impl<'t> Parser<'t> {
         // Two nodes listening on one host:port cannot both run.
         for (i, a) in nodes.iter().enumerate() {
             for b in &nodes[..i] {
-                if let (Link::Tcp { host: ha, port: pa }, Link::Tcp { host: hb, port: pb }) =
-                    (&a.link, &b.link)
+                if let (
+                    Link::Tcp {
+                        host: ha, port: pa, ..
+                    },
+                    Link::Tcp {
+                        host: hb, port: pb, ..
+                    },
+                ) = (&a.link, &b.link)
                 {
                     if ha == hb && pa == pb {
                         let nt = self.table(&t, &a.name)?.expect("exists");
@@ -724,9 +844,11 @@ impl<'t> Parser<'t> {
             ));
         }
         let port = self.string(t, "port")?;
-        let link = self.link(t, board.link, defaults)?;
+        let local = board.flash == crate::board::Flash::Local;
+        let (link, link_auth) = self.link(t, board.link, defaults, local)?;
+        let mut secrets = Vec::new();
         let user_config = match self.table(t, "config")? {
-            Some(c) => self.config(&c)?,
+            Some(c) => self.config(&c, &mut secrets)?,
             None => Value::Map(vec![]),
         };
         Ok(Node {
@@ -734,7 +856,10 @@ impl<'t> Parser<'t> {
             board: board_name,
             port,
             link,
+            link_auth,
             user_config,
+            secrets,
+            auth: None,
         })
     }
 
@@ -748,6 +873,9 @@ impl<'t> Parser<'t> {
                 }
                 "host" => {
                     self.string(t, key)?;
+                }
+                "auth" => {
+                    self.bool(t, key)?;
                 }
                 _ => {
                     let (lo, hi) = link_int_range(key);
@@ -777,9 +905,27 @@ impl<'t> Parser<'t> {
         }
     }
 
+    fn bool(&self, t: &Table, key: &str) -> Res<Option<bool>> {
+        match t.get(key) {
+            None => Ok(None),
+            Some(i) => i
+                .as_bool()
+                .map(Some)
+                .ok_or_else(|| self.wrong_type(t, key, "true or false")),
+        }
+    }
+
     /// A node's link: `link = "kind"` or `link = { kind = …, … }`, over
-    /// `[defaults.link]`, over the board's default kind.
-    fn link(&self, node: &Table, board_kind: LinkKind, defaults: Option<&Table>) -> Res<Link> {
+    /// `[defaults.link]`, over the board's default kind; and whether it
+    /// authenticates. `local`: the board runs on this machine (its TCP
+    /// server listens where the manifest's `host` says).
+    fn link(
+        &self,
+        node: &Table,
+        board_kind: LinkKind,
+        defaults: Option<&Table>,
+        local: bool,
+    ) -> Res<(Link, bool)> {
         let own: Option<Table> = match node.get("link") {
             None => None,
             Some(item) if item.is_str() => None,
@@ -836,14 +982,42 @@ impl<'t> Parser<'t> {
                 None => Ok(default),
             }
         };
-        Ok(match kind {
-            LinkKind::Tcp => Link::Tcp {
-                host: match pick("host") {
+        let auth = match pick("auth") {
+            Some(t) => self.bool(t, "auth")?,
+            None => None,
+        };
+        let link_auth = auth.unwrap_or(kind == LinkKind::Tcp);
+        let link = match kind {
+            LinkKind::Tcp => {
+                let host = match pick("host") {
                     Some(t) => self.string(t, "host")?.unwrap_or_default(),
                     None => DEFAULT_TCP_HOST.into(),
-                },
-                port: int("port", DEFAULT_TCP_PORT.into())? as u16,
-            },
+                };
+                // A node on this machine listens where the manifest says
+                // (loopback stays loopback); a device is reached at its
+                // own address and listens on its interfaces.
+                let listen = if local || is_loopback(&host) {
+                    host.clone()
+                } else {
+                    "0.0.0.0".to_owned()
+                };
+                if !link_auth && !is_loopback(&listen) {
+                    let t = pick("auth").expect("auth = false was written");
+                    return Err(self.err(
+                        t.span_of("auth"),
+                        t.key_path("auth"),
+                        format!(
+                            "`auth = false` on a tcp link whose node listens on {listen} lets anyone who reaches that address control the node; \
+                             use `host = \"127.0.0.1\"` (loopback only) or remove `auth = false`"
+                        ),
+                    ));
+                }
+                Link::Tcp {
+                    host,
+                    port: int("port", DEFAULT_TCP_PORT.into())? as u16,
+                    listen,
+                }
+            }
             LinkKind::Process => Link::Process,
             LinkKind::Usb => Link::Usb,
             LinkKind::Serial => {
@@ -862,11 +1036,14 @@ impl<'t> Parser<'t> {
                     extra,
                 })
             }
-        })
+        };
+        Ok((link, link_auth))
     }
 
-    /// `[nodes.N.config]` as a value; `apps` entries must read `module.Class`.
-    fn config(&self, t: &Table) -> Res<Value> {
+    /// `[nodes.N.config]` as a value; `apps` entries must read `module.Class`;
+    /// `{ secret = "name" }` values are collected into `secrets` (and are
+    /// `nil` in the value until resolved).
+    fn config(&self, t: &Table, secrets: &mut Vec<Secret>) -> Res<Value> {
         if let Some(apps) = self.table(t, "apps")? {
             for (name, item) in apps.table.iter() {
                 let ok = item.as_str().is_some_and(|s| {
@@ -882,8 +1059,70 @@ impl<'t> Parser<'t> {
                 }
             }
         }
-        Ok(table_to_value(t.table))
+        self.find_secrets(t.table, &mut vec![], &t.path, secrets)?;
+        let mut value = table_to_value(t.table);
+        for s in secrets.iter() {
+            if let Some(slot) = value_at_mut(&mut value, &s.path) {
+                *slot = Value::Nil;
+            }
+        }
+        Ok(value)
     }
+
+    /// Collects `{ secret = "name" }` tables under `t` (at `path`).
+    fn find_secrets(
+        &self,
+        t: &dyn toml_edit::TableLike,
+        path: &mut Vec<String>,
+        shown: &str,
+        out: &mut Vec<Secret>,
+    ) -> Res<()> {
+        for (key, item) in t.iter() {
+            let Some(inner) = item.as_table_like() else {
+                continue;
+            };
+            path.push(key.to_owned());
+            if let Some(name_item) = inner.get("secret") {
+                let key_path = format!("{shown}.{}.secret", path.join("."));
+                let span = name_item.span().or_else(|| item.span());
+                let name = name_item.as_str().filter(|n| is_secret_name(n));
+                let Some(name) = name.filter(|_| inner.len() == 1) else {
+                    return Err(self.err(
+                        span,
+                        key_path,
+                        "a secret reads `{ secret = \"name\" }` (letters, digits and `_`; nothing else in the table)".into(),
+                    ));
+                };
+                let (line, col) = span.map_or((0, 0), |s| line_col(self.text, s.start));
+                out.push(Secret {
+                    path: path.clone(),
+                    name: name.to_owned(),
+                    at: format!("{}:{line}:{col}", self.file),
+                });
+            } else {
+                self.find_secrets(inner, path, shown, out)?;
+            }
+            path.pop();
+        }
+        Ok(())
+    }
+}
+
+fn is_secret_name(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// The value at `path` (map keys) in `v`.
+pub fn value_at_mut<'v>(v: &'v mut Value, path: &[String]) -> Option<&'v mut Value> {
+    let mut at = v;
+    for key in path {
+        let Value::Map(pairs) = at else { return None };
+        at = pairs
+            .iter_mut()
+            .find(|(k, _)| k.as_str() == Some(key))
+            .map(|(_, v)| v)?;
+    }
+    Some(at)
 }
 
 fn table_to_value(t: &dyn toml_edit::TableLike) -> Value {
@@ -993,7 +1232,7 @@ mod tests {
     }
 
     #[test]
-    fn tcp_link_makes_the_node_listen_on_its_port() {
+    fn tcp_link_makes_the_node_listen_on_its_port_and_host_with_auth() {
         let cfg = node_cfg("[nodes.a]\nboard = \"unix\"\nlink = { kind = \"tcp\", port = 4000 }\n");
         assert_eq!(
             cfg,
@@ -1001,9 +1240,150 @@ mod tests {
                 "link",
                 Value::map([(
                     "tcp",
-                    Value::map([("h", Value::from("0.0.0.0")), ("p", Value::from(4000))])
+                    Value::map([
+                        ("h", Value::from("127.0.0.1")),
+                        ("p", Value::from(4000)),
+                        ("a", Value::from(true))
+                    ])
                 )])
             )])
+        );
+    }
+
+    #[test]
+    fn a_local_node_listens_on_all_interfaces_only_when_written() {
+        let listen = |host: &str, board: &str| {
+            let cfg = node_cfg(&format!(
+                "[nodes.a]\nboard = \"{board}\"\nlink = {{ kind = \"tcp\", host = \"{host}\" }}\n"
+            ));
+            cfg.get("link")
+                .unwrap()
+                .get("tcp")
+                .unwrap()
+                .get("h")
+                .cloned()
+        };
+        assert_eq!(listen("127.0.0.1", "unix"), Some(Value::from("127.0.0.1")));
+        assert_eq!(listen("0.0.0.0", "unix"), Some(Value::from("0.0.0.0")));
+        // A device reached at its own address listens on its interfaces.
+        assert_eq!(
+            listen("192.168.1.50", "esp32"),
+            Some(Value::from("0.0.0.0"))
+        );
+    }
+
+    #[test]
+    fn auth_false_is_accepted_only_on_a_loopback_listener() {
+        let m = parse_ok(&format!(
+            "{HEAD}[nodes.a]\nboard = \"unix\"\nlink = {{ kind = \"tcp\", host = \"127.0.0.1\", auth = false }}\n"
+        ));
+        assert!(!m.nodes[0].link_auth);
+        assert_eq!(
+            m.nodes[0]
+                .config()
+                .get("link")
+                .unwrap()
+                .get("tcp")
+                .unwrap()
+                .get("a"),
+            Some(&Value::from(false))
+        );
+        let e = parse_err(&format!(
+            "{HEAD}[nodes.a]\nboard = \"unix\"\nlink = {{ kind = \"tcp\", host = \"0.0.0.0\", auth = false }}\n"
+        ));
+        assert!(
+            e.starts_with("moat.toml:5:49: nodes.a.link.auth: `auth = false` on a tcp link whose node listens on 0.0.0.0")
+                && e.contains("host = \"127.0.0.1\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn auth_defaults_off_on_stdio_and_serial_and_can_be_turned_on() {
+        let m = parse_ok(&format!(
+            "{HEAD}[nodes.a]\nboard = \"unix\"\nlink = \"process\"\n[nodes.b]\nboard = \"esp8266\"\nlink = {{ auth = true }}\n"
+        ));
+        assert!(!m.nodes[0].link_auth);
+        assert_eq!(
+            m.nodes[0].config().get("link"),
+            Some(&Value::map([("stdio", Value::Map(vec![]))]))
+        );
+        assert!(m.nodes[1].link_auth);
+        let uart = m.nodes[1].config();
+        assert_eq!(
+            uart.get("link").unwrap().get("uart").unwrap().get("a"),
+            Some(&Value::from(true))
+        );
+        let e = parse_err(&format!(
+            "{HEAD}[nodes.a]\nboard = \"unix\"\nlink = {{ kind = \"process\", auth = 1 }}\n"
+        ));
+        assert!(
+            e.contains("nodes.a.link.auth: expected true or false"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn project_id_is_read_and_checked() {
+        let m = parse_ok(
+            "[project]\nname = \"t\"\nid = \"0123456789abcdef\"\n[nodes.a]\nboard = \"unix\"\n",
+        );
+        assert_eq!(m.project.id.as_deref(), Some("0123456789abcdef"));
+        let e = parse_err("[project]\nname = \"t\"\nid = \"xyz\"\n[nodes.a]\nboard = \"unix\"\n");
+        assert!(
+            e.starts_with("moat.toml:3:6: project.id: `xyz` is not a project id"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_config_carries_auth_and_the_secret_paths() {
+        let mut m = parse_ok(&format!(
+            "{HEAD}[nodes.a]\nboard = \"unix\"\n[nodes.a.config]\nwifi = {{ ssid = \"x\", pw = {{ secret = \"wifi_pw\" }} }}\n"
+        ));
+        let node = &mut m.nodes[0];
+        assert_eq!(
+            node.secrets,
+            vec![Secret {
+                path: vec!["wifi".into(), "pw".into()],
+                name: "wifi_pw".into(),
+                at: "moat.toml:6:38".into()
+            }]
+        );
+        assert_eq!(
+            node.user_config.get("wifi").unwrap().get("pw"),
+            Some(&Value::Nil)
+        );
+        node.auth = Some(NodeAuth {
+            key: [7; 32],
+            project: "0123456789abcdef".into(),
+        });
+        let cfg = node.config();
+        assert_eq!(
+            cfg.get("sec"),
+            Some(&Value::Array(vec![Value::Array(vec![
+                "wifi".into(),
+                "pw".into()
+            ])]))
+        );
+        assert_eq!(
+            cfg.get("auth"),
+            Some(&Value::map([
+                ("k", Value::Bin(vec![7; 32])),
+                ("n", Value::from("a")),
+                ("p", Value::from("0123456789abcdef")),
+            ]))
+        );
+        assert!(
+            !format!("{node:?}").contains("7, 7"),
+            "the key is not in Debug output"
+        );
+        let e = parse_err(&format!(
+            "{HEAD}[nodes.a]\nboard = \"unix\"\n[nodes.a.config]\npw = {{ secret = \"a b\" }}\n"
+        ));
+        assert!(
+            e.contains("nodes.a.config.pw.secret: a secret reads"),
+            "{e}"
         );
     }
 
@@ -1014,7 +1394,8 @@ mod tests {
             m.nodes[0].link,
             Link::Tcp {
                 host: "127.0.0.1".into(),
-                port: 27587
+                port: 27587,
+                listen: "127.0.0.1".into()
             }
         );
     }
@@ -1082,7 +1463,8 @@ mod tests {
             m.nodes[0].link,
             Link::Tcp {
                 host: "127.0.0.1".into(),
-                port: 5000
+                port: 5000,
+                listen: "127.0.0.1".into()
             }
         );
         let Link::Serial(s) = &m.nodes[1].link else {
@@ -1101,7 +1483,11 @@ mod tests {
             Some(&Value::map([
                 (
                     "tcp",
-                    Value::map([("h", Value::from("0.0.0.0")), ("p", Value::from(1))])
+                    Value::map([
+                        ("h", Value::from("127.0.0.1")),
+                        ("p", Value::from(1)),
+                        ("a", Value::from(true))
+                    ])
                 ),
                 ("x", Value::from(2)),
             ]))
@@ -1165,7 +1551,7 @@ mod tests {
             "{HEAD}[nodes.a]\nboard = \"unix\"\nlink = {{ kind = \"tcp\", baud = 9600 }}\n"
         ));
         assert!(
-            e.contains("nodes.a.link.baud: `baud` does not apply to a tcp link; valid keys for a tcp link: kind, host, port"),
+            e.contains("nodes.a.link.baud: `baud` does not apply to a tcp link; valid keys for a tcp link: kind, host, port, auth"),
             "{e}"
         );
     }

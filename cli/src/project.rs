@@ -2,7 +2,7 @@
 //! boards (embedded plus the project's own `boards/*.toml`).
 
 use crate::board::{Board, BoardError, Boards};
-use crate::manifest::{self, Manifest, ManifestError, Node};
+use crate::manifest::{self, Manifest, ManifestError, Node, NodeAuth};
 use mux_runtime::Value;
 use std::path::{Path, PathBuf};
 
@@ -30,6 +30,8 @@ pub enum ProjectError {
     Board(#[from] BoardError),
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Other(anyhow::Error),
     #[error("{}: {source}", .path.display())]
     Io {
         path: PathBuf,
@@ -65,19 +67,63 @@ impl Project {
         Project::find(&cwd)
     }
 
-    /// Loads the project whose `moat.toml` is in `root`.
+    /// Loads the project whose `moat.toml` is in `root`: secrets are
+    /// resolved, node keys read (see [`Project::ensure_keys`] for making
+    /// them); a manifest without `[project] id` is given one (written into
+    /// `moat.toml`, said on stderr).
     pub fn load(root: &Path) -> Result<Project, ProjectError> {
         let root = std::path::absolute(root).map_err(|source| ProjectError::Io {
             path: root.to_owned(),
             source,
         })?;
         let boards = Boards::load(&root)?;
-        let manifest = manifest::load(&root.join(manifest::FILE_NAME), &boards)?;
+        let file = root.join(manifest::FILE_NAME);
+        let mut manifest = manifest::load(&file, &boards)?;
+        if manifest.project.id.is_none() {
+            manifest.project.id = Some(add_project_id(&file).map_err(ProjectError::Other)?);
+        }
+        let secrets = crate::secrets::Secrets::load(&root).map_err(ProjectError::Other)?;
+        let project_id = manifest.project.id.clone().unwrap_or_default();
+        for node in &mut manifest.nodes {
+            secrets.resolve(node).map_err(ProjectError::Other)?;
+            node.auth = crate::keys::load(&root, &node.name)
+                .map_err(ProjectError::Other)?
+                .map(|key| NodeAuth {
+                    key,
+                    project: project_id.clone(),
+                });
+        }
         Ok(Project {
             root,
             manifest,
             boards,
         })
+    }
+
+    /// The project's id (`[project] id`).
+    pub fn id(&self) -> &str {
+        self.manifest.project.id.as_deref().unwrap_or_default()
+    }
+
+    /// Makes a key for every node without one (`.moat/keys/NODE`); the
+    /// names of the nodes that got one.
+    pub fn ensure_keys(&mut self) -> anyhow::Result<Vec<String>> {
+        let mut made = Vec::new();
+        let id = self.id().to_owned();
+        for node in &mut self.manifest.nodes {
+            if node.auth.is_some() {
+                continue;
+            }
+            let (key, new) = crate::keys::ensure(&self.root, &node.name)?;
+            if new {
+                made.push(node.name.clone());
+            }
+            node.auth = Some(NodeAuth {
+                key,
+                project: id.clone(),
+            });
+        }
+        Ok(made)
     }
 
     /// The project's name.
@@ -115,4 +161,31 @@ impl Project {
     pub fn state_dir(&self) -> PathBuf {
         self.root.join(".moat")
     }
+}
+
+/// Writes a new random `[project] id` into the manifest at `file` (keeping
+/// its formatting and comments) and returns it.
+fn add_project_id(file: &Path) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .with_context(|| format!("cannot parse {}", file.display()))?;
+    let id = crate::keys::new_project_id()?;
+    let project = doc["project"]
+        .as_table_like_mut()
+        .context("the manifest has a [project] table")?;
+    project.insert("id", toml_edit::value(id.as_str()));
+    std::fs::write(file, doc.to_string()).with_context(|| {
+        format!(
+            "{} has no `[project] id` and cannot be given one: add `id = \"{id}\"` under [project] by hand",
+            file.display()
+        )
+    })?;
+    eprintln!(
+        "{}: added `[project] id = \"{id}\"` (a random id that tells this project's nodes from another's; commit it)",
+        file.display()
+    );
+    Ok(id)
 }

@@ -334,11 +334,19 @@ fn json_errors_name_the_proxy_its_args_and_the_meaning() {
 
 #[test]
 fn clients_look_for_the_socket_where_the_mux_binds_it() {
+    // The project id is in the name: two projects called `garden` never
+    // share a socket.
+    let a = default_socket("garden", "0123456789abcdef");
     assert_eq!(
-        default_socket("garden"),
-        mux_runtime::mux::socket::default_path("garden")
+        a.parent(),
+        Some(mux_runtime::mux::socket::default_dir().as_path())
     );
-    assert!(default_socket("garden").ends_with("garden.sock"));
+    assert!(
+        a.ends_with("garden-0123456789abcdef.sock"),
+        "{}",
+        a.display()
+    );
+    assert_ne!(a, default_socket("garden", "fedcba9876543210"));
 }
 
 #[test]

@@ -41,7 +41,8 @@ fn garden_nodes_share_link_defaults_across_boards() {
         host.link,
         Link::Tcp {
             host: "127.0.0.1".into(),
-            port: 27590
+            port: 27590,
+            listen: "127.0.0.1".into()
         }
     );
     let Link::Serial(s) = &pump.link else {

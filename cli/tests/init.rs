@@ -38,6 +38,10 @@ fn init_creates_a_unix_project_with_a_tcp_node_and_an_example_app() {
     }
     let gitignore = std::fs::read_to_string(dir.join(".gitignore")).unwrap();
     assert!(gitignore.lines().any(|l| l == ".moat/"), "{gitignore}");
+    assert!(
+        gitignore.lines().any(|l| l == "secrets.toml"),
+        "{gitignore}"
+    );
     let app = std::fs::read_to_string(dir.join("apps/counter.py")).unwrap();
     assert!(app.contains("class Counter(App):"), "{app}");
     assert!(app.contains("def cmd_get(self)"), "{app}");
@@ -45,15 +49,17 @@ fn init_creates_a_unix_project_with_a_tcp_node_and_an_example_app() {
 
     let p = Project::load(&dir).unwrap();
     assert_eq!(p.name(), "my-proj");
+    assert_eq!(p.id().len(), 16, "a random project id: {}", p.id());
     assert_eq!(p.manifest.nodes.len(), 1);
     let demo = p.node("demo").unwrap();
     assert_eq!(demo.board, "unix");
-    assert_eq!(
-        demo.link,
-        Link::Tcp {
-            host: "127.0.0.1".into(),
-            port: 27587
-        }
+    let Link::Tcp { host, port, listen } = &demo.link else {
+        panic!("a tcp link: {:?}", demo.link)
+    };
+    assert_eq!((host.as_str(), listen.as_str()), ("127.0.0.1", "127.0.0.1"));
+    assert!(
+        (27600..=28599).contains(port),
+        "port {port} outside the documented range"
     );
     assert_eq!(p.manifest.app_paths, [Path::new("apps")]);
     let cfg = demo.config();
@@ -68,8 +74,82 @@ fn init_creates_a_unix_project_with_a_tcp_node_and_an_example_app() {
         cfg.get("link"),
         Some(&Value::map([(
             "tcp",
-            Value::map([("h", Value::from("0.0.0.0")), ("p", Value::from(27587))])
+            Value::map([
+                ("h", Value::from("127.0.0.1")),
+                ("p", Value::from(*port)),
+                ("a", Value::from(true))
+            ])
         )]))
+    );
+    // The node's key: made by init, private, and in the node's config.
+    let key_file = dir.join(".moat/keys/demo");
+    let text = std::fs::read_to_string(&key_file).unwrap();
+    let key = hex::decode(text.trim()).unwrap();
+    assert_eq!(key.len(), 32);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(
+        cfg.get("auth"),
+        Some(&Value::map([
+            ("k", Value::Bin(key)),
+            ("n", Value::from("demo")),
+            ("p", Value::from(p.id())),
+        ]))
+    );
+    let manifest = std::fs::read_to_string(dir.join("moat.toml")).unwrap();
+    assert!(
+        !manifest.contains(text.trim()),
+        "the key stays out of moat.toml"
+    );
+}
+
+#[test]
+fn two_inits_pick_different_ids_and_usually_different_ports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let load = |name: &str| {
+        assert!(moat(tmp.path(), &["init", name, "--name", "q"])
+            .status
+            .success());
+        let p = Project::load(&tmp.path().join(name)).unwrap();
+        let Link::Tcp { port, .. } = p.node("demo").unwrap().link else {
+            panic!("tcp")
+        };
+        (p.id().to_owned(), port)
+    };
+    let (a, b) = (load("a"), load("b"));
+    assert_ne!(a.0, b.0);
+    // 1 in 1000 that two random picks agree; a third must then differ.
+    if a.1 == b.1 {
+        assert_ne!(a.1, load("c").1);
+    }
+}
+
+#[test]
+fn a_manifest_without_an_id_is_given_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    assert!(moat(tmp.path(), &["init", "p"]).status.success());
+    let file = tmp.path().join("p/moat.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let old: String = text
+        .lines()
+        .filter(|l| !l.starts_with("id = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&file, &old).unwrap();
+    let o = moat(&tmp.path().join("p"), &["flash", "--plan", "--json"]);
+    assert!(
+        stderr(&o).contains("added `[project] id = "),
+        "{}",
+        stderr(&o)
+    );
+    let p = Project::load(&tmp.path().join("p")).unwrap();
+    assert_eq!(p.id().len(), 16);
+    let again = std::fs::read_to_string(&file).unwrap();
+    assert!(again.contains(&format!("id = \"{}\"", p.id())), "{again}");
+    assert!(
+        again.contains("# The node's config"),
+        "comments kept:\n{again}"
     );
 }
 
@@ -117,6 +197,7 @@ fn init_keeps_existing_files_and_extends_gitignore() {
     let gi = std::fs::read_to_string(tmp.path().join(".gitignore")).unwrap();
     assert!(gi.starts_with("target/\n"), "{gi}");
     assert!(gi.lines().any(|l| l == ".moat/"), "{gi}");
+    assert!(gi.lines().any(|l| l == "secrets.toml"), "{gi}");
 }
 
 #[test]

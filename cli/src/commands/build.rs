@@ -24,7 +24,11 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let project = Project::find_from_cwd()?;
+    let mut project = Project::find_from_cwd()?;
+    // A node without a key gets one now (its config carries it).
+    for node in project.ensure_keys()? {
+        eprintln!("node `{node}`: made a new key in .moat/keys/{node}");
+    }
     let targets = build::select(&project, args.node.as_deref(), args.board.as_deref())?;
     let mut builder = Builder::new(&project, Cache::from_env()?)?;
     let mut bar = Bar::new(!args.json && std::io::stderr().is_terminal());

@@ -26,7 +26,11 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let project = Project::find_from_cwd()?;
+    let mut project = Project::find_from_cwd()?;
+    // A node without a key gets one now (its config carries it).
+    for node in project.ensure_keys()? {
+        eprintln!("node `{node}`: made a new key in .moat/keys/{node}");
+    }
     let node = client::pick_node(&project, a.target.node.as_deref())?.clone();
     if a.repl {
         return over_repl(&node, a.port.as_deref(), a.json);

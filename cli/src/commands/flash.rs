@@ -28,7 +28,11 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let project = Project::find_from_cwd()?;
+    let mut project = Project::find_from_cwd()?;
+    // A node without a key gets one now (its config carries it).
+    for node in project.ensure_keys()? {
+        eprintln!("node `{node}`: made a new key in .moat/keys/{node}");
+    }
     let nodes = match &a.node {
         Some(name) => vec![moat::client::pick_node(&project, Some(name))?.clone()],
         None => {

@@ -47,16 +47,45 @@ struct Planned {
     text: String,
 }
 
-/// Renders the scaffold for project `name` on `board`.
-fn render(name: &str, board: &Board) -> anyhow::Result<Vec<Planned>> {
+/// The range `moat init` picks a node's TCP port from (documented in the
+/// README): random, so that two projects on one machine rarely collide,
+/// and one nothing listens on right now.
+pub const PORT_RANGE: std::ops::RangeInclusive<u16> = 27600..=28599;
+
+/// A random port in [`PORT_RANGE`] that nothing on this machine listens
+/// on (tried on loopback and all interfaces).
+fn pick_port() -> anyhow::Result<u16> {
+    let span = u32::from(PORT_RANGE.end() - PORT_RANGE.start()) + 1;
+    for _ in 0..64 {
+        let mut b = [0u8; 4];
+        moat::keys::random_fill(&mut b)?;
+        let port = PORT_RANGE.start() + (u32::from_le_bytes(b) % span) as u16;
+        let free = ["127.0.0.1", "0.0.0.0"]
+            .iter()
+            .all(|h| std::net::TcpListener::bind((*h, port)).is_ok());
+        if free {
+            return Ok(port);
+        }
+    }
+    bail!(
+        "no free TCP port found in {}-{}: set the node's `port` in moat.toml by hand",
+        PORT_RANGE.start(),
+        PORT_RANGE.end()
+    )
+}
+
+/// Renders the scaffold for project `name` (id `id`) on `board`, its node
+/// on TCP port `tcp_port`.
+fn render(name: &str, id: &str, tcp_port: u16, board: &Board) -> anyhow::Result<Vec<Planned>> {
     let mut env = minijinja::Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
     env.set_keep_trailing_newline(true);
     let ctx = minijinja::context! {
         name => name,
+        id => id,
         board => board.name,
         link => board.link.as_str(),
-        tcp_port => manifest::DEFAULT_TCP_PORT,
+        tcp_port => tcp_port,
         micropython_version => manifest::DEFAULT_MICROPYTHON_VERSION,
     };
     FILES
@@ -132,7 +161,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         None => name_from_dir(dir),
     };
-    let files = render(&name, board)?;
+    let id = moat::keys::new_project_id()?;
+    let tcp_port = if board.link == LinkKind::Tcp {
+        pick_port()?
+    } else {
+        manifest::DEFAULT_TCP_PORT
+    };
+    let files = render(&name, &id, tcp_port, board)?;
 
     let mut created = Vec::new();
     let mut kept = Vec::new();
@@ -146,16 +181,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             // Keep the user's ignores; add ours when missing.
             let old = std::fs::read_to_string(&path)
                 .with_context(|| format!("cannot read {}", path.display()))?;
-            if !old
-                .lines()
-                .any(|l| l.trim() == ".moat/" || l.trim() == ".moat")
-            {
+            // Keys (.moat/keys) and secrets must never reach git.
+            let has = |names: &[&str]| old.lines().any(|l| names.contains(&l.trim()));
+            let mut add = String::new();
+            if !has(&[".moat/", ".moat"]) {
+                add.push_str(
+                    "# moat's build records, firmware, node folders and node keys\n.moat/\n",
+                );
+            }
+            if !has(&["secrets.toml", "/secrets.toml"]) {
+                add.push_str(
+                    "# secret config values (moat.toml: `{ secret = \"name\" }`)\nsecrets.toml\n",
+                );
+            }
+            if !add.is_empty() {
                 let sep = if old.is_empty() || old.ends_with('\n') {
                     ""
                 } else {
                     "\n"
                 };
-                std::fs::write(&path, format!("{old}{sep}{}", f.text))
+                std::fs::write(&path, format!("{old}{sep}{add}"))
                     .with_context(|| format!("cannot write {}", path.display()))?;
             }
             kept.push(f.path);
@@ -171,7 +216,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
 
     // The scaffold must load; a failure here is a bug in the templates.
-    Project::load(dir).context("the generated project does not load (a bug in moat init)")?;
+    let mut project =
+        Project::load(dir).context("the generated project does not load (a bug in moat init)")?;
+    // Each node's key, in the gitignored .moat/keys/ (kept when there).
+    let keys = project.ensure_keys()?;
 
     if args.json {
         let out = serde_json::json!({
@@ -180,8 +228,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "board": board.name,
             "link": board.link.as_str(),
             "node": "demo",
+            "id": project.id(),
+            "port": (board.link == LinkKind::Tcp).then_some(tcp_port),
             "created": created,
             "kept": kept,
+            "keys": keys,
         });
         println!("{out}");
     } else {
@@ -196,6 +247,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         for f in &kept {
             println!("  {f} (kept the existing file)");
+        }
+        for k in &keys {
+            println!("  .moat/keys/{k} (the node's key: keep it out of git, back it up)");
         }
         let next = if board.link == LinkKind::Tcp || board.link == LinkKind::Process {
             "moat build"

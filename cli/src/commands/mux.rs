@@ -15,7 +15,8 @@ use mux_runtime::Value;
 #[derive(clap::Args)]
 pub struct Args {
     /// The socket to serve on (default: $MOAT_SOCKET, else
-    /// $XDG_RUNTIME_DIR/moat/<project>.sock, else /tmp/moat-$UID/<project>.sock).
+    /// $XDG_RUNTIME_DIR/moat/<project>-<id>.sock, else
+    /// /tmp/moat-$UID/<project>-<id>.sock).
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
     /// Print link changes as JSON lines on stdout.
@@ -28,7 +29,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let socket = match (&a.socket, std::env::var_os(moat::client::SOCKET_ENV)) {
         (Some(p), _) => p.clone(),
         (None, Some(p)) if !p.is_empty() => PathBuf::from(p),
-        _ => moat::client::default_socket(project.name()),
+        _ => {
+            let path = moat::client::default_socket(project.name(), project.id());
+            if let Some(dir) = path.parent() {
+                moat::runtime_dir::ensure_private(dir)?;
+            }
+            path
+        }
     };
     let nodes = project
         .manifest
