@@ -85,19 +85,86 @@ impl Secrets {
     }
 }
 
-/// `config` with every secret path of `node` (and `auth.k`) replaced by
-/// [`PLACEHOLDER`]; `at` is where `config` sits in the node's config
-/// (`cfg get wifi` → `["wifi"]`).
-pub fn mask(node: &Node, at: &[String], config: &mut Value) {
-    let mut paths: Vec<Vec<String>> = node.secrets.iter().map(|s| s.path.clone()).collect();
+/// The paths `moat cfg get` masks: the node's secrets in the manifest
+/// (when known), the `sec` list of the config read (when it is the whole
+/// config), and the node key `auth.k`.
+pub fn secret_paths(node: Option<&Node>, read: &Value, at: &[String]) -> Vec<Vec<String>> {
+    let mut paths: Vec<Vec<String>> = node
+        .map(|n| n.secrets.iter().map(|s| s.path.clone()).collect())
+        .unwrap_or_default();
+    if at.is_empty() {
+        if let Some(Value::Array(listed)) = read.get("sec") {
+            for p in listed {
+                if let Value::Array(elems) = p {
+                    let path: Option<Vec<String>> = elems
+                        .iter()
+                        .map(|e| e.as_str().map(str::to_owned))
+                        .collect();
+                    paths.extend(path);
+                }
+            }
+        }
+    }
     paths.push(vec!["auth".into(), "k".into()]);
+    paths
+}
+
+/// `config` (the part of a node's config at `at`: `cfg get wifi` →
+/// `["wifi"]`) with the value at each of `paths` replaced by
+/// [`PLACEHOLDER`].
+pub fn mask(paths: &[Vec<String>], at: &[String], config: &mut Value) {
     for p in paths {
         if p.len() > at.len() && p.starts_with(at) {
             if let Some(slot) = value_at_mut(config, &p[at.len()..]) {
                 *slot = Value::from(PLACEHOLDER);
             }
-        } else if p.len() <= at.len() && at.starts_with(&p) {
+        } else if p.len() <= at.len() && at.starts_with(p) {
             *config = Value::from(PLACEHOLDER);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_and_the_key_are_masked_wherever_the_read_starts() {
+        let cfg = || {
+            Value::map([
+                (
+                    "wifi",
+                    Value::map([("ssid", "x".into()), ("pw", "hunter2".into())]),
+                ),
+                (
+                    "auth",
+                    Value::map([("k", Value::Bin(vec![1; 32])), ("n", "a".into())]),
+                ),
+                (
+                    "sec",
+                    Value::Array(vec![Value::Array(vec!["wifi".into(), "pw".into()])]),
+                ),
+            ])
+        };
+        let mut all = cfg();
+        let paths = secret_paths(None, &all, &[]);
+        mask(&paths, &[], &mut all);
+        assert_eq!(
+            all.get("wifi").unwrap().get("pw"),
+            Some(&Value::from(PLACEHOLDER))
+        );
+        assert_eq!(
+            all.get("wifi").unwrap().get("ssid"),
+            Some(&Value::from("x"))
+        );
+        assert_eq!(
+            all.get("auth").unwrap().get("k"),
+            Some(&Value::from(PLACEHOLDER))
+        );
+        // `cfg get wifi.pw`: the value itself is the secret.
+        let at = vec!["wifi".to_owned(), "pw".to_owned()];
+        let mut one = Value::from("hunter2");
+        mask(&[at.clone()], &at, &mut one);
+        assert_eq!(one, Value::from(PLACEHOLDER));
     }
 }

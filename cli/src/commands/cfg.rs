@@ -80,11 +80,32 @@ fn path_value(p: &[PathElem]) -> Value {
 
 fn get(a: GetArgs) -> anyhow::Result<()> {
     let p = config_path(a.path.as_deref())?;
+    // Secrets are never printed: the node masks them in `cfg.r` (`sec`),
+    // and so does this side, for nodes with an older config.
+    let project = moat::project::Project::find_from_cwd().ok();
+    let node = project
+        .as_ref()
+        .and_then(|p| client::pick_node(p, a.target.node.as_deref()).ok())
+        .cloned();
+    let at: Vec<String> = p
+        .iter()
+        .map(|e| match e {
+            PathElem::Name(n) => n.clone(),
+            PathElem::Index(i) => i.to_string(),
+        })
+        .collect();
     client::block_on(async move {
         let client = Client::connect(&a.target).await?;
         match read(&client, &p).await {
-            Ok(v) if a.json => println!("{}", render::json_pretty(&v)),
-            Ok(v) => println!("{}", render::human(&v)),
+            Ok(mut v) => {
+                let paths = moat::secrets::secret_paths(node.as_ref(), &v, &at);
+                moat::secrets::mask(&paths, &at, &mut v);
+                if a.json {
+                    println!("{}", render::json_pretty(&v));
+                } else {
+                    println!("{}", render::human(&v));
+                }
+            }
             Err(e) => return Err(remote_failure(&cfg_r(), &e, a.json)),
         }
         Ok(())

@@ -36,10 +36,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         return over_repl(&node, a.port.as_deref(), a.json);
     }
     let out = client::block_on(config::upload(&project, &node, &a.target, a.dry_run))??;
-    let lines: Option<Vec<String>> = out
-        .changes
-        .as_ref()
-        .map(|c| c.iter().map(ToString::to_string).collect());
+    // Secret values and the node key are shown as placeholders.
+    let secret = moat::secrets::secret_paths(Some(&node), &mux_runtime::Value::Nil, &[]);
+    let lines: Option<Vec<String>> = out.changes.as_ref().map(|c| {
+        c.iter()
+            .map(|change| masked(change.clone(), &secret).to_string())
+            .collect()
+    });
     if a.json {
         println!(
             "{}",
@@ -72,6 +75,20 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         println!("{}: dry run, nothing sent", node.name);
     }
     Ok(())
+}
+
+/// `change` with the values at `secret` paths masked.
+fn masked(change: config::Change, secret: &[Vec<String>]) -> config::Change {
+    use config::Change;
+    let m = |at: &[String], mut v: mux_runtime::Value| {
+        moat::secrets::mask(secret, at, &mut v);
+        v
+    };
+    match change {
+        Change::Added(p, v) => Change::Added(p.clone(), m(&p, v)),
+        Change::Removed(p, v) => Change::Removed(p.clone(), m(&p, v)),
+        Change::Changed(p, a, b) => Change::Changed(p.clone(), m(&p, a), m(&p, b)),
+    }
 }
 
 /// `--repl`: the config files over the raw REPL, then a soft reset.
