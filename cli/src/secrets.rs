@@ -164,7 +164,7 @@ mod tests {
         // `cfg get wifi.pw`: the value itself is the secret.
         let at = vec!["wifi".to_owned(), "pw".to_owned()];
         let mut one = Value::from("hunter2");
-        mask(&[at.clone()], &at, &mut one);
+        mask(std::slice::from_ref(&at), &at, &mut one);
         assert_eq!(one, Value::from(PLACEHOLDER));
     }
 }
