@@ -300,6 +300,15 @@ fn project_files(root: &Path) -> anyhow::Result<std::collections::BTreeMap<PathB
             }
             if p.is_dir() {
                 todo.push(p);
+            } else if p.file_name().is_some_and(|n| n == "moat.toml") {
+                // `moat init` writes a random project id and TCP port:
+                // those alone do not change the scaffold.
+                let text = std::fs::read_to_string(&p)?;
+                let same: String = text
+                    .lines()
+                    .filter(|l| !l.starts_with("id = ") && !l.starts_with("link = "))
+                    .collect();
+                out.insert(p.strip_prefix(root)?.to_path_buf(), same.into_bytes());
             } else {
                 out.insert(p.strip_prefix(root)?.to_path_buf(), std::fs::read(&p)?);
             }
