@@ -451,7 +451,26 @@ pub fn local_process(project: &Project, node: &Node) -> anyhow::Result<ProcessSp
         .get_current_dir()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| crate::local_node::node_dir(project, &node.name));
-    Ok(ProcessSpec::new(cmd.get_program(), args, cwd))
+    Ok(own_session(ProcessSpec::new(cmd.get_program(), args, cwd)))
+}
+
+/// `spec` started through `setsid` (util-linux), in a session and process
+/// group of its own: Ctrl-C in the terminal of `moat mux`, `moat demo` or
+/// `moat flash --run` signals that process group, and a node in it died of
+/// the SIGINT before its runtime could clear its crash marker (`moat.run`),
+/// so it booted its fallback config next time. Out of the group, the node
+/// is stopped by the mux (its stdin closes) and exits cleanly. `setsid`
+/// execs the program in place (same pid: stopping it still reaches it).
+/// Without `setsid` on PATH the node is started directly.
+fn own_session(spec: ProcessSpec) -> ProcessSpec {
+    // A missing program keeps its own "cannot start … run moat flash" error.
+    let program = spec.cwd.join(&spec.program);
+    let Some(setsid) = crate::tools::find_program("setsid").filter(|_| program.is_file()) else {
+        return spec;
+    };
+    let mut args = vec![spec.program.to_string_lossy().into_owned()];
+    args.extend(spec.args);
+    ProcessSpec::new(setsid, args, spec.cwd)
 }
 
 /// Runs `fut` on a fresh single-threaded tokio runtime (each client verb

@@ -21,6 +21,9 @@ use std::process::Command;
 pub const CONFIG_FILE: &str = "moat.cfg";
 /// The fallback config, used after a crash.
 pub const FALLBACK_FILE: &str = "moat_fb.cfg";
+/// The node runtime's crash marker: written at boot, removed on a clean
+/// stop; found at boot, it makes the node start on its fallback config.
+pub const RUN_MARKER: &str = "moat.run";
 
 /// `.moat/nodes/` of a project.
 pub fn nodes_dir(project: &Project) -> PathBuf {
@@ -148,6 +151,16 @@ pub fn install(project: &Project, node: &Node) -> anyhow::Result<Installed> {
     }
     let config = node.config();
     write_atomic(&dir.join(CONFIG_FILE), &msgpack::to_vec(&config), false)?;
+    // A crash marker left by a node that was killed would make the next
+    // start boot the fallback config (without the user's apps): a fresh
+    // install starts on the config just written.
+    match std::fs::remove_file(dir.join(RUN_MARKER)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e)
+                .with_context(|| format!("removing the crash marker in {}", dir.display()))
+        }
+        _ => {}
+    }
     write_atomic(
         &dir.join(FALLBACK_FILE),
         &msgpack::to_vec(&fallback_config(&config)),
