@@ -46,6 +46,9 @@ enum Command {
     Mux(commands::mux::Args),
     /// Show a node's console output live.
     Monitor(commands::monitor::Args),
+    /// Node keys: `moat key rotate` gives a node a new one.
+    #[command(subcommand)]
+    Key(commands::key::Command),
     /// The whole flow in a temporary project: init, build, flash, mux, commands.
     Demo(commands::demo::Args),
 }
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
         Command::Run(a) => commands::run::run(a),
         Command::Mux(a) => commands::mux::run(a),
         Command::Monitor(a) => commands::monitor::run(a),
+        Command::Key(c) => commands::key::run(c),
         Command::Demo(a) => commands::demo::run(a),
     };
     match result {

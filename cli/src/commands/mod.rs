@@ -11,6 +11,7 @@ pub mod flash;
 pub mod fs;
 pub mod fs_mount;
 pub mod init;
+pub mod key;
 pub mod monitor;
 pub mod mux;
 pub mod run;
