@@ -25,6 +25,8 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut project = Project::find_from_cwd()?;
+    // The selection is checked before anything is made.
+    build::select(&project, args.node.as_deref(), args.board.as_deref())?;
     // A node without a key gets one now (its config carries it).
     for node in project.ensure_keys()? {
         eprintln!("node `{node}`: made a new key in .moat/keys/{node}");
