@@ -165,7 +165,9 @@ pub async fn upload(
                 bytes.len()
             );
         }
-        let link_changed = old.as_ref().and_then(|o| o.get("link")) != new.get("link");
+        // Links are set up at boot, with the key and identity in `auth`.
+        let link_changed = old.as_ref().and_then(|o| o.get("link")) != new.get("link")
+            || auth_changed(old.as_ref().and_then(|o| o.get("auth")), new.get("auth"));
         let restart = if link_changed || !fits {
             // Links are set up at boot: the runtime restarts and reads the file.
             call(&conn, &["sys", "boot"], Value::map([("m", Value::from(1))])).await?;
@@ -190,9 +192,40 @@ pub async fn upload(
     result
 }
 
+/// Whether the node's `auth` section changes. A key read back with
+/// `cfg.r` is a placeholder (the node never returns it): only a key read
+/// from the file counts.
+fn auth_changed(old: Option<&Value>, new: Option<&Value>) -> bool {
+    let (Some(old), Some(new)) = (old, new) else {
+        return old.is_some() != new.is_some();
+    };
+    ["n", "p", "k"].iter().any(|k| {
+        let (a, b) = (old.get(k), new.get(k));
+        match a {
+            Some(Value::Bin(_)) | None => a != b,
+            // the placeholder proxy: the key cannot be compared
+            Some(_) if *k == "k" => false,
+            Some(_) => a != b,
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_key_or_identity_restarts_the_links_a_masked_key_does_not() {
+        let auth = |k: Value, p: &str| Value::map([("k", k), ("n", "a".into()), ("p", p.into())]);
+        let key = |b: u8| Value::Bin(vec![b; 32]);
+        let new = auth(key(1), "p1");
+        assert!(!auth_changed(Some(&auth(key(1), "p1")), Some(&new)));
+        assert!(auth_changed(Some(&auth(key(2), "p1")), Some(&new)));
+        assert!(auth_changed(Some(&auth(key(1), "p2")), Some(&new)));
+        assert!(auth_changed(None, Some(&new)));
+        let masked = auth(Value::Proxy("_sec".into()), "p1");
+        assert!(!auth_changed(Some(&masked), Some(&new)));
+    }
 
     #[test]
     fn diff_names_added_removed_and_changed_paths() {
