@@ -37,6 +37,11 @@ struct Project {
 
 impl Project {
     fn new(name: &str, step: u32, runtime: &Path) -> Project {
+        Project::with_link(name, step, runtime, "{ kind = \"process\" }")
+    }
+
+    /// With `link` (a TOML inline table) as the node's link.
+    fn with_link(name: &str, step: u32, runtime: &Path, link: &str) -> Project {
         let firmware = unix_satellite().expect("the shared firmware builds");
         let dir = tempfile::Builder::new()
             .prefix("moat-trust-")
@@ -56,7 +61,7 @@ impl Project {
             .lines()
             .map(|l| {
                 if l.starts_with("link = ") {
-                    "link = { kind = \"process\" }\n".to_owned()
+                    format!("link = {link}\n")
                 } else if l.starts_with("c = ") {
                     // Tells the two projects' nodes apart.
                     format!("c = {{ step = {step}, ms = 1000 }}\n")
@@ -142,6 +147,119 @@ impl Project {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// A `moat run` process group, stopped when dropped (a failed assertion
+/// leaves no node running).
+struct NodeRun(Option<Child>);
+
+impl Drop for NodeRun {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            // SAFETY: kill has no memory preconditions; -pgid names the group.
+            unsafe { libc::kill(-(c.id() as libc::pid_t), libc::SIGKILL) };
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `moat run` (the node in the foreground) in a process group of its own,
+/// until its TCP port answers.
+fn start_node(p: &Project, port: u16) -> NodeRun {
+    let log = std::fs::File::create(p.root.join("node.log")).unwrap();
+    let mut child = p
+        .moat(&["run"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .expect("moat run starts");
+    let end = Instant::now() + WAIT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("moat run ended ({status}):\n{}", node_log(p));
+        }
+        assert!(
+            Instant::now() < end,
+            "node did not listen:\n{}",
+            node_log(p)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    NodeRun(Some(child))
+}
+
+fn node_log(p: &Project) -> String {
+    std::fs::read_to_string(p.root.join("node.log")).unwrap_or_default()
+}
+
+/// Ctrl-C to `moat run`'s group; waits for it to end.
+fn stop_node(p: &Project, mut run: NodeRun) {
+    let mut child = run.0.take().expect("running");
+    // SAFETY: kill has no memory preconditions; -pgid names the group.
+    unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGINT) };
+    let end = Instant::now() + WAIT;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("moat run did not stop on SIGINT:\n{}", node_log(p));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+/// The node key in `.moat/keys/demo`.
+fn local_key(p: &Project) -> Vec<u8> {
+    let text = std::fs::read_to_string(p.root.join(".moat/keys/demo")).unwrap();
+    hex::decode(text.trim()).unwrap()
+}
+
+#[test]
+fn a_rotated_key_keeps_working_after_a_node_restart() {
+    let runtime = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let p = Project::with_link(
+        "rot",
+        1,
+        runtime.path(),
+        &format!("{{ kind = \"tcp\", host = \"127.0.0.1\", port = {port} }}"),
+    );
+    let old = local_key(&p);
+    let node = start_node(&p, port);
+    let o = run_ok(&mut p.moat(&["key", "rotate", "--json"])).unwrap();
+    assert!(stdout(&o).contains("\"rotated\":true"), "{}", stdout(&o));
+    let new = local_key(&p);
+    assert_ne!(old, new);
+    assert!(
+        !p.root.join(".moat/keys/demo.new").exists(),
+        "the pending key is gone"
+    );
+    // The node keeps it in both configs (its fallback too).
+    for file in ["moat.cfg", "moat_fb.cfg"] {
+        let bytes = std::fs::read(p.root.join(".moat/nodes/demo").join(file)).unwrap();
+        assert!(
+            bytes.windows(32).any(|w| w == new.as_slice()),
+            "{file} lacks the new key"
+        );
+        assert!(
+            !bytes.windows(32).any(|w| w == old.as_slice()),
+            "{file} still has the old key"
+        );
+    }
+    stop_node(&p, node);
+    let node = start_node(&p, port);
+    let o = run_ok(&mut p.moat(&["cmd", "c.get"]));
+    stop_node(&p, node);
+    o.unwrap_or_else(|e| panic!("{e:#}\n{}", node_log(&p)));
 }
 
 impl Drop for Project {
