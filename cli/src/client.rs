@@ -435,7 +435,7 @@ pub fn link_spec(project: &Project, node: &Node) -> anyhow::Result<LinkSpec> {
                 retries: s.retries,
             },
         }),
-        Link::Process => LinkSpec::Process(local_process(project, node)?),
+        Link::Process => LinkSpec::Process(own_session(local_process(project, node)?)),
     })
 }
 
@@ -451,7 +451,7 @@ pub fn local_process(project: &Project, node: &Node) -> anyhow::Result<ProcessSp
         .get_current_dir()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| crate::local_node::node_dir(project, &node.name));
-    Ok(own_session(ProcessSpec::new(cmd.get_program(), args, cwd)))
+    Ok(ProcessSpec::new(cmd.get_program(), args, cwd))
 }
 
 /// `spec` started through `setsid` (util-linux), in a session and process
@@ -461,7 +461,9 @@ pub fn local_process(project: &Project, node: &Node) -> anyhow::Result<ProcessSp
 /// so it booted its fallback config next time. Out of the group, the node
 /// is stopped by the mux (its stdin closes) and exits cleanly. `setsid`
 /// execs the program in place (same pid: stopping it still reaches it).
-/// Without `setsid` on PATH the node is started directly.
+/// Without `setsid` on PATH the node is started directly. Only for process
+/// links: such a node also ends when its stdin closes because the mux died
+/// abruptly; an emulator (which does not read its stdin) would outlive it.
 fn own_session(spec: ProcessSpec) -> ProcessSpec {
     // A missing program keeps its own "cannot start … run moat flash" error.
     let program = spec.cwd.join(&spec.program);
