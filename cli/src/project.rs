@@ -108,7 +108,16 @@ impl Project {
     /// Makes a key for every node without one (`.moat/keys/NODE`); the
     /// names of the nodes that got one.
     pub fn ensure_keys(&mut self) -> anyhow::Result<Vec<String>> {
+        use anyhow::Context;
+        use std::os::unix::fs::PermissionsExt;
         let mut made = Vec::new();
+        // `.moat/` holds the keys and copies of them (the node configs in
+        // build/ and nodes/): only the user may read it.
+        let state = self.state_dir();
+        std::fs::create_dir_all(&state)
+            .with_context(|| format!("cannot create {}", state.display()))?;
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} private (chmod 700)", state.display()))?;
         let id = self.id().to_owned();
         for node in &mut self.manifest.nodes {
             if node.auth.is_some() {

@@ -89,6 +89,12 @@ fn init_creates_a_unix_project_with_a_tcp_node_and_an_example_app() {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
+    // The node configs under .moat/ hold copies of the key.
+    let mode = std::fs::metadata(dir.join(".moat"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
     assert_eq!(
         cfg.get("auth"),
         Some(&Value::map([
