@@ -399,6 +399,54 @@ impl Client {
     }
 }
 
+/// What the host side of an authenticated link needs (docs/auth.md): the
+/// keys to try, in order (the current one, then one a `moat key rotate`
+/// left pending), and the identity the node must answer with.
+#[derive(Clone)]
+pub struct HostAuth {
+    pub keys: Vec<crate::keys::Key>,
+    /// The node's name (`auth.n`).
+    pub node: String,
+    /// This project's id (`auth.p`) and name (for messages).
+    pub project_id: String,
+    pub project_name: String,
+}
+
+impl std::fmt::Debug for HostAuth {
+    // Never prints the keys.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostAuth")
+            .field("keys", &self.keys.len())
+            .field("node", &self.node)
+            .field("project_id", &self.project_id)
+            .finish()
+    }
+}
+
+/// How the host authenticates `node`'s link: `None` when the manifest
+/// turns authentication off on it (`auth = false`, or a serial, USB or
+/// process link without `auth = true`).
+pub fn host_auth(project: &Project, node: &Node) -> anyhow::Result<Option<HostAuth>> {
+    if !node.link_auth {
+        return Ok(None);
+    }
+    let keys = crate::keys::candidates(&project.root, &node.name)?;
+    if keys.is_empty() {
+        bail!(
+            "node `{}` has no key (.moat/keys/{} or ${}): `moat build` makes one, and `moat flash` or `moat cfg upload` gives it to the node",
+            node.name,
+            node.name,
+            crate::keys::env_name(&node.name)
+        );
+    }
+    Ok(Some(HostAuth {
+        keys,
+        node: node.name.clone(),
+        project_id: project.id().to_owned(),
+        project_name: project.name().to_owned(),
+    }))
+}
+
 /// How long a direct serial/USB link may take to come up.
 const DEVICE_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -136,3 +136,36 @@ fn build_gives_a_node_without_a_key_one_and_the_environment_overrides_it() {
         stderr(&o)
     );
 }
+
+#[test]
+fn the_host_authenticates_where_the_manifest_says_with_current_then_pending_key() {
+    let dir = project(Some("wifi_pw = \"x\"\n"));
+    let p = Project::load(dir.path()).unwrap();
+    let e = moat::client::host_auth(&p, p.node("pump-1").unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("node `pump-1` has no key") && e.contains("`moat build` makes one"),
+        "{e}"
+    );
+    let mut p = Project::load(dir.path()).unwrap();
+    p.ensure_keys().unwrap();
+    let next = moat::keys::random().unwrap();
+    moat::keys::write(&moat::keys::pending_path(dir.path(), "pump-1"), &next).unwrap();
+    let auth = moat::client::host_auth(&p, p.node("pump-1").unwrap())
+        .unwrap()
+        .expect("tcp links authenticate");
+    assert_eq!(auth.keys.len(), 2);
+    assert_eq!(auth.keys[1], next);
+    assert_eq!(
+        (auth.node.as_str(), auth.project_id.as_str()),
+        ("pump-1", "00112233445566aa")
+    );
+    // A process link does not, unless the manifest says `auth = true`.
+    let text = MANIFEST.replace("{ kind = \"tcp\", port = 4001 }", "\"process\"");
+    std::fs::write(dir.path().join("moat.toml"), text).unwrap();
+    let p = Project::load(dir.path()).unwrap();
+    assert!(moat::client::host_auth(&p, p.node("pump-1").unwrap())
+        .unwrap()
+        .is_none());
+}
