@@ -5,6 +5,8 @@
 //! the same name (or adds a new one). `boards/README.md` documents every
 //! field.
 
+pub use crate::sdk::Sdk;
+use crate::toolchains::Resolved;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -35,6 +37,9 @@ pub struct Board {
     /// Extra source trees the port needs inside the MicroPython tree
     /// (e.g. `lib/pico-sdk` for rp2).
     pub sources: Vec<Source>,
+    /// The vendor SDK the port builds against (ESP8266 NONOS SDK,
+    /// ESP-IDF), checked before the build.
+    pub sdk: Option<Sdk>,
     /// How firmware gets onto the device.
     pub flash: Flash,
     /// The files the build produces, relative to the port's build folder
@@ -224,20 +229,56 @@ pub enum Origin {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Missing {
-    /// A toolchain command is not on `PATH`.
-    Tool { name: String, hint: String },
+    /// A toolchain command is not on `PATH` (nor in the configured
+    /// folders, `looked`, searched first).
+    Tool {
+        name: String,
+        hint: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        looked: Vec<String>,
+    },
     /// A source tree is absent from the MicroPython tree.
     Source {
         name: String,
         dir: String,
         hint: String,
     },
+    /// A piece of the board's SDK (its folder, headers, libraries, tools,
+    /// version): `problem` says which and where moat looked.
+    Sdk {
+        name: String,
+        problem: String,
+        hint: String,
+    },
+}
+
+impl Missing {
+    /// What is missing, in a word or two (`moat boards` summary).
+    pub fn name(&self) -> &str {
+        match self {
+            Missing::Tool { name, .. }
+            | Missing::Source { name, .. }
+            | Missing::Sdk { name, .. } => name,
+        }
+    }
 }
 
 impl fmt::Display for Missing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Missing::Tool { name, hint } => write!(f, "`{name}` not found on PATH: {hint}"),
+            Missing::Tool { name, hint, looked } if looked.is_empty() => {
+                write!(f, "`{name}` not found on PATH: {hint}")
+            }
+            Missing::Tool { name, hint, looked } => write!(
+                f,
+                "`{name}` not found in {} nor on PATH: {hint}",
+                looked.join(", ")
+            ),
+            Missing::Sdk {
+                name,
+                problem,
+                hint,
+            } => write!(f, "{name}: {problem}; {hint}"),
             Missing::Source { name, dir, hint } => {
                 write!(f, "source `{name}` missing (expected at {dir}): {hint}")
             }
@@ -292,6 +333,8 @@ struct BoardFile {
     toolchain: Vec<Tool>,
     #[serde(default)]
     sources: Vec<Source>,
+    #[serde(default)]
+    sdk: Option<Sdk>,
     flash: Flash,
     firmware: Vec<Artefact>,
     link: LinkKind,
@@ -360,6 +403,7 @@ impl Board {
             vars: f.vars,
             toolchain: f.toolchain,
             sources: f.sources,
+            sdk: f.sdk,
             flash: f.flash,
             firmware: f.firmware,
             link: f.link,
@@ -383,18 +427,38 @@ impl Board {
     }
 
     /// What this machine lacks to build the board: toolchain commands not
-    /// on `PATH`, and (when `micropython` names a source tree) extra
-    /// sources absent from it. Empty means buildable here.
-    pub fn missing(&self, micropython: Option<&Path>) -> Vec<Missing> {
+    /// in the configured folders nor on `PATH`, pieces of its SDK, and
+    /// (when `micropython` names a source tree) extra sources absent from
+    /// it. Empty means buildable here.
+    pub fn missing(&self, micropython: Option<&Path>, tc: &Resolved) -> Vec<Missing> {
+        self.check(micropython, tc).1
+    }
+
+    /// [`Board::missing`], plus the SDK's folder when it is usable (the
+    /// build hands it to the port).
+    pub fn check(
+        &self,
+        micropython: Option<&Path>,
+        tc: &Resolved,
+    ) -> (Option<crate::toolchains::Setting>, Vec<Missing>) {
         let mut out: Vec<Missing> = self
             .toolchain
             .iter()
-            .filter(|t| find_on_path(&t.command).is_none())
+            .filter(|t| tc.find(&t.command).is_none())
             .map(|t| Missing::Tool {
                 name: t.command.clone(),
                 hint: t.hint.clone(),
+                looked: tc.bin_shown(),
             })
             .collect();
+        let sdk_dir = match &self.sdk {
+            Some(sdk) => {
+                let (dir, missing) = sdk.check(tc);
+                out.extend(missing);
+                dir
+            }
+            None => None,
+        };
         if let Some(root) = micropython {
             out.extend(
                 self.sources
@@ -407,7 +471,7 @@ impl Board {
                     }),
             );
         }
-        out
+        (sdk_dir, out)
     }
 }
 
@@ -438,7 +502,7 @@ pub fn find_on_path(command: &str) -> Option<PathBuf> {
         .find(|p| is_executable(p))
 }
 
-fn is_executable(p: &Path) -> bool {
+pub(crate) fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p)
         .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -673,10 +737,14 @@ mod tests {
             },
         ];
         assert_eq!(
-            b.missing(None),
+            b.missing(None, &Resolved::path_only())
+                .into_iter()
+                .filter(|m| matches!(m, Missing::Tool { .. }))
+                .collect::<Vec<_>>(),
             [Missing::Tool {
                 name: "moat-test-no-such-compiler".into(),
-                hint: "install it".into()
+                hint: "install it".into(),
+                looked: vec![],
             }]
         );
     }
@@ -688,11 +756,11 @@ mod tests {
         std::fs::create_dir_all(tree.path().join("lib/pico-sdk")).unwrap();
         std::fs::write(tree.path().join("lib/pico-sdk/README.md"), "").unwrap();
         let missing: Vec<String> = b
-            .missing(Some(tree.path()))
+            .missing(Some(tree.path()), &Resolved::path_only())
             .into_iter()
             .filter_map(|m| match m {
                 Missing::Source { name, .. } => Some(name),
-                Missing::Tool { .. } => None,
+                _ => None,
             })
             .collect();
         assert_eq!(missing, ["tinyusb", "mbedtls"]);

@@ -21,6 +21,8 @@
 //! link = { kind = "serial", baud = 115200 }
 //! [nodes.pump.config]         # becomes the node's moat.cfg
 //! apps = { fs = "fs.Files" }
+//! [toolchains.esp8266]        # read by `moat::toolchains`, not here
+//! sdk = "/opt/esp-open-sdk/sdk"
 //! ```
 
 use crate::board::{Boards, LinkKind};
@@ -106,7 +108,7 @@ pub struct Node {
     pub secrets: Vec<Secret>,
     /// The node's key and project id, once known (see
     /// [`crate::project::Project::load`]): they go into its config as
-    /// `auth: {k, n, p}`.
+    /// `auth: {k, n, p, q}`.
     pub auth: Option<NodeAuth>,
 }
 
@@ -122,13 +124,16 @@ pub struct Secret {
     pub at: String,
 }
 
-/// What a node's config says about its identity (`auth: {k, n, p}`).
+/// What a node's config says about its identity (`auth: {k, n, p, q}`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct NodeAuth {
     /// The node key (32 bytes).
     pub key: [u8; 32],
     /// The project id.
     pub project: String,
+    /// The project's name (`auth.q`: the node tells a client that reached
+    /// it by mistake which project it belongs to).
+    pub project_name: String,
 }
 
 impl fmt::Debug for NodeAuth {
@@ -137,6 +142,7 @@ impl fmt::Debug for NodeAuth {
         f.debug_struct("NodeAuth")
             .field("key", &"<32 bytes>")
             .field("project", &self.project)
+            .field("project_name", &self.project_name)
             .finish()
     }
 }
@@ -248,7 +254,7 @@ impl Node {
     /// [`Node::link`]. A `link` table the user wrote is merged over the
     /// derived one (user keys win, maps merge recursively). Then `sec`,
     /// the paths of secret values (the node masks them in `cfg.r`), and
-    /// `auth: {k, n, p}` when the node's key is known.
+    /// `auth: {k, n, p, q}` when the node's key is known.
     pub fn config(&self) -> Value {
         let mut cfg = self.user_config.clone();
         let derived = self.link.node_side(self.link_auth);
@@ -280,12 +286,14 @@ impl Node {
     }
 }
 
-/// `auth: {k: bin(32), n: NODE, p: PROJECT-ID}` (docs/auth.md).
+/// `auth: {k: bin(32), n: NODE, p: PROJECT-ID, q: PROJECT-NAME}`
+/// (docs/auth.md).
 pub fn auth_section(node: &str, auth: &NodeAuth) -> Value {
     Value::map([
         ("k", Value::Bin(auth.key.to_vec())),
         ("n", Value::from(node)),
         ("p", Value::from(auth.project.as_str())),
+        ("q", Value::from(auth.project_name.as_str())),
     ])
 }
 
@@ -405,7 +413,14 @@ pub fn load(path: &Path, boards: &Boards) -> Result<Manifest, ManifestError> {
 type Span = Option<std::ops::Range<usize>>;
 type Res<T> = Result<T, ManifestError>;
 
-const TOP_KEYS: &[&str] = &["project", "micropython", "apps", "defaults", "nodes"];
+const TOP_KEYS: &[&str] = &[
+    "project",
+    "micropython",
+    "apps",
+    "defaults",
+    "nodes",
+    "toolchains",
+];
 const PROJECT_KEYS: &[&str] = &["name", "id"];
 const MICROPYTHON_KEYS: &[&str] = &["version", "path", "git", "rev"];
 const APPS_KEYS: &[&str] = &["paths"];
@@ -1357,6 +1372,7 @@ mod tests {
         node.auth = Some(NodeAuth {
             key: [7; 32],
             project: "0123456789abcdef".into(),
+            project_name: "garden".into(),
         });
         let cfg = node.config();
         assert_eq!(
@@ -1372,6 +1388,7 @@ mod tests {
                 ("k", Value::Bin(vec![7; 32])),
                 ("n", Value::from("a")),
                 ("p", Value::from("0123456789abcdef")),
+                ("q", Value::from("garden")),
             ]))
         );
         assert!(

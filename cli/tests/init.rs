@@ -101,6 +101,7 @@ fn init_creates_a_unix_project_with_a_tcp_node_and_an_example_app() {
             ("k", Value::Bin(key)),
             ("n", Value::from("demo")),
             ("p", Value::from(p.id())),
+            ("q", Value::from(p.name())),
         ]))
     );
     let manifest = std::fs::read_to_string(dir.join("moat.toml")).unwrap();

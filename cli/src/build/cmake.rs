@@ -39,6 +39,7 @@ pub fn prepare(
     build_args: &[String],
     cache: &Cache,
     log: &Path,
+    toolchain_env: &dyn Fn(&mut Command),
     notes: Notes,
 ) -> anyhow::Result<Command> {
     tools::require(&[rp2::CMAKE])?;
@@ -51,6 +52,7 @@ pub fn prepare(
         .args(defines(build_args))
         .env("SOURCE_DATE_EPOCH", tree.date_epoch().to_string())
         .env_remove("MAKEFLAGS");
+    toolchain_env(&mut configure);
     if board.port == "rp2" {
         // picotool built here; the SDK would otherwise try to clone it.
         let sdk = rp2::provide(cache, notes)?;
@@ -68,6 +70,7 @@ pub fn prepare(
         .env_remove("MAKEFLAGS")
         .env_remove("MFLAGS")
         .env_remove("MAKELEVEL");
+    toolchain_env(&mut build);
     Ok(build)
 }
 

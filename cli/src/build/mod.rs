@@ -25,6 +25,7 @@ use crate::modules::{self, FrozenModule, ManifestVars};
 use crate::project::Project;
 use crate::source::{self, cache, Cache, SourceSpec, SourceTree};
 use crate::template::Templates;
+use crate::toolchains::Toolchains;
 use crate::tools::{self, run_logged};
 use anyhow::{bail, Context};
 use progress::{is_step_line, Progress};
@@ -136,12 +137,12 @@ impl Outcome {
 /// manifest and `_hash` were generated.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "cannot compile `{target}` for board {board}: {missing}\n  generated so far: {manifest} and {hash_module}"
+    "cannot compile `{target}` for board {board}, the build stops before make:{missing}\n  generated so far: {manifest} and {hash_module}"
 )]
 pub struct ToolchainMissing {
     pub target: String,
     pub board: String,
-    /// Each missing item with its install hint, `; `-separated.
+    /// Each missing item with its install hint, a `\n  - ` before each.
     pub missing: String,
     pub manifest: String,
     pub hash_module: String,
@@ -152,6 +153,7 @@ pub struct Builder<'p> {
     project: &'p Project,
     cache: Cache,
     templates: Templates,
+    toolchains: Toolchains,
     source: Option<SourceTree>,
 }
 
@@ -174,6 +176,7 @@ impl<'p> Builder<'p> {
             project,
             cache,
             templates: Templates::load(Some(&project.root))?,
+            toolchains: Toolchains::load(Some(&project.root))?,
             source: None,
         })
     }
@@ -235,6 +238,12 @@ impl<'p> Builder<'p> {
             modules::write_if_changed(&dir.join("moat.cfg"), &cfg)?;
         }
 
+        // The toolchain as configured (checked fully before compiling,
+        // below; an up-to-date firmware needs none). A usable SDK folder is
+        // handed to the port.
+        let tc = self.toolchains.for_board(board);
+        let (sdk_dir, missing) = board.check(Some(&tree.root), &tc);
+
         // 3. Up to date?
         let mut build_args: Vec<String> = vec![];
         if let Some(b) = &board.board {
@@ -244,6 +253,12 @@ impl<'p> Builder<'p> {
             build_args.push(format!("VARIANT={v}"));
         }
         build_args.extend(board.vars.iter().map(|(k, v)| format!("{k}={v}")));
+        if let (Some(var), Some(dir)) = (
+            board.sdk.as_ref().and_then(|s| s.make_var.as_ref()),
+            &sdk_dir,
+        ) {
+            build_args.push(format!("{var}={}", dir.path.display()));
+        }
         build_args.push(format!("MPY_LIB_DIR={}", lib_dir.display()));
         build_args.push(format!("FROZEN_MANIFEST={}", manifest.display()));
         // Paths of this machine must not reach the firmware (debug info,
@@ -285,6 +300,12 @@ impl<'p> Builder<'p> {
             board: board.name.clone(),
             board_sha256: sha256_hex(&serde_json::to_vec(board)?),
             build_args: build_args.clone(),
+            toolchain: tc
+                .bin
+                .iter()
+                .map(|b| format!("bin={}", b.path.display()))
+                .chain(sdk_dir.iter().map(|d| format!("sdk={}", d.path.display())))
+                .collect(),
             manifest_sha256: file_sha256(&manifest).context("cannot read the rendered manifest")?,
             hash_module_sha256: sha256_hex(hash_text.as_bytes()),
             modules: table
@@ -309,17 +330,15 @@ impl<'p> Builder<'p> {
             return Ok(outcome(prev, false));
         }
 
-        // 4. Compile.
-        let missing = board.missing(Some(&tree.root));
+        // 4. Compile, when the whole toolchain is there.
         if !missing.is_empty() {
             return Err(ToolchainMissing {
                 target: target.name.clone(),
                 board: board.name.clone(),
                 missing: missing
                     .iter()
-                    .map(|m| m.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; "),
+                    .map(|m| format!("\n  - {m}"))
+                    .collect::<String>(),
                 manifest: manifest.display().to_string(),
                 hash_module: hash_file.display().to_string(),
             }
@@ -329,6 +348,8 @@ impl<'p> Builder<'p> {
         remove_stale_port_builds(&dir, &port_build)?;
         let log = dir.join("build.log");
         let _ = std::fs::remove_file(&log);
+        let sdk_path = sdk_dir.as_ref().map(|d| d.path.as_path());
+        let toolchain_env = |cmd: &mut Command| tc.apply(cmd, sdk_path);
         let make = if board.build == BuildSystem::Cmake {
             // The port's CMake build (rp2): configured, then built below.
             cmake::prepare(
@@ -339,6 +360,7 @@ impl<'p> Builder<'p> {
                 &build_args,
                 &self.cache,
                 &log,
+                &toolchain_env,
                 &mut |m| progress.note(&target.name, m),
             )?
         } else {
@@ -352,6 +374,7 @@ impl<'p> Builder<'p> {
                 .env_remove("MFLAGS")
                 .env_remove("MAKELEVEL");
             tree.apply_build_env(&mut make);
+            toolchain_env(&mut make);
             make
         };
         let expected = previous

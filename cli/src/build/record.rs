@@ -23,6 +23,10 @@ pub struct Inputs {
     pub board_sha256: String,
     /// The build command's arguments (make variables and their values).
     pub build_args: Vec<String>,
+    /// Toolchain folders from the settings (`bin=…`, `sdk=…`), which reach
+    /// the build through its environment.
+    #[serde(default)]
+    pub toolchain: Vec<String>,
     /// SHA-256 of the rendered frozen manifest and `_hash` module.
     pub manifest_sha256: String,
     pub hash_module_sha256: String,
@@ -97,6 +101,7 @@ mod tests {
 
     fn inputs() -> Inputs {
         Inputs {
+            toolchain: vec![],
             moat: "0".into(),
             source: "s".into(),
             board: "unix".into(),

@@ -8,6 +8,7 @@ use moat::source::Cache;
 use std::io::IsTerminal;
 
 #[derive(clap::Args)]
+#[command(after_help = moat::toolchains::HELP)]
 pub struct Args {
     /// Build only this node.
     #[arg(long, conflicts_with = "board")]
