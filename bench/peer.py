@@ -24,6 +24,15 @@ tools, in alternating rounds:
                               exec round trips back to back, fs_writefile
   Ctrl-D    soft reboot: main.py runs the node runtime again
 
+Then one more phase (issue 18), once per line speed: one-shot calls back to
+back (10, no pause) against the same call after a 3 s pause (2, the slower
+counts), moat (`moat cmd q ping m=hi`) then mpremote (`mpremote connect PTY
+exec ...`), first unpaced (moat straight on QEMU's link socket, mpremote on
+the console pty), then paced like a 115 200-baud 8N1 line: 11 520 bytes/s
+each way through a rate-limiting proxy (a TCP proxy holding one connection
+to QEMU's link socket for moat, a pty pair in front of the console pty for
+mpremote).
+
 QEMU runs with the board's own command (boards/qemu-mps2.toml), so moat is
 measured as shipped: since commit 4dc2bb2 that includes `nodelay=on` on
 the link socket (before, Nagle on QEMU's side delayed each reply frame by
@@ -38,6 +47,8 @@ Prints key=value lines for bench/run:
   call_session=OURS|THEIRS|NOTE  small calls per second in one session
   copy=OURS|THEIRS|NOTE       4 KiB copy per invocation (median)
   copy_session=OURS|THEIRS|NOTE  4 KiB copy in one session (median)
+  b2b=OURS|THEIRS|NOTE        back to back vs after a pause, unpaced
+  b2b_paced=OURS|THEIRS|NOTE  the same at a paced 115 200 baud
   why=TEXT                    why it could not be measured
 Progress and details go to stderr.
 """
@@ -335,6 +346,146 @@ def qemu_start(node_dir, port):
     raise RuntimeError("QEMU named no console pty")
 
 
+# --- a paced line (issue 18) ---
+
+LINE_RATE = 11520  # bytes/s: 115 200 baud, 8N1
+
+
+def _paced_copy(src, dst, rate, stop, sink=None):
+    """Bytes from fd src to fd dst (or to sink() -> fd or None: dropped),
+    at most `rate` bytes/s, in small pieces so they trickle as on a wire."""
+    due = time.perf_counter()
+    while not stop.is_set():
+        try:
+            r, _, _ = select.select([src], [], [], 0.05)
+            if not r:
+                continue
+            data = os.read(src, 64)
+        except OSError:
+            return
+        if not data:
+            return
+        now = time.perf_counter()
+        due = max(due, now) + len(data) / rate
+        if due > now:
+            time.sleep(due - now)
+        to = sink() if sink else dst
+        if to is None:
+            continue  # nobody on the other end of the line: the bytes are gone
+        try:
+            os.write(to, data)
+        except OSError:
+            if not sink:
+                return
+
+
+class PacedLink:
+    """A TCP port in front of QEMU's link socket, paced at `rate` bytes/s
+    each way. It holds ONE connection to QEMU for its whole life, as a wire
+    stays connected: each client's bytes reach the node in full, also those
+    written just before it closed; the node's bytes while no client is
+    connected are lost."""
+
+    def __init__(self, upstream_port, rate=LINE_RATE):
+        self.up = socket.create_connection(("127.0.0.1", upstream_port))
+        self.up.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.ls = socket.socket()
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(1)
+        self.port = self.ls.getsockname()[1]
+        self.rate = rate
+        self.stop = threading.Event()
+        self.client = None
+        threading.Thread(target=_paced_copy, daemon=True,
+                         args=(self.up.fileno(), None, rate, self.stop, self._client_fd)).start()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _client_fd(self):
+        c = self.client
+        return c.fileno() if c else None
+
+    def _accept(self):
+        while not self.stop.is_set():
+            try:
+                c, _ = self.ls.accept()
+            except OSError:
+                return
+            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.client = c
+            _paced_copy(c.fileno(), self.up.fileno(), self.rate, self.stop)
+            self.client = None
+            c.close()
+
+    def close(self):
+        self.stop.set()
+        self.ls.close()
+        self.up.close()
+
+
+class PacedPty:
+    """A pty pair in front of the console pty (fd), paced at `rate` bytes/s
+    each way: mpremote opens `path`."""
+
+    def __init__(self, console_fd, rate=LINE_RATE):
+        import tty
+
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.master)
+        tty.setraw(self.slave)
+        self.path = os.ttyname(self.slave)
+        self.stop = threading.Event()
+        for a, b in ((self.master, console_fd), (console_fd, self.master)):
+            threading.Thread(target=_paced_copy, args=(a, b, rate, self.stop), daemon=True).start()
+
+    def close(self):
+        self.stop.set()
+        time.sleep(0.1)
+        os.close(self.master)
+        os.close(self.slave)
+
+
+def back_to_back(cmd, ok, n=10, pause=3.0, **kw):
+    """(slower of two invocations after `pause`, n invocations back to back)."""
+    timed(cmd, ok=ok, **kw)  # warm up; the previous step may have been anything
+    ref = 0.0
+    for _ in range(2):
+        time.sleep(pause)  # the pause being measured
+        ref = max(ref, timed(cmd, ok=ok, **kw))
+    return ref, [timed(cmd, ok=ok, **kw) for _ in range(n)]
+
+
+def b2b_round(moat, q_port, con, mp, pty, res):
+    """Unpaced, then paced: moat (the node runtime on UART0), then mpremote
+    (the REPL on the console, after Ctrl-C)."""
+    cmd = [moat.exe, "cmd", NODE, "ping", "m=hi"]
+    log("back to back vs after a pause: moat, unpaced")
+    res["b2b_moat"] = back_to_back(cmd, "hi", cwd=moat.proj, env=moat.env)
+    # QEMU serves one connection at a time: the paced line holds it now.
+    link = PacedLink(q_port)
+    try:
+        log("back to back vs after a pause: moat, paced")
+        res["b2b_paced_moat"] = back_to_back(cmd, "hi", cwd=moat.paced_proj(link.port),
+                                             env=moat.env)
+    finally:
+        link.close()
+    con.write(b"\x03")
+    if not con.expect(b">>> ", 10):
+        raise RuntimeError("no REPL prompt after Ctrl-C on the console")
+    con.pause()
+    try:
+        log("back to back vs after a pause: mpremote, unpaced")
+        res["b2b_mp"] = back_to_back([mp, "connect", pty, "exec", "print(7*6)"], "42")
+        paced = PacedPty(con.fd)
+        try:
+            log("back to back vs after a pause: mpremote, paced")
+            res["b2b_paced_mp"] = back_to_back([mp, "connect", paced.path, "exec", "print(7*6)"],
+                                               "42")
+        finally:
+            paced.close()
+    finally:
+        con.resume()
+
+
 # --- measurements ---
 
 def timed(cmd, cwd=None, env=None, ok=None, timeout=60):
@@ -351,6 +502,16 @@ class Moat:
     def __init__(self, exe, proj, link_proj, env, work):
         self.exe, self.proj, self.link_proj, self.env, self.work = exe, proj, link_proj, env, work
 
+    def paced_proj(self, port):
+        """A copy of the project's manifest whose node is on `port`."""
+        d = os.path.join(self.work, "paced")
+        os.makedirs(os.path.join(d, "apps"), exist_ok=True)
+        with open(os.path.join(self.proj, "moat.toml")) as f:
+            m = re.sub(r"tcp:127\.0\.0\.1:\d+", "tcp:127.0.0.1:%d" % port, f.read())
+        with open(os.path.join(d, "moat.toml"), "w") as f:
+            f.write(m)
+        return d
+
     def wait_up(self, limit=60):
         end = time.time() + limit
         err = None
@@ -366,9 +527,9 @@ class Moat:
 
     def per_invocation(self, res, data_path, n):
         for _ in range(n):
-            # A node ignores a new client's handshake within t/2 (500 ms)
-            # of the previous handshake (it takes it for an echo); space
-            # the invocations so each measures the ordinary case.
+            # Spaced as before connection ids (a node from then ignored a
+            # new handshake within 500 ms of the last), so the figures stay
+            # comparable with earlier runs; back to back: b2b_round.
             time.sleep(0.6)
             res["moat_call"].append(timed([self.exe, "cmd", NODE, "ping", "m=hi"], cwd=self.proj,
                                           env=self.env, ok="hi"))
@@ -511,9 +672,10 @@ def run_node(a, proj, link, node_dir, port, env, data_path, data):
             con.pause()
             mpremote_round(a.mpremote, pty, res, data_path, data, a.n, a.seconds)
             con.resume()
-            if rnd + 1 < a.rounds:
-                con.write(b"\r\x04")  # soft reboot: main.py starts the runtime again
-                moat.wait_up()
+            con.write(b"\r\x04")  # soft reboot: main.py starts the runtime again
+            moat.wait_up()
+        if a.b2b:
+            b2b_round(moat, port, con, a.mpremote, pty, res)
     except Exception as e:
         log("console so far:", bytes(con.log[-2000:]))
         lines = [x for x in bytes(con.log).decode(errors="replace").splitlines() if x.strip()]
@@ -523,8 +685,10 @@ def run_node(a, proj, link, node_dir, port, env, data_path, data):
         q.kill()
         q.wait()
     for k, v in res.items():
-        if v:
+        if v and not k.startswith("b2b"):
             log(k, " ".join("%.3f" % x for x in v))
+        elif v:
+            log(k, "after a pause %.3f; back to back %s" % (v[0], " ".join("%.3f" % x for x in v[1])))
     return res
 
 
@@ -543,11 +707,15 @@ def main():
     ap.add_argument("--mpremote", required=True)
     ap.add_argument("--moat", required=True)
     ap.add_argument("--work", default=os.path.join(ROOT, "target", "bench-peer"))
-    ap.add_argument("--cache", default=os.path.join(ROOT, "target", "debug", "moat-e2e", "cache"),
-                    help="XDG_CACHE_HOME for moat build (the e2e tests' MicroPython sources)")
+    ap.add_argument("--cache", default=os.environ.get("MOAT_TEST_CACHE") or
+                    os.path.join(ROOT, "target", "debug", "moat-e2e", "cache"),
+                    help="XDG_CACHE_HOME for moat build (the e2e tests' MicroPython sources; "
+                    "default $MOAT_TEST_CACHE as for the tests, else theirs)")
     ap.add_argument("--rounds", type=int, default=3, help="moat/mpremote rounds, alternating")
     ap.add_argument("-n", type=int, default=5, help="invocations per round (copies: half)")
     ap.add_argument("--seconds", type=float, default=3.0, help="in-session timing per round")
+    ap.add_argument("--no-b2b", dest="b2b", action="store_false",
+                    help="skip the back-to-back vs after-a-pause phase")
     ap.add_argument("--keep-flash", action="store_true",
                     help="keep the node's filesystem (flash.bin) from the last run")
     a = ap.parse_args()
@@ -590,7 +758,25 @@ def main():
     print("copy_session=moat fs put --socket %.2f s|mpremote fs_writefile %.2f s|"
           "moat through a running mux (process start included), mpremote in its raw REPL; %s"
           % (ms, ps, faster(ps, ms)))
+    for key, what in (("b2b", "unpaced"), ("b2b_paced", "paced 115 200 baud (11 520 B/s each way)")):
+        if key + "_moat" in res and key + "_mp" in res:
+            print("%s=%s|%s|%s; 10 back to back vs the slower of 2 after a 3 s pause; "
+                  "per-call mean back to back over after-a-pause: moat %.1fx, mpremote %.1fx"
+                  % (key, b2b_fig("moat cmd ping", res[key + "_moat"]),
+                     b2b_fig("mpremote exec", res[key + "_mp"]), what,
+                     b2b_ratio(res[key + "_moat"]), b2b_ratio(res[key + "_mp"])))
     return 0
+
+
+def b2b_ratio(m):
+    ref, times = m
+    return statistics.mean(times) / ref
+
+
+def b2b_fig(name, m):
+    ref, times = m
+    return "%s %.3f s back to back (max %.3f) vs %.3f s after a pause" % (
+        name, statistics.mean(times), max(times), ref)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,19 @@
 # moat node runtime: the reliable layer for lossy links (§4), sans I/O.
-# Mirrors mux-runtime/src/reliable (same semantics; see its mod.rs):
-# reset handshake {a:"r", n:1|2|3, c:{t,m}} (n:0 closes, with e), data/ack
-# frames {s, r, x, d}, sequence numbers modulo the agreed window, at most
-# (window-1)/2 in flight, selective repeat, retransmit after the timeout,
-# down after `retries` retransmissions.
+# Mirrors mux-runtime/src/reliable (same semantics; docs/reliable.md):
+# reset handshake {a:"r", n:1|2|3, c:{t,m}, i, p} (n:0 closes, with e and
+# p), data/ack frames {s, r, x, d}, sequence numbers modulo the agreed
+# window, at most (window-1)/2 in flight, selective repeat, retransmit after
+# the timeout, down after `retries` retransmissions. `i` is the sender's
+# random connection id, `p` the id it answers: a request with the current
+# peer's id (or an earlier one's) is an echo, any other id a new peer,
+# answered at once; no rule depends on time.
 #
 # The owner feeds frames (on_frame(dict, now)) and time (tick(now)), sends
 # messages (send(encoded bytes)) and takes frames to transmit from .out
 # (encoded payloads). Events go to the listener: on_up(), on_msg(d),
 # on_reset(), on_down(reason).
 from micropython import const
-from time import ticks_diff, ticks_add
+from time import ticks_diff, ticks_add, ticks_us
 from msgpack import Packer
 
 _IDLE = const(0)
@@ -27,6 +30,19 @@ _SACK = const(3)
 _FIRST = const(4)
 _LAST = const(5)
 
+_ID = const(0x3FFFFFFF)  # connection ids: 30 bits, a small int everywhere
+_OLD = const(4)  # earlier peer ids remembered
+
+
+def _entropy():
+    try:
+        from os import urandom
+
+        b = urandom(4)
+        return (b[0] << 22) | (b[1] << 14) | (b[2] << 6) | (b[3] >> 2)
+    except Exception:  # no urandom on this port (qemu): ticks and the peer's id
+        return 0
+
 
 class Reliable:
     def __init__(self, ev, t=1000, w=8, r=5, m=1024):
@@ -41,8 +57,11 @@ class Reliable:
         self.ph = _IDLE
         self.tries = 0
         self.next = 0
-        self.since = 0
-        self.quiet = 0
+        self.rs = (_entropy() ^ ticks_us()) & _ID or 1
+        self.id = self._draw(0)  # our connection id
+        self.pid = None  # the peer's (None: none yet, or a peer without ids)
+        self.pup = False  # the handshake with pid completed
+        self.old = []  # the peer's earlier ids
         self.queue = []  # encoded messages waiting for the window
         self.fly = []  # in flight: entry k has sequence number base + k
         self.base = 0
@@ -58,6 +77,16 @@ class Reliable:
     def up(self):
         return self.ph == _UP
 
+    def _draw(self, mix):
+        # xorshift over 30 bits, stirred with fresh entropy and `mix` (the
+        # peer's id: random on a host, so our answer's id is too)
+        x = (self.rs ^ mix ^ ticks_us() ^ _entropy()) & _ID or 1
+        x ^= (x << 13) & _ID
+        x ^= x >> 17
+        x ^= (x << 5) & _ID
+        self.rs = x
+        return x
+
     # --- frames out
     def _emit(self):
         self.out.append(bytes(self.pk.out()))
@@ -65,13 +94,19 @@ class Reliable:
     def _reset_frame(self, n):
         pk = self.pk
         pk.n = 0
-        pk.pack({"a": "r", "n": n, "c": {"t": self.ct, "m": self.cw}})
+        f = {"a": "r", "n": n, "c": {"t": self.ct, "m": self.cw}, "i": self.id}
+        if n > 1 and self.pid is not None:
+            f["p"] = self.pid
+        pk.pack(f)
         self._emit()
 
-    def _close_frame(self, why):
+    def _close_frame(self, why, p):
         pk = self.pk
         pk.n = 0
-        pk.pack({"a": "r", "n": 0, "e": why})
+        f = {"a": "r", "n": 0, "e": why}
+        if p is not None:
+            f["p"] = p
+        pk.pack(f)
         self._emit()
 
     def _data_frame(self, s, d):
@@ -98,13 +133,12 @@ class Reliable:
     def connect(self, now):
         if self.ph in (_REQ, _ACC):
             return
-        self.quiet = now
         if self.ph == _UP:
-            # acks within half a timeout answer a request from before
-            self.quiet = ticks_add(now, self.t // 2)
             self._flush()
             self.ev.on_reset()
-            self._close_frame("link reset")
+            # for a peer without ids, which cannot tell our request from an echo
+            self._close_frame("link reset", self.pid)
+        self.id = self._draw(0)
         self._reset_frame(1)
         self.ph = _REQ
         self.tries = 1
@@ -112,7 +146,7 @@ class Reliable:
 
     def close(self, why):
         if self.ph != _DOWN:
-            self._close_frame(why)
+            self._close_frame(why, self.pid if self.ph in (_ACC, _UP) else None)
             self._down("closed locally: " + why)
 
     def send(self, msg, now):
@@ -133,13 +167,16 @@ class Reliable:
             return
         if "a" in f:
             n = f.get("n")
-            if f["a"] != "r" or not isinstance(n, int):
+            i = f.get("i")
+            p = f.get("p")
+            if f["a"] != "r" or not isinstance(n, int) or not _opt_int(i) or not _opt_int(p):
                 self.bad += 1
             elif n == 0:
-                if self.ph not in (_IDLE, _DOWN):
+                # a closing frame for another id of ours is stale
+                if self.ph not in (_IDLE, _DOWN) and (p is None or p == self.id):
                     self._down("peer closed the link: %s" % (f.get("e"),))
             elif 1 <= n <= 3 and isinstance(f.get("c"), dict):
-                self._on_reset(n, f["c"], now)
+                self._on_reset(n, f["c"], i, p, now)
             else:
                 self.bad += 1
             return
@@ -164,45 +201,70 @@ class Reliable:
             self.ackp = False
             self._data_frame((self.base + len(self.fly)) % w, None)
 
-    def _on_reset(self, n, c, now):
+    def _agree(self, c, i):
+        # (timeout, window) agreed with the peer's offer c, or None after
+        # refusing it with a closing frame to its sender (id i)
         pt = c.get("t")
         pw = c.get("m")
         if not isinstance(pw, int) or pw < 4:
             self.bad += 1
-            self._close_frame("reset refused: window %s is below the minimum 4" % (pw,))
-            return
+            self._close_frame("reset refused: window %s is below the minimum 4" % (pw,), i)
+            return None
         if not isinstance(pt, int) or not 1 <= pt <= 3600000:
             self.bad += 1
-            self._close_frame("reset refused: timeout %s ms is outside 1..=3600000" % (pt,))
-            return
-        t = max(pt, self.ct)
-        w = min(pw, self.cw)
+            self._close_frame("reset refused: timeout %s ms is outside 1..=3600000" % (pt,), i)
+            return None
+        return max(pt, self.ct), min(pw, self.cw)
+
+    def _peer(self, i):
+        # from the peer of the current handshake (True when ids are missing)
+        return i is None or self.pid is None or i == self.pid
+
+    def _adopt(self, i):
+        if i != self.pid:
+            if self.pid is not None:
+                self.old.append(self.pid)
+                if len(self.old) > _OLD:
+                    self.old.pop(0)
+            self.pid = i
+            self.pup = False
+
+    def _on_reset(self, n, c, i, p, now):
         ph = self.ph
         if n == 1:
-            if ph == _UP:
-                if ticks_diff(now, self.since) < self.t // 2:
-                    return  # an echo of the handshake just finished
+            if ph == _ACC and i == self.pid:
+                self._reset_frame(2)  # our ack got lost or is on its way
+                return
+            if i is not None and (self.pup and i == self.pid or i in self.old):
+                return  # an echo of a request answered already
+            a = self._agree(c, i)
+            if a is None:
+                return
+            if ph == _UP:  # a new id: the peer restarted
                 self._flush()
                 self.ev.on_reset()
-                self._accept(t, w, now)
-            elif ph == _ACC:
-                self._reset_frame(2)
-            else:
-                self._accept(t, w, now)
-        elif n == 2:
-            if ph == _REQ and ticks_diff(now, self.quiet) < 0:
-                pass  # a late answer to our request from before a local reset
-            elif ph in (_REQ, _ACC):
-                self.t = t
-                self.w = w
-                self._reset_frame(3)
+            if ph != _REQ:  # both requesting at once: keep ours, the peer's ack names it
+                self.id = self._draw(i or 0)
+            self._adopt(i)
+            self._accept(a[0], a[1], now)
+            return
+        if p is not None and p != self.id:
+            return  # answers an earlier request of ours
+        if n == 2:
+            if ph == _REQ or ph == _ACC and self._peer(i):
+                a = self._agree(c, i)
+                if a is not None:
+                    self._adopt(i)
+                    self.t, self.w = a
+                    self._reset_frame(3)
+                    self._come_up(now)
+            elif ph == _UP and self._peer(i):
+                self._reset_frame(3)  # our ack2 got lost
+        elif ph == _ACC and self._peer(i):
+            a = self._agree(c, i)
+            if a is not None:
+                self.t, self.w = a
                 self._come_up(now)
-            elif ph == _UP:
-                self._reset_frame(3)
-        elif ph == _ACC:
-            self.t = t
-            self.w = w
-            self._come_up(now)
 
     def _accept(self, t, w, now):
         self.t = t
@@ -219,7 +281,7 @@ class Reliable:
         self.ahead = {}
         self.ackp = False
         self.ph = _UP
-        self.since = now
+        self.pup = True
         self.ev.on_up()
         self._pump(now)
 
@@ -312,8 +374,12 @@ class Reliable:
                     continue
                 if o[_TRIES] > self.retries:
                     why = "no acknowledgement after %d transmissions" % o[_TRIES]
-                    self._close_frame(why)
+                    self._close_frame(why, self.pid)
                     self._down(why)
                     return
                 self.retx += 1
                 self._transmit(k, now)
+
+
+def _opt_int(v):
+    return v is None or isinstance(v, int) and v >= 0

@@ -104,7 +104,11 @@ fn vectors() -> Vec<(String, Value, Vec<u8>)> {
 #[test]
 fn every_reliable_vector_is_a_frame_that_encodes_to_its_exact_bytes() {
     let vs = vectors();
-    assert_eq!(vs.len(), 7, "reliable.json changed: review the frame tests");
+    assert_eq!(
+        vs.len(),
+        10,
+        "reliable.json changed: review the frame tests"
+    );
     for (name, value, bytes) in vs {
         let frame = Frame::from_value(&value).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(frame.to_value(), value, "{name}: frame -> map");
@@ -137,17 +141,48 @@ fn vectors_decode_to_the_expected_frame_kinds() {
         timeout_ms: 1000,
         window: 8,
     };
-    for (n, step) in [
-        ("reset request", ResetStep::Request),
-        ("reset ack", ResetStep::Ack),
-        ("reset ack2", ResetStep::Ack2),
+    // The vectors' ids: the requester's and the answerer's.
+    let (req, ans) = (Some(0x2A5F_3C11), Some(0x1B7D_0E42));
+    for (n, step, id, peer) in [
+        ("reset request", ResetStep::Request, req, None),
+        ("reset ack", ResetStep::Ack, ans, req),
+        ("reset ack2", ResetStep::Ack2, req, ans),
+        (
+            "reset request without connection id (before ids)",
+            ResetStep::Request,
+            None,
+            None,
+        ),
+        (
+            "reset ack without connection ids (before ids)",
+            ResetStep::Ack,
+            None,
+            None,
+        ),
     ] {
-        assert_eq!(by_name(n), Frame::Reset { step, params });
+        assert_eq!(
+            by_name(n),
+            Frame::Reset {
+                step,
+                params,
+                id,
+                peer
+            },
+            "{n}"
+        );
     }
     assert_eq!(
         by_name("closing"),
         Frame::Close {
-            reason: "shutdown".into()
+            reason: "shutdown".into(),
+            peer: ans,
+        }
+    );
+    assert_eq!(
+        by_name("closing without connection id (before ids)"),
+        Frame::Close {
+            reason: "shutdown".into(),
+            peer: None,
         }
     );
     assert!(by_name("data frame").has_message());
@@ -346,12 +381,18 @@ fn reset_offer_below_the_minimum_window_is_refused_with_a_reason() {
                 timeout_ms: 1000,
                 window: 2,
             },
+            id: Some(7),
+            peer: None,
         },
         now,
     );
     assert_eq!(b.state(), LinkState::Idle);
     match frames(&mut b).as_slice() {
-        [Frame::Close { reason }] => assert!(reason.contains("window 2"), "{reason}"),
+        // Addressed to the refused request's id.
+        [Frame::Close {
+            reason,
+            peer: Some(7),
+        }] => assert!(reason.contains("window 2"), "{reason}"),
         other => panic!("{other:?}"),
     }
 }
@@ -618,21 +659,207 @@ fn restarted_peer_resets_the_link_and_pending_messages_are_reported_lost() {
 #[test]
 fn request_echo_right_after_coming_up_does_not_reset() {
     let now = Instant::now();
-    let (_a, mut b) = up_pair(default_machine(), default_machine(), now);
-    let echo = Frame::Reset {
-        step: ResetStep::Request,
-        params: Params {
-            timeout_ms: 1000,
-            window: 8,
-        },
-    };
-    b.handle_frame(echo.clone(), now + 10 * MS);
+    let mut a = default_machine();
+    let mut b = default_machine();
+    a.connect(now);
+    let request = frames(&mut a);
+    for f in &request {
+        b.handle_frame(f.clone(), now);
+    }
+    while pass(&mut b, &mut a, now) + pass(&mut a, &mut b, now) > 0 {}
     assert_eq!(b.state(), LinkState::Up);
-    assert!(events(&mut b).is_empty());
-    // The same request a timeout later is a real restart.
-    b.handle_frame(echo, now + 1000 * MS);
-    assert_eq!(b.state(), LinkState::Connecting);
-    assert_eq!(events(&mut b), vec![Event::Reset { lost: 0 }]);
+    events(&mut b);
+    // The same request again, however late: its id is the current peer's.
+    for later in [10 * MS, 10_000 * MS] {
+        b.handle_frame(request[0].clone(), now + later);
+        assert_eq!(b.state(), LinkState::Up);
+        assert!(events(&mut b).is_empty());
+        assert!(frames(&mut b).is_empty());
+    }
+}
+
+/// Session 1 (peer `old`) is up; a new peer's request arrives at once,
+/// with no pause: the node takes it for what it is.
+fn new_session_right_after(old: &mut Machine, node: &mut Machine, now: Instant) -> Machine {
+    let mut new = default_machine();
+    new.connect(now);
+    while pass(&mut new, node, now) + pass(node, &mut new, now) > 0 {}
+    assert_eq!(new.state(), LinkState::Up, "the new peer is up at once");
+    assert_eq!(node.state(), LinkState::Up);
+    assert_eq!(
+        events(node),
+        vec![
+            Event::Reset { lost: 0 },
+            Event::Up {
+                timeout_ms: 1000,
+                window: 8
+            }
+        ]
+    );
+    frames(old);
+    new
+}
+
+#[test]
+fn a_replayed_old_reset_frame_after_a_new_session_started_does_not_reset_it() {
+    let now = Instant::now();
+    let mut old = default_machine();
+    let mut node = default_machine();
+    // Session 1, every frame kept for the replay.
+    old.connect(now);
+    let mut replay = Vec::new();
+    loop {
+        let fs = frames(&mut old);
+        if fs.is_empty() {
+            break;
+        }
+        for f in fs {
+            node.handle_frame(f.clone(), now);
+            replay.push(f);
+        }
+        pass(&mut node, &mut old, now);
+    }
+    old.close("the host closed the link");
+    replay.extend(frames(&mut old)); // the closing frame: lost on the way
+    assert_eq!(node.state(), LinkState::Up);
+    events(&mut node);
+    let mut new = new_session_right_after(&mut old, &mut node, now + MS);
+    // Session 1's request, ack2 and closing frame come back late.
+    for f in &replay {
+        node.handle_frame(f.clone(), now + 2 * MS);
+        assert_eq!(node.state(), LinkState::Up, "after {f:?}");
+    }
+    assert!(events(&mut node).is_empty());
+    assert!(
+        frames(&mut node).is_empty(),
+        "stale handshake frames are not answered"
+    );
+    // Session 2 goes on.
+    new.send(msg(1), now + 3 * MS).expect("up");
+    while pass(&mut new, &mut node, now) + pass(&mut node, &mut new, now) > 0 {}
+    assert_eq!(messages(&events(&mut node)), vec![msg(1)]);
+}
+
+#[test]
+fn a_new_peers_reset_right_after_a_closing_frame_is_accepted_at_once() {
+    for close_arrives in [true, false] {
+        let now = Instant::now();
+        let (mut old, mut node) = up_pair(default_machine(), default_machine(), now);
+        old.close("the host closed the link");
+        if close_arrives {
+            pass(&mut old, &mut node, now);
+            assert_eq!(node.state(), LinkState::Down);
+            events(&mut node);
+            // From down there is nothing to reset: just the new handshake.
+            let mut new = default_machine();
+            new.connect(now + MS);
+            while pass(&mut new, &mut node, now) + pass(&mut node, &mut new, now) > 0 {}
+            assert_eq!((new.state(), node.state()), (LinkState::Up, LinkState::Up));
+        } else {
+            new_session_right_after(&mut old, &mut node, now + MS);
+        }
+    }
+}
+
+#[test]
+fn back_to_back_sessions_over_a_slow_link_each_come_up_in_one_round_trip() {
+    // Ten one-shot clients one after another, each starting the moment the
+    // last one closed (its closing frame dropped on every other run): each
+    // handshake takes one round trip, never a retransmission timeout.
+    let latency = 20 * MS;
+    let mut sim = Sim::new(
+        default_machine(),
+        default_machine(),
+        latency,
+        Faults::default(),
+        7,
+    );
+    for k in 0..10 {
+        sim.peers[0] = default_machine();
+        let start = sim.now;
+        sim.connect(0);
+        while sim.peers[0].state() != LinkState::Up {
+            assert!(
+                sim.step(start + Duration::from_secs(10)),
+                "session {k} stalled"
+            );
+        }
+        assert!(
+            sim.now - start <= 2 * latency,
+            "session {k} came up after {:?}",
+            sim.now - start
+        );
+        assert!(sim.send(0, msg(k)));
+        assert!(sim.run_until_quiet(Duration::from_secs(10)));
+        assert_eq!(sim.delivered[1].last(), Some(&msg(k)));
+        if k % 2 == 0 {
+            sim.close(0, "the host closed the link");
+        } else {
+            sim.peers[0].close("the host closed the link");
+            sim.peers[0].poll_transmit(); // lost
+        }
+        sim.run_for(MS);
+    }
+}
+
+/// `v` as a peer from before connection ids would send or see it.
+fn without_ids(v: &Value) -> Value {
+    match v {
+        Value::Map(m) if m.iter().any(|(k, _)| k == &Value::from("a")) => Value::Map(
+            m.iter()
+                .filter(|(k, _)| k != &Value::from("i") && k != &Value::from("p"))
+                .cloned()
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// [`pass`] with the connection ids taken out of the frames.
+fn pass_without_ids(from: &mut Machine, to: &mut Machine, now: Instant) -> usize {
+    let fs = frames(from);
+    for f in &fs {
+        to.handle_value(&without_ids(&f.to_value()), now);
+    }
+    fs.len()
+}
+
+#[test]
+fn a_peer_with_the_handshake_before_connection_ids_still_connects_and_resets() {
+    let now = Instant::now();
+    // `old` sees and sends no ids, as a node from before them; `new` runs
+    // the current machine.
+    let old_pass = |old: &mut Machine, new: &mut Machine, now| {
+        pass_without_ids(old, new, now) + pass_without_ids(new, old, now)
+    };
+    // The new side requests, the old one answers.
+    let (mut new, mut old) = (default_machine(), default_machine());
+    new.connect(now);
+    while old_pass(&mut old, &mut new, now) > 0 {}
+    assert_eq!((new.state(), old.state()), (LinkState::Up, LinkState::Up));
+    new.send(msg(1), now).expect("up");
+    while old_pass(&mut old, &mut new, now) > 0 {}
+    assert_eq!(messages(&events(&mut old)), vec![msg(1)]);
+    // The old side restarts: its request (no id) resets the new side at once.
+    events(&mut new);
+    let mut old = default_machine();
+    old.connect(now + MS);
+    while old_pass(&mut old, &mut new, now + MS) > 0 {}
+    assert_eq!((new.state(), old.state()), (LinkState::Up, LinkState::Up));
+    assert_eq!(
+        events(&mut new),
+        vec![
+            Event::Reset { lost: 0 },
+            Event::Up {
+                timeout_ms: 1000,
+                window: 8
+            }
+        ]
+    );
+    // A closing frame without an id is obeyed.
+    old.close("bye");
+    pass_without_ids(&mut old, &mut new, now);
+    assert_eq!(new.state(), LinkState::Down);
 }
 
 #[test]
@@ -725,6 +952,28 @@ fn frames_decode_whatever_the_key_order_as_micropython_may_send() {
         ("n", Value::from(2u8)),
         ("a", Value::from("r")),
     ]);
+    let with_ids = Value::map([
+        ("p", Value::from(5u8)),
+        ("i", Value::from(0x3FFF_FFFFu32)),
+        ("n", Value::from(3u8)),
+        (
+            "c",
+            Value::map([("t", Value::from(9u8)), ("m", Value::from(4u8))]),
+        ),
+        ("a", Value::from("r")),
+    ]);
+    assert_eq!(
+        Frame::from_value(&with_ids),
+        Ok(Frame::Reset {
+            step: ResetStep::Ack2,
+            params: Params {
+                timeout_ms: 9,
+                window: 4
+            },
+            id: Some(0x3FFF_FFFF),
+            peer: Some(5),
+        })
+    );
     assert_eq!(
         Frame::from_value(&reset),
         Ok(Frame::Reset {
@@ -732,7 +981,9 @@ fn frames_decode_whatever_the_key_order_as_micropython_may_send() {
             params: Params {
                 timeout_ms: 250,
                 window: 16
-            }
+            },
+            id: None,
+            peer: None,
         })
     );
 }

@@ -142,6 +142,93 @@ for _ in range(100):
     r.tick(now)
 check(len(e.downs) == 1 and not r.up(), "down after unanswered resets")
 
+
+# --- reset handshake with connection ids (docs/reliable.md)
+
+
+def pump(*pairs):
+    # hands frames along until nobody has any; pairs: (src, dst, strip ids)
+    moved = True
+    while moved:
+        moved = False
+        for src, dst, strip in pairs:
+            while src.out:
+                f = unpackb(src.out.pop(0))
+                if strip:
+                    f.pop("i", None)
+                    f.pop("p", None)
+                dst.on_frame(f, 0)
+                moved = True
+
+
+def handshake(host, node, now=0, keep=None, strip=False):
+    host.connect(now)
+    while host.out or node.out:
+        while host.out:
+            b = host.out.pop(0)
+            if keep is not None:
+                keep.append(b)
+            f = unpackb(b)
+            if strip:
+                f.pop("i", None)
+                f.pop("p", None)
+            node.on_frame(f, now)
+        pump((node, host, strip))
+
+
+class Ev2(Ev):
+    def __init__(self):
+        super().__init__()
+        self.resets = 0
+
+    def on_reset(self):
+        self.resets += 1
+
+
+en = Ev2()
+node = Reliable(en)
+h1 = Reliable(Ev())
+old = []
+handshake(h1, node, keep=old)
+check(node.up() and h1.up() and en.ups == 1, "ids: first session up")
+check(h1.id != node.id and node.pid == h1.id and h1.pid == node.id, "ids: each side knows the other's")
+# the host ends without its closing frame arriving; a new one starts at once
+h1.close("the host closed the link")
+old += h1.out
+h1.out.clear()
+h2 = Reliable(Ev())
+handshake(h2, node, now=1)
+check(h2.up() and node.up() and en.ups == 2 and en.resets == 1, "ids: a new peer right after the last one is up at once")
+# session 1's request, ack2 and closing frame replayed late
+for b in old:
+    node.on_frame(unpackb(b), 2)
+check(node.up() and en.resets == 1 and not en.downs and not node.out, "ids: replayed old reset frames change nothing")
+h2.send(packb({"k": 1}), 3)
+pump((h2, node, False), (node, h2, False))
+check(en.got[-1:] == [{"k": 1}], "ids: the new session carries messages")
+# the current peer's request again, however late: an echo
+node.on_frame({"a": "r", "n": 1, "c": {"t": 1000, "m": 8}, "i": h2.id}, 100000)
+check(node.up() and en.resets == 1 and not node.out, "ids: an echo of the current request is ignored")
+# a closing frame delivered, then a new peer at once
+h2.close("bye")
+pump((h2, node, False))
+check(not node.up() and len(en.downs) == 1, "ids: closing frame obeyed")
+h3 = Reliable(Ev())
+handshake(h3, node, now=4)
+check(h3.up() and node.up(), "ids: a new peer right after a closing frame is up at once")
+# a peer from before connection ids (frames stripped both ways)
+h4 = Reliable(Ev())
+handshake(h4, node, now=5, strip=True)
+check(h4.up() and node.up() and node.pid is None, "ids: a peer without ids comes up")
+h4.send(packb({"k": 2}), 6)
+pump((h4, node, True), (node, h4, True))
+check(en.got[-1:] == [{"k": 2}], "ids: messages with a peer without ids")
+h4.close("bye")
+pump((h4, node, True))
+check(not node.up(), "ids: a closing frame without an id is obeyed")
+# ids differ between machines (urandom, or ticks and the peer's id)
+check(len(set(Reliable(Ev()).id for _ in range(8))) == 8, "ids: random")
+
 if fails:
     print("FAILED test_serial:", len(fails))
     sys.exit(1)

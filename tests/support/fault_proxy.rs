@@ -46,6 +46,9 @@ pub struct Faults {
     /// a wire keeps its order).
     pub delay_frame: f64,
     pub delay: Duration,
+    /// Every reliable-layer closing frame (`{a: "r", n: 0, …}`) is left
+    /// out, as when a host's last frame does not make it to the node.
+    pub drop_closing: bool,
 }
 
 impl Faults {
@@ -263,7 +266,7 @@ impl Mangler {
         let mut hold = Duration::ZERO;
         if unit.frame {
             s.frames.fetch_add(1, Ordering::Relaxed);
-            if self.rng.chance(f.drop_frame) {
+            if self.rng.chance(f.drop_frame) || f.drop_closing && is_closing(&bytes) {
                 s.dropped_frames.fetch_add(1, Ordering::Relaxed);
                 return Vec::new();
             }
@@ -484,6 +487,14 @@ fn pump(
             }
         }
     }
+}
+
+/// Whether a whole SerialPacker frame carries a reliable-layer closing
+/// frame: its map has `a: "r"` and `n: 0` (fixstr keys, as both sides
+/// encode them).
+fn is_closing(frame: &[u8]) -> bool {
+    let has = |pat: &[u8]| frame.windows(pat.len()).any(|w| w == pat);
+    has(b"\xa1a\xa1r") && has(b"\xa1n\x00")
 }
 
 /// Whether `fd` is readable within `ms`; errors when it hung up with

@@ -5,8 +5,14 @@
 //! | frame | map (keys in this order) |
 //! |---|---|
 //! | data / ack | `{s, r, x?, d?}` |
-//! | reset request, ack, ack2 | `{a: "r", n: 1 \| 2 \| 3, c: {t, m}}` |
-//! | closing | `{a: "r", n: 0, e: reason}` |
+//! | reset request | `{a: "r", n: 1, c: {t, m}, i}` |
+//! | reset ack, ack2 | `{a: "r", n: 2 \| 3, c: {t, m}, i, p}` |
+//! | closing | `{a: "r", n: 0, e: reason, p?}` |
+//!
+//! `i` is the sender's connection id, `p` the id of the peer it answers or
+//! closes (docs/reliable.md). A peer with the handshake from before
+//! connection ids sends neither; both are optional here and the machine
+//! treats their absence as "cannot tell".
 //!
 //! Encoding writes exactly these keys in this order (the vectors pin the
 //! bytes); decoding accepts any key order and ignores unknown keys. Sequence
@@ -19,6 +25,11 @@ use crate::value::Value;
 
 /// A sequence number as it travels: already reduced modulo the window.
 pub type WireSeq = u16;
+
+/// A connection id: a random number a side picks for each handshake it
+/// starts or answers. Ours stay below 2^30 (a MicroPython small int); any
+/// `u32` is accepted.
+pub type ConnId = u32;
 
 /// The three steps of the reset handshake.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,9 +78,23 @@ pub enum Frame {
         d: Option<Value>,
     },
     /// One step of the reset handshake.
-    Reset { step: ResetStep, params: Params },
+    Reset {
+        step: ResetStep,
+        params: Params,
+        /// `i`: the sender's connection id (absent from a peer that
+        /// predates connection ids).
+        id: Option<ConnId>,
+        /// `p`: the connection id of the request this ack (ack2) answers;
+        /// absent in a request.
+        peer: Option<ConnId>,
+    },
     /// `n: 0`: the sender closes the link and says why.
-    Close { reason: String },
+    Close {
+        reason: String,
+        /// `p`: the connection id of the side being closed, when the sender
+        /// knows it; a closing frame for another id is stale.
+        peer: Option<ConnId>,
+    },
 }
 
 /// Why a map is not a reliable-layer frame.
@@ -153,22 +178,42 @@ impl Frame {
                 }
                 Value::Map(m)
             }
-            Frame::Reset { step, params } => Value::Map(vec![
-                (key("a"), key("r")),
-                (key("n"), Value::from(step.number())),
-                (
-                    key("c"),
-                    Value::Map(vec![
-                        (key("t"), Value::from(params.timeout_ms)),
-                        (key("m"), Value::from(params.window)),
-                    ]),
-                ),
-            ]),
-            Frame::Close { reason } => Value::Map(vec![
-                (key("a"), key("r")),
-                (key("n"), Value::from(0u8)),
-                (key("e"), Value::Str(reason.clone())),
-            ]),
+            Frame::Reset {
+                step,
+                params,
+                id,
+                peer,
+            } => {
+                let mut m = vec![
+                    (key("a"), key("r")),
+                    (key("n"), Value::from(step.number())),
+                    (
+                        key("c"),
+                        Value::Map(vec![
+                            (key("t"), Value::from(params.timeout_ms)),
+                            (key("m"), Value::from(params.window)),
+                        ]),
+                    ),
+                ];
+                if let Some(id) = id {
+                    m.push((key("i"), Value::from(*id)));
+                }
+                if let Some(peer) = peer {
+                    m.push((key("p"), Value::from(*peer)));
+                }
+                Value::Map(m)
+            }
+            Frame::Close { reason, peer } => {
+                let mut m = vec![
+                    (key("a"), key("r")),
+                    (key("n"), Value::from(0u8)),
+                    (key("e"), Value::Str(reason.clone())),
+                ];
+                if let Some(peer) = peer {
+                    m.push((key("p"), Value::from(*peer)));
+                }
+                Value::Map(m)
+            }
         }
     }
 
@@ -220,7 +265,10 @@ impl Frame {
                     Some(Value::Str(s)) => s.clone(),
                     Some(other) => other.to_string(),
                 };
-                return Ok(Frame::Close { reason });
+                return Ok(Frame::Close {
+                    reason,
+                    peer: conn_id(v, "p")?,
+                });
             }
             1 => ResetStep::Request,
             2 => ResetStep::Ack,
@@ -239,7 +287,12 @@ impl Frame {
             timeout_ms: non_negative(c, "t")?,
             window: non_negative(c, "m")?,
         };
-        Ok(Frame::Reset { step, params })
+        Ok(Frame::Reset {
+            step,
+            params,
+            id: conn_id(v, "i")?,
+            peer: conn_id(v, "p")?,
+        })
     }
 }
 
@@ -258,6 +311,21 @@ fn int(v: &Value, k: &'static str) -> Result<i128, FrameError> {
 fn non_negative(v: &Value, k: &'static str) -> Result<u64, FrameError> {
     let i = int(v, k)?;
     u64::try_from(i).map_err(|_| FrameError::OutOfRange { key: k, value: i })
+}
+
+/// An optional connection id (`nil` counts as absent).
+fn conn_id(v: &Value, k: &'static str) -> Result<Option<ConnId>, FrameError> {
+    match v.get(k) {
+        None | Some(Value::Nil) => Ok(None),
+        Some(Value::Int(i)) => ConnId::try_from(*i)
+            .map(Some)
+            .map_err(|_| FrameError::OutOfRange { key: k, value: *i }),
+        Some(other) => Err(FrameError::WrongType {
+            key: k,
+            expected: "int",
+            got: other.type_name(),
+        }),
+    }
 }
 
 fn seq(v: &Value, k: &'static str) -> Result<WireSeq, FrameError> {

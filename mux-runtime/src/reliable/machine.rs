@@ -12,7 +12,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use super::frame::{Frame, Params, ResetStep, WireSeq};
+use super::frame::{ConnId, Frame, Params, ResetStep, WireSeq};
+use super::sim::Rng;
 use crate::value::Value;
 
 /// Smallest window (sequence modulus) the protocol allows.
@@ -21,6 +22,9 @@ pub const MIN_WINDOW: u16 = 4;
 pub const MAX_WINDOW: u16 = 128;
 /// Largest timeout accepted from a peer (one hour), so deadlines stay sane.
 pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
+/// Connection ids of the peer's earlier handshakes we remember, besides
+/// the current one: a request carrying one of them is an echo.
+const OLD_PEER_IDS: usize = 4;
 
 /// What this side offers in the reset handshake, plus its retry budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,18 +158,13 @@ enum Phase {
     Requesting {
         tries: u32,
         next_at: Instant,
-        /// Acks before this are answers to an earlier request (after a
-        /// local reset) and are ignored.
-        quiet_until: Instant,
     },
     /// We answered with `n: 2`; waiting for `n: 3`.
     Accepting {
         tries: u32,
         next_at: Instant,
     },
-    Up {
-        since: Instant,
-    },
+    Up,
     Down,
 }
 
@@ -207,13 +206,37 @@ pub struct Machine {
     out: VecDeque<Frame>,
     events: VecDeque<Event>,
     stats: Stats,
+    /// Our connection id in the current (or last) handshake.
+    id: ConnId,
+    /// The peer's connection id in the current (or last) handshake; `None`
+    /// before any, or for a peer that sends none.
+    peer_id: Option<ConnId>,
+    /// The handshake with `peer_id` completed (its requests are echoes now).
+    peer_was_up: bool,
+    /// The peer's ids of earlier handshakes, newest last.
+    old_peer_ids: VecDeque<ConnId>,
+    /// Where our connection ids come from.
+    ids: Rng,
 }
 
 impl Machine {
     /// A new, idle machine. Fails when `config` is outside the protocol's range.
+    /// Its connection ids are random (seeded from the OS).
     pub fn new(config: Config) -> Result<Machine, ConfigError> {
+        Self::with_id_seed(config, random_seed())
+    }
+
+    /// [`Machine::new`] with connection ids drawn from `seed`: for
+    /// reproducible simulations. Two peers need different seeds.
+    pub fn with_id_seed(config: Config, seed: u64) -> Result<Machine, ConfigError> {
         config.validate()?;
+        let mut ids = Rng::new(seed);
         Ok(Machine {
+            id: draw_id(&mut ids),
+            peer_id: None,
+            peer_was_up: false,
+            old_peer_ids: VecDeque::new(),
+            ids,
             config,
             phase: Phase::Idle,
             timeout: Duration::from_millis(config.timeout_ms),
@@ -239,7 +262,7 @@ impl Machine {
         match self.phase {
             Phase::Idle => LinkState::Idle,
             Phase::Requesting { .. } | Phase::Accepting { .. } => LinkState::Connecting,
-            Phase::Up { .. } => LinkState::Up,
+            Phase::Up => LinkState::Up,
             Phase::Down => LinkState::Down,
         }
     }
@@ -266,33 +289,37 @@ impl Machine {
         ((self.window - 1) / 2) as usize
     }
 
-    /// Starts (or restarts) the reset handshake.
+    /// Our connection id in the current (or last) handshake, and the
+    /// peer's (`None` before any, or from a peer that sends none).
+    pub fn connection_ids(&self) -> (ConnId, Option<ConnId>) {
+        (self.id, self.peer_id)
+    }
+
+    /// Starts (or restarts) the reset handshake, under a new connection id.
     ///
     /// While up this is a local reset: what is pending is discarded and
     /// reported as [`Event::Reset`].
     pub fn connect(&mut self, now: Instant) {
-        let mut quiet_until = now;
         match self.phase {
             Phase::Requesting { .. } | Phase::Accepting { .. } => return,
-            Phase::Up { .. } => {
-                quiet_until = now + self.timeout / 2;
+            Phase::Up => {
                 let lost = self.flush();
                 self.events.push_back(Event::Reset { lost });
-                // Closing first makes the peer drop its state before our
-                // request arrives, even within its echo hold-off; otherwise
-                // a late ack to an earlier request could bring us up in a
-                // new epoch while the peer stays in the old one.
+                // The closing frame is for a peer without connection ids,
+                // which cannot tell our new request from an echo of the
+                // old one; one with ids sees the new id and resets anyway.
                 self.push(Frame::Close {
                     reason: "link reset".to_owned(),
+                    peer: self.peer_id,
                 });
             }
             Phase::Idle | Phase::Down => {}
         }
+        self.id = draw_id(&mut self.ids);
         self.send_reset(ResetStep::Request);
         self.phase = Phase::Requesting {
             tries: 1,
             next_at: now + Duration::from_millis(self.config.timeout_ms),
-            quiet_until,
         };
     }
 
@@ -303,6 +330,7 @@ impl Machine {
         }
         self.push(Frame::Close {
             reason: reason.to_owned(),
+            peer: self.known_peer(),
         });
         self.go_down(format!("closed locally: {reason}"));
     }
@@ -343,8 +371,13 @@ impl Machine {
     pub fn handle_frame(&mut self, frame: Frame, now: Instant) {
         self.stats.frames_received += 1;
         match frame {
-            Frame::Reset { step, params } => self.on_reset(step, params, now),
-            Frame::Close { reason } => self.on_close(&reason),
+            Frame::Reset {
+                step,
+                params,
+                id,
+                peer,
+            } => self.on_reset(step, params, id, peer, now),
+            Frame::Close { reason, peer } => self.on_close(&reason, peer),
             Frame::Data { s, r, x, d } => self.on_data(s, r, x, d, now),
         }
     }
@@ -353,7 +386,7 @@ impl Machine {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.phase {
             Phase::Requesting { next_at, .. } | Phase::Accepting { next_at, .. } => Some(next_at),
-            Phase::Up { .. } => self
+            Phase::Up => self
                 .in_flight
                 .iter()
                 .filter(|o| !o.sacked)
@@ -367,11 +400,7 @@ impl Machine {
     /// exhausted. Calling it early or often is harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.phase {
-            Phase::Requesting {
-                tries,
-                next_at,
-                quiet_until,
-            } if now >= next_at => {
+            Phase::Requesting { tries, next_at } if now >= next_at => {
                 if tries > self.config.retries {
                     self.go_down(format!(
                         "peer did not answer {tries} reset requests (is it running and on this port?)"
@@ -381,7 +410,6 @@ impl Machine {
                     self.phase = Phase::Requesting {
                         tries: tries + 1,
                         next_at: now + Duration::from_millis(self.config.timeout_ms),
-                        quiet_until,
                     };
                 }
             }
@@ -398,7 +426,7 @@ impl Machine {
                     };
                 }
             }
-            Phase::Up { .. } => self.retransmit_due(now),
+            Phase::Up => self.retransmit_due(now),
             _ => {}
         }
     }
@@ -415,55 +443,134 @@ impl Machine {
 
     // ---- handshake ----
 
-    fn on_reset(&mut self, step: ResetStep, params: Params, now: Instant) {
-        let Some((timeout, window)) = self.agree(params) else {
-            return;
-        };
-        match (step, self.phase) {
-            (ResetStep::Request, Phase::Up { since }) => {
-                // A request this soon after coming up is an echo (duplicate or
-                // late copy) of the handshake just finished. A peer that
-                // really restarted repeats its request after its timeout.
-                if now < since + self.timeout / 2 {
-                    return;
+    fn on_reset(
+        &mut self,
+        step: ResetStep,
+        params: Params,
+        id: Option<ConnId>,
+        peer: Option<ConnId>,
+        now: Instant,
+    ) {
+        match step {
+            ResetStep::Request => self.on_request(params, id, now),
+            // An ack naming another of our ids answers an earlier request
+            // of ours (before a local reset): stale.
+            _ if peer.is_some_and(|p| p != self.id) => {}
+            ResetStep::Ack => self.on_ack(params, id, now),
+            ResetStep::Ack2 => {
+                if !matches!(self.phase, Phase::Accepting { .. }) || !self.is_current_peer(id) {
+                    return; // late or stray
                 }
-                let lost = self.flush();
-                self.events.push_back(Event::Reset { lost });
-                self.accept(timeout, window, now);
+                let Some((timeout, window)) = self.agree(params, id) else {
+                    return;
+                };
+                self.timeout = timeout;
+                self.window = window;
+                self.come_up(now);
             }
-            (ResetStep::Request, Phase::Accepting { tries, next_at }) => {
+        }
+    }
+
+    fn on_request(&mut self, params: Params, id: Option<ConnId>, now: Instant) {
+        let echo = id.is_some_and(|i| {
+            self.peer_was_up && self.peer_id == Some(i) || self.old_peer_ids.contains(&i)
+        });
+        if let Phase::Accepting { tries, next_at } = self.phase {
+            if id == self.peer_id {
                 // Our ack got lost or is still on its way: answer again.
                 self.send_reset(ResetStep::Ack);
                 self.phase = Phase::Accepting { tries, next_at };
+                return;
             }
-            (ResetStep::Request, _) => self.accept(timeout, window, now),
-            (ResetStep::Ack, Phase::Requesting { quiet_until, .. }) if now < quiet_until => {
-                // Most likely a late answer to a request from before our
-                // reset; our request is repeated after the timeout.
+        }
+        if echo {
+            // A duplicate or late copy of a request we answered already
+            // (this peer's current one or an earlier one): never a restart,
+            // which comes with a new id.
+            return;
+        }
+        let Some((timeout, window)) = self.agree(params, id) else {
+            return;
+        };
+        match self.phase {
+            Phase::Up => {
+                // A new id: the peer restarted (or a new peer took over
+                // the line). Everything of the old connection is void.
+                let lost = self.flush();
+                self.events.push_back(Event::Reset { lost });
+                self.id = draw_id(&mut self.ids);
             }
-            (ResetStep::Ack, Phase::Requesting { .. } | Phase::Accepting { .. }) => {
-                // Accepting gets an ack when both sides requested at once.
+            // Both sides requested at once: keep our id, which the peer's
+            // answer to our own request names.
+            Phase::Requesting { .. } => {}
+            Phase::Idle | Phase::Down | Phase::Accepting { .. } => {
+                self.id = draw_id(&mut self.ids);
+            }
+        }
+        self.adopt_peer(id);
+        self.accept(timeout, window, now);
+    }
+
+    fn on_ack(&mut self, params: Params, id: Option<ConnId>, now: Instant) {
+        match self.phase {
+            Phase::Requesting { .. } | Phase::Accepting { .. } => {
+                // Accepting gets an ack when both sides requested at once;
+                // it must come from the peer whose request we accepted.
+                if matches!(self.phase, Phase::Accepting { .. }) && !self.is_current_peer(id) {
+                    return;
+                }
+                let Some((timeout, window)) = self.agree(params, id) else {
+                    return;
+                };
+                self.adopt_peer(id);
                 self.timeout = timeout;
                 self.window = window;
                 self.send_reset(ResetStep::Ack2);
                 self.come_up(now);
             }
-            (ResetStep::Ack, Phase::Up { .. }) => {
+            Phase::Up if self.is_current_peer(id) => {
                 // Our ack2 got lost; the peer waits for it.
                 self.send_reset(ResetStep::Ack2);
             }
-            (ResetStep::Ack2, Phase::Accepting { .. }) => {
-                self.timeout = timeout;
-                self.window = window;
-                self.come_up(now);
-            }
-            // Late or stray handshake frames.
             _ => {}
         }
     }
 
-    /// The agreed (timeout, window), or `None` after refusing bad parameters.
-    fn agree(&mut self, peer: Params) -> Option<(Duration, u64)> {
+    /// Whether a handshake frame with sender id `id` comes from the peer of
+    /// the current handshake (true when either side has no ids to compare).
+    fn is_current_peer(&self, id: Option<ConnId>) -> bool {
+        match (id, self.peer_id) {
+            (Some(i), Some(p)) => i == p,
+            _ => true,
+        }
+    }
+
+    /// Makes `id` the current peer's, remembering the one before.
+    fn adopt_peer(&mut self, id: Option<ConnId>) {
+        if self.peer_id == id {
+            return;
+        }
+        if let Some(old) = self.peer_id {
+            if self.old_peer_ids.len() == OLD_PEER_IDS {
+                self.old_peer_ids.pop_front();
+            }
+            self.old_peer_ids.push_back(old);
+        }
+        self.peer_id = id;
+        self.peer_was_up = false;
+    }
+
+    /// The peer's id while a handshake with it is under way or done.
+    fn known_peer(&self) -> Option<ConnId> {
+        match self.phase {
+            Phase::Accepting { .. } | Phase::Up => self.peer_id,
+            _ => None,
+        }
+    }
+
+    /// The agreed (timeout, window), or `None` after refusing bad parameters
+    /// (with a closing frame to the sender, whose id is `from`).
+    fn agree(&mut self, peer: Params, from: Option<ConnId>) -> Option<(Duration, u64)> {
         let reason = if peer.window < u64::from(MIN_WINDOW) {
             format!(
                 "reset refused: window {} is below the minimum {MIN_WINDOW}",
@@ -480,7 +587,7 @@ impl Machine {
             return Some((Duration::from_millis(t), m));
         };
         self.stats.bad_frames += 1;
-        self.push(Frame::Close { reason });
+        self.push(Frame::Close { reason, peer: from });
         None
     }
 
@@ -500,7 +607,8 @@ impl Machine {
         self.in_flight.clear();
         self.ahead.clear();
         self.ack_pending = false;
-        self.phase = Phase::Up { since: now };
+        self.phase = Phase::Up;
+        self.peer_was_up = true;
         self.events.push_back(Event::Up {
             timeout_ms: self.timeout.as_millis() as u64,
             window: self.window as u16,
@@ -508,8 +616,12 @@ impl Machine {
         self.pump(now);
     }
 
-    fn on_close(&mut self, reason: &str) {
+    fn on_close(&mut self, reason: &str, peer: Option<ConnId>) {
         if matches!(self.phase, Phase::Idle | Phase::Down) {
+            return;
+        }
+        if peer.is_some_and(|p| p != self.id) {
+            // It closes an earlier connection of ours: stale.
             return;
         }
         self.go_down(format!("peer closed the link: {reason}"));
@@ -533,9 +645,15 @@ impl Machine {
     }
 
     fn send_reset(&mut self, step: ResetStep) {
+        let peer = match step {
+            ResetStep::Request => None,
+            ResetStep::Ack | ResetStep::Ack2 => self.peer_id,
+        };
         self.push(Frame::Reset {
             step,
             params: self.config.params(),
+            id: Some(self.id),
+            peer,
         });
     }
 
@@ -553,7 +671,7 @@ impl Machine {
     fn on_data(&mut self, s: WireSeq, r: WireSeq, x: Vec<WireSeq>, d: Option<Value>, now: Instant) {
         // Before the handshake completes, data belongs to an old epoch (or
         // the peer has not heard our reset yet): the peer retransmits it.
-        if !matches!(self.phase, Phase::Up { .. }) {
+        if !matches!(self.phase, Phase::Up) {
             return;
         }
         let w = self.window;
@@ -653,7 +771,7 @@ impl Machine {
 
     /// Sends queued messages while the window has room.
     fn pump(&mut self, now: Instant) {
-        if !matches!(self.phase, Phase::Up { .. }) {
+        if !matches!(self.phase, Phase::Up) {
             return;
         }
         while self.in_flight.len() < self.max_in_flight() {
@@ -707,6 +825,7 @@ impl Machine {
                 );
                 self.push(Frame::Close {
                     reason: reason.clone(),
+                    peer: self.peer_id,
                 });
                 self.go_down(reason);
                 return;
@@ -720,4 +839,21 @@ impl Machine {
         self.stats.frames_sent += 1;
         self.out.push_back(frame);
     }
+}
+
+/// A fresh connection id below 2^30 (a small int on MicroPython too).
+fn draw_id(ids: &mut Rng) -> ConnId {
+    (ids.next_u64() >> 34) as ConnId
+}
+
+/// A seed that differs between machines and processes: std's per-process
+/// random hash keys (from the OS; each `RandomState` gets new ones) mixed
+/// with the time.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(t.as_nanos());
+    }
+    h.finish()
 }

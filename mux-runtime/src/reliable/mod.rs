@@ -1,4 +1,5 @@
-//! The reliable layer for lossy serial links (protocol.md §4).
+//! The reliable layer for lossy serial links (docs/reliable.md is the
+//! normative description; this is how the code implements it).
 //!
 //! SerialPacker frames drop or corrupt (a bad CRC drops the frame) but never
 //! invent data. On top, this layer gives exactly-once, in-order delivery of
@@ -8,34 +9,46 @@
 //!
 //! # Semantics (both peers run the same machine)
 //!
-//! **Handshake.** Either side starts with a request `{a:"r", n:1, c:{t,m}}`
-//! carrying its own timeout `t` (ms) and window `m`; the answer is `n:2`, the
-//! confirmation `n:3`, each with the sender's own offer. Whoever learns the
-//! other's offer uses `max` of the timeouts and `min` of the windows, so both
-//! agree without a further round. The requester is up when the ack arrives
-//! (and sends ack2); the answerer when ack2 arrives. When both request at
-//! once, each answers the other's request and each goes up on the other's
-//! ack. Requests are repeated every own `timeout`, acks every agreed timeout,
-//! each at most `retries` times, then the link is declared down. Offers below
-//! window 4 or outside 1 ms..1 h are refused with a closing frame naming why.
-//! An idle or down side answers requests (passive open) but sends none.
+//! **Handshake.** Either side starts with a request `{a:"r", n:1, c:{t,m},
+//! i}` carrying its own timeout `t` (ms), window `m` and a fresh random
+//! connection id `i`; the answer is `n:2`, the confirmation `n:3`, each with
+//! the sender's own offer, its own id `i` and the id it answers `p`.
+//! Whoever learns the other's offer uses `max` of the timeouts and `min` of
+//! the windows, so both agree without a further round. The requester is up
+//! when the ack arrives (and sends ack2); the answerer when ack2 arrives.
+//! When both request at once, each answers the other's request (keeping its
+//! own id) and each goes up on the other's ack. Requests are repeated every
+//! own `timeout`, acks every agreed timeout, each at most `retries` times,
+//! then the link is declared down. Offers below window 4 or outside
+//! 1 ms..1 h are refused with a closing frame naming why. An idle or down
+//! side answers requests (passive open) but sends none.
 //!
-//! **Reset while up.** A request arriving while up means the peer restarted:
-//! everything queued or in flight is discarded and reported as
+//! **Connection ids tell echoes from new peers.** A side draws a new id for
+//! every handshake it starts ([`Machine::connect`]) or answers from idle,
+//! down or up. A request whose id is the current peer's (after that
+//! handshake completed) or one of the peer's last few ids is a duplicate or
+//! late copy: ignored, whenever it arrives. A request with any other id is a
+//! new peer (a restarted node, the next one-shot `moat` command) and is
+//! answered at once, also while up. An ack or ack2 whose `p` is not our
+//! current id answers an earlier request of ours (before a local reset) and
+//! is ignored; so is a closing frame whose `p` names another of our ids.
+//! No rule depends on time.
+//!
+//! **Reset while up.** A new peer's request while up means the peer
+//! restarted: everything queued or in flight is discarded and reported as
 //! [`Event::Reset`] with the count (they may or may not have arrived, so the
 //! requests waiting on them must fail), sequence state restarts at 0 on both
-//! sides, and the handshake runs again. A request within half a timeout of
-//! coming up is an echo of the handshake just finished and is ignored; a
-//! peer that really restarted repeats its request. [`Machine::connect`] while
-//! up is the same reset started locally; it sends a closing frame before the
-//! request so the peer drops its state even within that hold-off.
+//! sides, and the handshake runs again. [`Machine::connect`] while up is the
+//! same reset started locally; it sends a closing frame before the request,
+//! for a peer from before connection ids.
 //!
-//! The reset frames carry no nonce, so an ack cannot say which request it
-//! answers. After a local reset the requester therefore also ignores acks
-//! for half a timeout (late answers to an earlier request); its request is
-//! repeated after the timeout. Like the echo hold-off, this relies on frames
-//! not lingering on the link for more than half a timeout, which holds for a
-//! serial line (a frame is gone or delivered within milliseconds).
+//! **Peers without connection ids** (the handshake before them) send frames
+//! without `i` and `p` and ignore ours. Their frames are taken as they come:
+//! a request without an id is a new peer (so a duplicated one resets the
+//! link), an ack without `p` answers our current request, a closing frame
+//! without `p` closes. Such a peer still holds off requests for half a
+//! timeout after its own handshake (its old rule), so a back-to-back client
+//! may wait one retransmission with it; updating its runtime removes that.
 //!
 //! **Sequence numbers** count messages from 0 after each handshake and travel
 //! modulo the agreed window `m`. The receiver accepts up to `m/2` ahead of
