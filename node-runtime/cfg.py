@@ -4,6 +4,10 @@ from app import App
 from msgpack import Proxy, NoData, packb, size
 
 FILE = "moat.cfg"
+# What cfg.r answers for a secret (the node key auth.k and every path listed
+# in `sec`), and what cfg.w takes as "keep the value there".
+SEC = Proxy("_sec")
+_KEY = ("auth", "k")
 
 
 def _walk(c, p, make=False):
@@ -47,6 +51,68 @@ def _put(c, p, j, d):
     return n
 
 
+def _same(a, b, n):
+    for j in range(n):
+        if a[j] != b[j]:
+            return False
+    return True
+
+
+def _mask(cfg, p, v):
+    # v, the subtree at p, with every secret in it replaced by SEC: copies
+    # along the secrets' paths, the running config stays as it is
+    sec = cfg.get("sec")
+    j = -1
+    n = len(p)
+    while True:
+        s = _KEY if j < 0 else sec[j]
+        j += 1
+        if isinstance(s, (list, tuple)):
+            if len(s) <= n:
+                if _same(p, s, len(s)):
+                    return SEC  # p is a secret, or inside one
+            elif _same(p, s, n):
+                try:
+                    _walk(v, s[n:])
+                except KeyError:
+                    pass  # not set: nothing to hide
+                else:
+                    v = _put(v, s[n:], 0, SEC)
+        if not isinstance(sec, list) or j >= len(sec):
+            return v
+
+
+def _keep(old, d):
+    # d with each SEC in it replaced by the value at the same place in old
+    # (what cfg.w of a config read back with cfg.r needs)
+    if isinstance(d, Proxy):
+        if d != SEC:
+            return d
+        if old is None:
+            raise ValueError("_sec: no value there to keep")
+        return old
+    r = None
+    if isinstance(d, dict):
+        for k in d:
+            x = d[k]
+            if isinstance(x, (dict, list, Proxy)):
+                y = _keep(old.get(k) if isinstance(old, dict) else None, x)
+                if y is not x:
+                    if r is None:
+                        r = dict(d)
+                    r[k] = y
+    elif isinstance(d, list):
+        for k in range(len(d)):
+            x = d[k]
+            if isinstance(x, (dict, list, Proxy)):
+                y = _keep(old[k] if isinstance(old, list) and k < len(old) else None, x)
+                if y is not x:
+                    if r is None:
+                        r = list(d)
+                    r[k] = y
+    return d if r is None else r
+
+
 def save(cfg, fn=FILE):
     # atomic: write a temp file, then rename over the old one
     t = fn + ".tmp"
@@ -61,7 +127,10 @@ def save(cfg, fn=FILE):
 
 class Cfg(App):
     def cmd_r(self, p=()):
-        v = _walk(self.root.cfg, p)
+        c = self.root.cfg
+        v = _mask(c, p, _walk(c, p))
+        if v is SEC:
+            return v
         lim = self.root.m - 32  # room for the reply's envelope
         if size(v) <= lim:
             return v
@@ -84,6 +153,11 @@ class Cfg(App):
     def cmd_w(self, p, d=NoData):
         # copy-on-write along the path: running apps keep the config they
         # were started with until `x` restarts them
+        try:
+            old = _walk(self.root.cfg, p)
+        except KeyError:
+            old = None
+        d = _keep(old, d)
         if not p:
             if not isinstance(d, dict):
                 raise ValueError("the config root must be a map")

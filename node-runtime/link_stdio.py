@@ -14,8 +14,9 @@ READY = "moat: stdio ready"
 
 
 class StdioLink(Link):
-    def __init__(self, root, c):
-        super().__init__(root, "stdio", c.get("m", 1024))
+    CON = True  # console bytes between messages: never junk
+    def __init__(self, root, c, au=None):
+        super().__init__(root, "stdio", c.get("m", 1024), au, False, "peer")
         self.i = sys.stdin.buffer
         self.o = sys.stdout.buffer
         self.idle = c.get("idle", 1000)
@@ -38,11 +39,13 @@ class StdioLink(Link):
     async def serve(self):
         micropython.kbd_intr(-1)  # 0x03 is data now, not Ctrl-C
         print(READY)
-        u = Unpacker(self.m)
+        u = Unpacker(self.rm)
         one = self.one
-        self.attach()
+        if self.au is None:
+            self.attach()
         try:
-            await self.announce(True)
+            if self.au is None:
+                await self.announce(True)
             while True:
                 if u.pending():
                     try:

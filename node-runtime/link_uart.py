@@ -42,9 +42,11 @@ def _open(c):
 
 
 class UartLink(Link):
-    def __init__(self, root, c):
+    def __init__(self, root, c, au=None):
         m = c.get("m", 127)
-        super().__init__(root, "uart", m - 20)  # room for {s, r, x, d}
+        # room for {s, r, x, d}, and for the seal when authenticating: the
+        # frame is the limit here
+        super().__init__(root, "uart", m - 20 - (28 if au is not None else 0), au, False, "peer")
         self.fr = Frames(m, c.get("s", 0x85), c.get("idle", 100))
         self.rel = Reliable(self, c.get("t", 1000), c.get("w", 8), c.get("r", 5), m)
         self.fb = bytearray(m + 5)
@@ -56,6 +58,12 @@ class UartLink(Link):
 
     # --- events from the reliable layer
     def on_up(self):
+        if self.au is not None:
+            # a new reliable session: a new peer (or the same one, afresh)
+            # that must authenticate first
+            self.lost()
+            self.au.restart()
+            return
         if self not in self.root.links:
             self.attach()
         asyncio.create_task(self.announce(True))
@@ -143,5 +151,5 @@ class UartLink(Link):
         self._flush()
 
 
-async def serve(root, c):
-    await UartLink(root, c).serve()
+async def serve(root, c, au=None):
+    await UartLink(root, c, au).serve()

@@ -80,23 +80,44 @@ async def _link(root, kind, c):
         delay = min(delay * 2, 30000)
 
 
+def _loopback(h):
+    return h == "localhost" or h == "::1" or h.startswith("127.")
+
+
 async def _serve(root, kind, c):
+    # `a` (docs/auth.md): on by default on TCP (server and client), off on
+    # stdio and uart. auth is imported only when a link authenticates.
+    au = None
+    if c.get("a", kind == "tcp" or kind == "client"):
+        import auth
+
+        au = auth.conf(root.cfg, kind)
+        if au is None:
+            return  # it said why: the link does not start
+    elif kind == "tcp":
+        h = c.get("h", "0.0.0.0")
+        if not (isinstance(h, str) and _loopback(h)):
+            err.log(
+                "link tcp: auth off (a: false) but listening on %s, beyond loopback: "
+                "listen on 127.0.0.1, or turn auth on (auth = true on the link in moat.toml, then moat cfg upload)" % (h,)
+            )
+            return
     if kind == "tcp":
         from link_tcp import server
 
-        await server(root, c)
+        await server(root, c, au)
     elif kind == "client":
         from link_tcp import client
 
-        await client(root, c)
+        await client(root, c, au)
     elif kind == "stdio":
         from link_stdio import StdioLink
 
-        await StdioLink(root, c).serve()
+        await StdioLink(root, c, au).serve()
     elif kind == "uart":
         from link_uart import serve
 
-        await serve(root, c)
+        await serve(root, c, au)
     else:
         err.log("unknown link kind", kind)
 

@@ -59,7 +59,15 @@ class Sys(App):
 
             i = os.getcwd()
         v = sys.implementation.version
-        return {"v": VERSION, "b": b, "p": "%d.%d.%d" % (v[0], v[1], v[2]), "id": i}
+        a = sys.modules.get("auth")  # imported when a link authenticates
+        n = a.N if a is not None else (0, 0, 0)
+        return {
+            "v": VERSION,
+            "b": b,
+            "p": "%d.%d.%d" % (v[0], v[1], v[2]),
+            "id": i,
+            "au": {"ok": n[0], "bad": n[1], "fail": n[2]},
+        }
 
     def cmd_boot(self, m=1):
         # reply first, act ~100 ms later

@@ -401,3 +401,384 @@ fn chown(path: &Path, uid: u32) {
     let r = unsafe { libc::chown(c.as_ptr(), uid, uid) };
     assert_eq!(r, 0, "chown {}", path.display());
 }
+
+// ---- authenticated links (docs/auth.md) ----
+
+use mux_runtime::msgpack::{self, Limits};
+use mux_runtime::Value;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::{Arc, Mutex};
+
+/// A project whose node `demo` is a TCP node run by `moat run` on a port
+/// of its own (loopback, authenticated: the scaffold's default).
+fn tcp_project(name: &str, runtime: &Path) -> (Project, u16) {
+    let port = free_port();
+    let link = format!("{{ kind = \"tcp\", host = \"127.0.0.1\", port = {port} }}");
+    (Project::with_link(name, 1, runtime, &link), port)
+}
+
+/// `[project] id` of `p`'s manifest.
+fn project_id(p: &Project) -> String {
+    std::fs::read_to_string(p.root.join("moat.toml"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("id = \"").map(|r| r[..16].to_owned()))
+        .expect("moat.toml has an id")
+}
+
+/// Points the manifest's link (not the flashed node) at `port`.
+fn point_at(p: &Project, port: u16) {
+    let file = p.root.join("moat.toml");
+    let toml: String = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            if l.starts_with("link = ") {
+                format!("link = {{ kind = \"tcp\", host = \"127.0.0.1\", port = {port} }}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(file, toml).unwrap();
+}
+
+/// A plain TCP client speaking unauthenticated MsgPack, as anyone on the
+/// network could.
+struct Raw {
+    io: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    fn connect(port: u16) -> Raw {
+        let io = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        io.set_read_timeout(Some(WAIT)).unwrap();
+        Raw {
+            io,
+            buf: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, v: &Value) {
+        self.io.write_all(&msgpack::to_vec(v)).unwrap();
+    }
+
+    /// The next message, or `None` once the node closed the connection.
+    fn recv(&mut self) -> Option<Value> {
+        loop {
+            if let Some((v, used)) = msgpack::decode(&self.buf, &Limits::default()).unwrap() {
+                self.buf.drain(..used);
+                return Some(v);
+            }
+            let mut chunk = [0u8; 4096];
+            match self.io.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("no answer from the node: {e}"),
+            }
+        }
+    }
+}
+
+fn req(path: &[&str], d: Value, i: i64) -> Value {
+    Value::map([
+        (
+            "a",
+            Value::Array(path.iter().map(|s| Value::from(*s)).collect()),
+        ),
+        ("d", d),
+        ("i", Value::from(i)),
+    ])
+}
+
+/// The node's `sys.info` `au` counters `[ok, bad, fail]`, asked with the
+/// right key.
+fn node_au(p: &Project) -> [i128; 3] {
+    let o = run_ok(&mut p.moat(&["cmd", "sys.info", "--json"])).unwrap();
+    let info: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let au = &info["au"];
+    ["ok", "bad", "fail"].map(|k| au[k].as_i64().unwrap_or_else(|| panic!("au: {info}")) as i128)
+}
+
+#[test]
+fn a_client_without_the_key_gets_auerr_and_nothing_it_sent_runs() {
+    let runtime = tempfile::tempdir().unwrap();
+    let (p, port) = tcp_project("nokey", runtime.path());
+    let node = start_node(&p, port);
+    let evil = p.root.join(".moat/nodes/demo/evil.py");
+    let kw = |pairs: Vec<(&str, Value)>| Value::map(pairs);
+    let attempts = [
+        vec![req(&["ping"], kw(vec![("m", "hi".into())]), 2)],
+        vec![req(&["cfg", "r"], kw(vec![]), 2)],
+        // Open, write and close pipelined, as a script would.
+        vec![
+            req(
+                &["fs", "open"],
+                kw(vec![("p", "evil.py".into()), ("m", "w".into())]),
+                2,
+            ),
+            req(
+                &["fs", "wr"],
+                kw(vec![("f", 1.into()), ("d", Value::Bin(b"x=1".to_vec()))]),
+                4,
+            ),
+            req(&["fs", "cl"], kw(vec![("f", 1.into())]), 6),
+        ],
+    ];
+    for msgs in &attempts {
+        let mut c = Raw::connect(port);
+        for m in msgs {
+            c.send(m);
+        }
+        let first = c.recv().expect("an answer before the close");
+        assert_eq!(
+            first.get("e"),
+            Some(&Value::Proxy("_AuErr".into())),
+            "{first}"
+        );
+        // Told once, then closed.
+        assert_eq!(c.recv(), None, "the node kept talking");
+    }
+    // A handshake with a wrong key: the node's proof checks nothing here,
+    // our proof is wrong.
+    let mut c = Raw::connect(port);
+    c.send(&Value::map([
+        ("h", 1.into()),
+        ("c", Value::Bin(vec![1; 16])),
+    ]));
+    let challenge = c.recv().expect("a challenge");
+    assert_eq!(challenge.get("h"), Some(&Value::from(2)), "{challenge}");
+    assert_eq!(challenge.get("n"), Some(&Value::from("demo")));
+    c.send(&Value::map([
+        ("h", 3.into()),
+        ("t", Value::Bin(vec![0; 32])),
+    ]));
+    let refused = c.recv().expect("a refusal");
+    assert_eq!(
+        refused,
+        Value::map([
+            ("e", Value::Proxy("_AuErr".into())),
+            ("d", Value::Array(vec!["wrong key".into()])),
+        ])
+    );
+    assert_eq!(c.recv(), None);
+    assert!(!evil.exists(), "a file was written without the key");
+    // The right key works (moat's own client), and the node counted the
+    // four failed handshakes.
+    let o = run_ok(&mut p.moat(&["cmd", "--direct", "ping", "m=hi"])).unwrap();
+    assert_eq!(stdout(&o).trim(), "{m: hi}");
+    let [_, _, fail] = node_au(&p);
+    assert_eq!(fail, 4, "{}", node_log(&p));
+    stop_node(&p, node);
+}
+
+#[test]
+fn a_client_pointed_at_another_projects_node_is_refused_with_both_names() {
+    let runtime = tempfile::tempdir().unwrap();
+    let (theirs, port) = tcp_project("q", runtime.path());
+    let (ours, _) = tcp_project("q", runtime.path());
+    let node = start_node(&theirs, port);
+    point_at(&ours, port);
+    let o = ours.moat(&["cmd", "--direct", "ping"]).output().unwrap();
+    stop_node(&theirs, node);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    let want = format!(
+        "port {port} answers node 'demo' of project 'q' (id {}), not node 'demo' of this project 'q' (id {})",
+        project_id(&theirs),
+        project_id(&ours)
+    );
+    assert!(stderr(&o).contains(&want), "{}", stderr(&o));
+}
+
+/// What the proxy does to one sealed message.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// A copy with one bit of its tag'd body flipped first.
+    Flip,
+    /// The message, then the same bytes again.
+    Replay,
+    /// An unsealed message first.
+    Inject,
+    /// Held back until the next sealed message has gone (then stale).
+    Reorder,
+}
+
+/// Faults waiting for the next sealed messages of one direction.
+type Plan = Arc<Mutex<std::collections::VecDeque<Fault>>>;
+
+/// A message-level TCP proxy between the mux and a node: it forwards
+/// whole MsgPack messages and applies the planned faults to sealed ones
+/// (`{s: …}`), one fault a message.
+struct AuthProxy {
+    port: u16,
+    to_node: Plan,
+    to_host: Plan,
+}
+
+impl AuthProxy {
+    fn start(upstream: u16) -> AuthProxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (to_node, to_host) = (Plan::default(), Plan::default());
+        let (tn, th) = (to_node.clone(), to_host.clone());
+        // Threads end when either side closes (the test's processes end).
+        std::thread::spawn(move || {
+            for host in listener.incoming().flatten() {
+                let Ok(node) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let injected = req(&["ping"], Value::map([("m", "injected".into())]), 100);
+                let spoofed = Value::map([("d", Value::from("spoofed")), ("i", 3.into())]);
+                pump(
+                    host.try_clone().unwrap(),
+                    node.try_clone().unwrap(),
+                    tn.clone(),
+                    injected,
+                );
+                pump(node, host, th.clone(), spoofed);
+            }
+        });
+        AuthProxy {
+            port,
+            to_node,
+            to_host,
+        }
+    }
+
+    fn plan(&self, to_node: &[Fault], to_host: &[Fault]) {
+        self.to_node.lock().unwrap().extend(to_node);
+        self.to_host.lock().unwrap().extend(to_host);
+    }
+}
+
+/// Copies messages `from` → `to`, applying `plan`; `inject` is the
+/// unsealed message an injection sends.
+fn pump(mut from: TcpStream, mut to: TcpStream, plan: Plan, inject: Value) {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let mut held: Option<Vec<u8>> = None;
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = match from.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            while let Ok(Some((v, used))) = msgpack::decode(&buf, &Limits::default()) {
+                let msg: Vec<u8> = buf.drain(..used).collect();
+                let sealed = v.get("s").is_some();
+                let fault = if sealed {
+                    plan.lock().unwrap().pop_front()
+                } else {
+                    None
+                };
+                let mut out = Vec::new();
+                match fault {
+                    Some(Fault::Flip) => {
+                        let mut bad = msg.clone();
+                        *bad.last_mut().unwrap() ^= 0x01;
+                        out.extend_from_slice(&bad);
+                        out.extend_from_slice(&msg);
+                    }
+                    Some(Fault::Replay) => {
+                        out.extend_from_slice(&msg);
+                        out.extend_from_slice(&msg);
+                    }
+                    Some(Fault::Inject) => {
+                        out.extend_from_slice(&msgpack::to_vec(&inject));
+                        out.extend_from_slice(&msg);
+                    }
+                    Some(Fault::Reorder) => {
+                        held = Some(msg);
+                        continue;
+                    }
+                    None => {
+                        out.extend_from_slice(&msg);
+                        if sealed {
+                            if let Some(old) = held.take() {
+                                out.extend_from_slice(&old);
+                            }
+                        }
+                    }
+                }
+                if to.write_all(&out).is_err() {
+                    return;
+                }
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Both);
+    });
+}
+
+/// `moat cmd mux ls --json`'s entry for node `demo`.
+fn mux_ls(p: &Project) -> serde_json::Value {
+    let o = run_ok(&mut p.moat(&["cmd", "mux", "ls", "--json"])).unwrap();
+    let ls: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    ls["demo"].clone()
+}
+
+#[test]
+fn altered_replayed_reordered_and_injected_messages_are_dropped_counted_and_the_link_goes_on() {
+    let runtime = tempfile::tempdir().unwrap();
+    let (mut p, port) = tcp_project("mitm", runtime.path());
+    let node = start_node(&p, port);
+    let proxy = AuthProxy::start(port);
+    // The mux reaches the node through the proxy.
+    point_at(&p, proxy.port);
+    p.start_mux();
+    let ping = |m: &str| {
+        let o = run_ok(&mut p.moat(&["cmd", "ping", &format!("m={m}")])).unwrap();
+        assert_eq!(stdout(&o).trim(), format!("{{m: {m}}}"));
+    };
+    let [_, bad_before, _] = node_au(&p);
+    let dropped_before = mux_ls(&p)["auth_dropped"].as_u64().unwrap();
+    // Mux → node: one fault on each of the next three requests.
+    proxy.plan(&[Fault::Flip, Fault::Replay, Fault::Inject], &[]);
+    for m in ["a", "b", "c"] {
+        ping(m);
+    }
+    // Node → mux: on the next three replies, then two stream items
+    // swapped (the older one arrives last and is dropped).
+    proxy.plan(
+        &[],
+        &[Fault::Flip, Fault::Replay, Fault::Inject, Fault::Reorder],
+    );
+    for m in ["d", "e", "f"] {
+        ping(m);
+    }
+    let o = run_ok(&mut p.moat(&["cmd", "c.get", "--stream", "100", "--count", "4"])).unwrap();
+    assert_eq!(stdout(&o).lines().count(), 4, "{}", stdout(&o));
+    ping("still");
+    let [_, bad, _] = node_au(&p);
+    assert_eq!(bad - bad_before, 3, "node drops:\n{}", node_log(&p));
+    let ls = mux_ls(&p);
+    assert_eq!(
+        ls["auth_dropped"].as_u64().unwrap() - dropped_before,
+        4,
+        "{ls}"
+    );
+    assert_eq!(ls["state"], "up", "{ls}");
+    assert_eq!(ls["reconnects"], 0, "{ls}");
+    assert!(ls["auth_ok"].as_u64().unwrap() > 6, "{ls}");
+    assert!(!node_log(&p).contains("injected"), "{}", node_log(&p));
+    drop(p);
+    drop(node);
+}
+
+#[test]
+fn a_process_link_with_auth_on_authenticates_through_the_mux() {
+    let runtime = tempfile::tempdir().unwrap();
+    let link = "{ kind = \"process\", auth = true }";
+    let mut p = Project::with_link("proc", 1, runtime.path(), link);
+    p.start_mux();
+    let [ok, _, _] = node_au(&p);
+    assert!(ok > 0, "the node accepted no sealed message");
+    let ls = mux_ls(&p);
+    assert_eq!(ls["kind"], "process", "{ls}");
+    assert!(ls["auth_ok"].as_u64().unwrap() > 0, "{ls}");
+    assert_eq!(ls["auth_dropped"], 0, "{ls}");
+    assert!(ls["m"].as_u64().is_some(), "the node's m is kept: {ls}");
+}

@@ -84,6 +84,7 @@ impl Project {
         }
         let secrets = crate::secrets::Secrets::load(&root).map_err(ProjectError::Other)?;
         let project_id = manifest.project.id.clone().unwrap_or_default();
+        let project_name = manifest.project.name.clone();
         for node in &mut manifest.nodes {
             secrets.resolve(node).map_err(ProjectError::Other)?;
             node.auth = crate::keys::load(&root, &node.name)
@@ -91,6 +92,7 @@ impl Project {
                 .map(|key| NodeAuth {
                     key,
                     project: project_id.clone(),
+                    project_name: project_name.clone(),
                 });
         }
         Ok(Project {
@@ -119,6 +121,7 @@ impl Project {
         std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("cannot make {} private (chmod 700)", state.display()))?;
         let id = self.id().to_owned();
+        let name = self.name().to_owned();
         for node in &mut self.manifest.nodes {
             if node.auth.is_some() {
                 continue;
@@ -130,6 +133,7 @@ impl Project {
             node.auth = Some(NodeAuth {
                 key,
                 project: id.clone(),
+                project_name: name.clone(),
             });
         }
         Ok(made)

@@ -113,6 +113,7 @@ pub fn secret_paths(node: Option<&Node>, read: &Value, at: &[String]) -> Vec<Vec
 /// `["wifi"]`) with the value at each of `paths` replaced by
 /// [`PLACEHOLDER`].
 pub fn mask(paths: &[Vec<String>], at: &[String], config: &mut Value) {
+    mask_node_placeholders(config);
     for p in paths {
         if p.len() > at.len() && p.starts_with(at) {
             if let Some(slot) = value_at_mut(config, &p[at.len()..]) {
@@ -124,8 +125,38 @@ pub fn mask(paths: &[Vec<String>], at: &[String], config: &mut Value) {
     }
 }
 
+/// What the node answers in place of a secret (docs/auth.md): the proxy
+/// `_sec`.
+pub const NODE_PLACEHOLDER: &str = "_sec";
+
+/// Every `_sec` proxy the node put in place of a secret, shown as
+/// [`PLACEHOLDER`] like the ones masked here.
+fn mask_node_placeholders(v: &mut Value) {
+    match v {
+        Value::Proxy(p) if p == NODE_PLACEHOLDER => *v = Value::from(PLACEHOLDER),
+        Value::Array(items) => items.iter_mut().for_each(mask_node_placeholders),
+        Value::Map(pairs) => pairs
+            .iter_mut()
+            .for_each(|(_, x)| mask_node_placeholders(x)),
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_nodes_own_placeholders_read_as_secret() {
+        let mut v = Value::map([(
+            "wifi",
+            Value::map([("pw", Value::Proxy(NODE_PLACEHOLDER.into()))]),
+        )]);
+        mask(&[], &[], &mut v);
+        assert_eq!(
+            v.get("wifi").and_then(|w| w.get("pw")),
+            Some(&Value::from(PLACEHOLDER))
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -125,6 +125,7 @@ async fn measure(node: &'static str, spec: LinkSpec, dir: &std::path::Path) -> V
         &socket,
         vec![NodeConfig {
             name: "n".into(),
+            auth: None,
             link: spec,
             watchdog: None,
         }],
@@ -163,6 +164,7 @@ async fn memory_per_client(addr: String, dir: &std::path::Path) -> (f64, u64) {
         &socket,
         vec![NodeConfig {
             name: "n".into(),
+            auth: None,
             link: LinkSpec::Tcp { addr },
             watchdog: None,
         }],

@@ -5,6 +5,7 @@
 //! framings ([`framing`]) are pure functions and state machines fed with bytes.
 //! The reliable layer ([`reliable`]) is a state machine plus a tokio task.
 
+pub mod auth;
 pub mod endpoint;
 pub mod error;
 pub mod framing;

@@ -133,6 +133,7 @@ impl FakeNode {
     fn config(&self) -> NodeConfig {
         NodeConfig {
             name: self.name.clone(),
+            auth: None,
             link: LinkSpec::Tcp {
                 addr: self.addr.clone(),
             },
@@ -378,6 +379,7 @@ async fn requests_to_a_node_whose_link_is_down_fail_at_once_with_lnkerr() {
     drop(dead);
     let s = start_mux(vec![NodeConfig {
         name: "gone".into(),
+        auth: None,
         link: LinkSpec::Tcp { addr },
         watchdog: None,
     }])
@@ -521,6 +523,7 @@ async fn a_node_called_mux_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let node = NodeConfig {
         name: "mux".into(),
+        auth: None,
         link: LinkSpec::Tcp {
             addr: "127.0.0.1:1".into(),
         },
@@ -546,6 +549,7 @@ async fn a_process_node_is_started_its_console_captured_and_restarted_when_it_di
     std::fs::create_dir(&node_dir).unwrap();
     let s = start_mux(vec![NodeConfig {
         name: "sh".into(),
+        auth: None,
         link: LinkSpec::Process(ProcessSpec::new(&script, vec![], &node_dir)),
         watchdog: None,
     }])
@@ -580,6 +584,7 @@ async fn console_output_can_be_streamed() {
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     let s = start_mux(vec![NodeConfig {
         name: "sh".into(),
+        auth: None,
         link: LinkSpec::Process(ProcessSpec::new(&script, vec![], dir.path())),
         watchdog: None,
     }])
@@ -686,8 +691,8 @@ async fn a_serial_link_over_a_pty_carries_requests_through_the_reliable_layer() 
     }
     assert!(link.stats().bytes_out > 0 && link.stats().bytes_in > 0);
     link.stop().await;
-    // Stopping tells the node (a closing frame): its session ends now, so
-    // a new one's handshake is not taken for an echo of the old one.
+    // Stopping tells the node (a closing frame): its session ends now,
+    // not only when the next connection's handshake arrives.
     timeout(PATIENCE, node.closed())
         .await
         .expect("the node learnt that the host closed the link");

@@ -334,3 +334,84 @@ macro_rules! both_heaps {
         }
     )*};
 }
+
+/// One-shot `moat` invocations back to back against one after a pause
+/// (issue 18): what [`back_to_back`] measured.
+#[derive(Debug)]
+pub struct BackToBack {
+    /// The slower of two invocations, each after `pause`.
+    pub reference: std::time::Duration,
+    /// Each of the back-to-back invocations.
+    pub times: Vec<std::time::Duration>,
+}
+
+impl BackToBack {
+    pub fn total(&self) -> std::time::Duration {
+        self.times.iter().sum()
+    }
+
+    /// Fails unless the back-to-back invocations took at most `ratio`
+    /// times the reference each, on average.
+    pub fn assert_within(&self, ratio: f64) {
+        let bound = self.times.len() as f64 * ratio * self.reference.as_secs_f64();
+        assert!(
+            self.total().as_secs_f64() <= bound,
+            "{} back-to-back invocations took {:?}, more than {ratio}x as many as one after a \
+             pause ({:?}): {:?}",
+            self.times.len(),
+            self.total(),
+            self.reference,
+            self.times
+        );
+    }
+}
+
+/// Runs `moat ARGS` in `root` until it succeeds once (the node may still be
+/// booting; each try waits for the link within the client's own timeout,
+/// `tries` of them), then twice after `pause` each (the reference), then
+/// `n` times back to back. Every run must succeed with `expect` on stdout.
+pub fn back_to_back(
+    root: &Path,
+    args: &[&str],
+    expect: &str,
+    pause: std::time::Duration,
+    n: usize,
+) -> anyhow::Result<BackToBack> {
+    let run = || -> anyhow::Result<std::time::Duration> {
+        let t = std::time::Instant::now();
+        let out = moat(root).args(args).output()?;
+        let took = t.elapsed();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() || !stdout.contains(expect) {
+            bail!(
+                "moat {args:?} failed ({}): {stdout}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(took)
+    };
+    let mut first = run();
+    for _ in 0..2 {
+        if first.is_ok() {
+            break;
+        }
+        first = run();
+    }
+    first.context("the node never answered")?;
+    let mut reference = std::time::Duration::ZERO;
+    for _ in 0..2 {
+        std::thread::sleep(pause); // the pause being measured
+        reference = reference.max(run()?);
+    }
+    let times = (0..n).map(|_| run()).collect::<anyhow::Result<Vec<_>>>()?;
+    let m = BackToBack { reference, times };
+    eprintln!(
+        "moat {args:?}: one after a {pause:?} pause {:?} (the slower of two); {n} back to back \
+         {:?}: {:?}",
+        m.reference,
+        m.total(),
+        m.times
+    );
+    Ok(m)
+}

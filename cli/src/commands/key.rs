@@ -93,10 +93,19 @@ fn rotate(a: RotateArgs) -> anyhow::Result<()> {
     next.auth = Some(NodeAuth {
         key: new,
         project: project.id().to_owned(),
+        project_name: project.name().to_owned(),
     });
     let fallback = msgpack::to_vec(&moat::local_node::fallback_config(&next.config()));
     client::block_on(async {
         let mut conn = Metered::connect(&project, &node, &a.target).await?;
+        // The node answered to the pending key: an earlier rotation gave
+        // it the new key and stopped before replacing the local one.
+        if conn.client.peer().is_some_and(|p| p.key_index > 0) && !a.json {
+            eprintln!(
+                "node `{}` already has the new key: finishing the rotation",
+                node.name
+            );
+        }
         let result = async {
             let at = Value::Array(vec!["auth".into(), "k".into()]);
             let kw = Value::map([("p", at), ("d", Value::Bin(new.to_vec()))]);

@@ -76,6 +76,7 @@ pub fn node_config(project: &Project, node: &Node) -> anyhow::Result<NodeConfig>
     };
     Ok(NodeConfig {
         name: node.name.clone(),
+        auth: moat::client::auth_config(project, node)?,
         link,
         watchdog: watchdog_period(&node.config()),
     })

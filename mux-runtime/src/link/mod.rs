@@ -11,6 +11,7 @@ pub mod backoff;
 mod counted;
 pub mod emulated;
 pub mod process;
+mod secure;
 pub mod serial;
 pub mod tcp;
 pub mod usb;
@@ -30,7 +31,8 @@ pub use counted::Counted;
 pub use process::ProcessSpec;
 pub use serial::SerialSpec;
 
-use crate::endpoint::{Endpoint, EndpointConfig, EndpointStats, Handler};
+use crate::auth::{AuthConfig, AuthCounters, Peer};
+use crate::endpoint::{Endpoint, EndpointConfig, EndpointStats, Handler, NoHandler};
 
 /// How to reach a node.
 #[derive(Clone, Debug, PartialEq)]
@@ -153,6 +155,13 @@ pub struct LinkStats {
     pub reconnects: u64,
     /// Connection attempts that failed.
     pub failures: u64,
+    /// Sealed messages accepted (authenticated links).
+    pub auth_ok: u64,
+    /// Messages dropped because they did not open: altered, replayed,
+    /// reordered, injected or unsealed.
+    pub auth_dropped: u64,
+    /// Handshakes that failed.
+    pub auth_failed: u64,
 }
 
 /// Byte counters shared with the [`Counted`] I/O wrapper.
@@ -206,9 +215,55 @@ pub struct ConnectCtx {
     /// closed the link; the next connection reaches it again). Killed when
     /// the link ends (`kill_on_drop`).
     pub kept: Arc<std::sync::Mutex<Option<tokio::process::Child>>>,
+    /// Authenticate the connection as this node's (docs/auth.md).
+    pub auth: Option<AuthConfig>,
+    pub auth_counters: Arc<AuthCounters>,
+    /// Who answered the last handshake.
+    pub peer: Arc<Mutex<Option<Peer>>>,
 }
 
 impl ConnectCtx {
+    /// For one connection outside a [`NodeLink`] (a verb's direct link):
+    /// requests from the node get no answer, console output is dropped
+    /// unless someone subscribes to `console`.
+    pub fn new(name: &str, auth: Option<AuthConfig>, timeout: Duration) -> ConnectCtx {
+        ConnectCtx {
+            name: name.to_owned(),
+            handler: Arc::new(NoHandler),
+            console: broadcast::channel(256).0,
+            bytes: Arc::default(),
+            timeout,
+            pid: Arc::default(),
+            stop: CancellationToken::new(),
+            kept: Arc::default(),
+            auth,
+            auth_counters: Arc::default(),
+            peer: Arc::default(),
+        }
+    }
+
+    /// Who answered the handshake (authenticated links, once connected).
+    pub fn peer(&self) -> Option<Peer> {
+        self.peer.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Starts the endpoint over a connected transport, after the
+    /// handshake when the link authenticates.
+    pub(crate) async fn start<S, K, E, F>(
+        &self,
+        source: S,
+        sink: K,
+        place: &str,
+    ) -> Result<Endpoint, ConnectError>
+    where
+        S: futures::Stream<Item = Result<crate::framing::Incoming, E>> + Send + Unpin + 'static,
+        K: futures::Sink<crate::value::Value, Error = F> + Send + Unpin + 'static,
+        E: fmt::Display + Send + 'static,
+        F: fmt::Display + Send + 'static,
+    {
+        secure::start(self, source, sink, place).await
+    }
+
     fn endpoint_config(&self) -> EndpointConfig {
         EndpointConfig {
             name: self.name.clone(),
@@ -216,8 +271,18 @@ impl ConnectCtx {
     }
 }
 
+/// The largest message a node takes (the node runtime's default `m`, also
+/// its ceiling): bigger requests fail on this side, naming both sizes.
+pub const NODE_MESSAGE_LIMIT: usize = 1024;
+
 /// Why a connection attempt failed, in words naming the fix.
 pub type ConnectError = String;
+
+/// One connection attempt per `spec` (what the supervisor does each time),
+/// for a verb that wants one link and its exact error, not retries.
+pub async fn connect_once(spec: &LinkSpec, ctx: &ConnectCtx) -> Result<Connection, ConnectError> {
+    connect(spec, ctx).await
+}
 
 async fn connect(spec: &LinkSpec, ctx: &ConnectCtx) -> Result<Connection, ConnectError> {
     match spec {
@@ -245,6 +310,9 @@ struct Shared {
     failures: AtomicU64,
     pid: Arc<AtomicU32>,
     stop: CancellationToken,
+    auth: Option<AuthConfig>,
+    auth_counters: Arc<AuthCounters>,
+    peer: Arc<Mutex<Option<Peer>>>,
 }
 
 /// The supervised link to one node. Cheap to clone.
@@ -271,6 +339,18 @@ impl NodeLink {
         handler: Arc<dyn Handler>,
         options: LinkOptions,
     ) -> NodeLink {
+        NodeLink::spawn_auth(name, spec, None, handler, options)
+    }
+
+    /// [`spawn`](NodeLink::spawn) for a link that authenticates with
+    /// `auth` (docs/auth.md) when given.
+    pub fn spawn_auth(
+        name: &str,
+        spec: LinkSpec,
+        auth: Option<AuthConfig>,
+        handler: Arc<dyn Handler>,
+        options: LinkOptions,
+    ) -> NodeLink {
         let shared = Arc::new(Shared {
             name: name.to_owned(),
             spec,
@@ -284,6 +364,9 @@ impl NodeLink {
             failures: AtomicU64::new(0),
             pid: Arc::default(),
             stop: CancellationToken::new(),
+            auth,
+            auth_counters: Arc::default(),
+            peer: Arc::default(),
         });
         tokio::spawn(supervise(shared.clone(), handler, options));
         NodeLink { shared }
@@ -346,10 +429,27 @@ impl NodeLink {
         }
     }
 
+    /// Who answered the last handshake of an authenticated link: its
+    /// identity, the largest message it accepts, and which key it has (a
+    /// pending one: a rotation was interrupted after the node got it).
+    pub fn peer(&self) -> Option<Peer> {
+        self.shared
+            .peer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether the link authenticates.
+    pub fn authenticates(&self) -> bool {
+        self.shared.auth.is_some()
+    }
+
     pub fn stats(&self) -> LinkStats {
         let s = &self.shared;
         let past = *s.past.lock().unwrap_or_else(|p| p.into_inner());
         let now = self.endpoint().map(|e| e.stats()).unwrap_or_default();
+        let auth = s.auth_counters.snapshot();
         LinkStats {
             bytes_in: s.bytes.bytes_in.load(Ordering::Relaxed),
             bytes_out: s.bytes.bytes_out.load(Ordering::Relaxed),
@@ -358,6 +458,9 @@ impl NodeLink {
             console_bytes_in: past.console_bytes_in + now.console_bytes_in,
             reconnects: s.reconnects.load(Ordering::Relaxed),
             failures: s.failures.load(Ordering::Relaxed),
+            auth_ok: auth.ok,
+            auth_dropped: auth.dropped,
+            auth_failed: auth.failed,
         }
     }
 
@@ -380,6 +483,9 @@ async fn supervise(shared: Arc<Shared>, handler: Arc<dyn Handler>, options: Link
         pid: shared.pid.clone(),
         stop: shared.stop.clone(),
         kept: Arc::default(),
+        auth: shared.auth.clone(),
+        auth_counters: shared.auth_counters.clone(),
+        peer: shared.peer.clone(),
     };
     let mut backoff = Backoff::new(options.backoff_min, options.backoff_max);
     let mut connected_before = false;
@@ -432,6 +538,14 @@ async fn supervise(shared: Arc<Shared>, handler: Arc<dyn Handler>, options: Link
 async fn run_connection(shared: &Shared, conn: Connection) -> String {
     let Connection { endpoint, teardown } = conn;
     tracing::info!(node = %shared.name, "link up");
+    // the node's own m when its handshake said (never above the ceiling)
+    let said = shared
+        .peer
+        .lock()
+        .ok()
+        .and_then(|p| p.as_ref()?.max_message);
+    let limit = said.map_or(NODE_MESSAGE_LIMIT, |m| (m as usize).min(NODE_MESSAGE_LIMIT));
+    endpoint.set_peer_limit(limit, &format!("node `{}`", shared.name));
     let console = forward_console(&endpoint, shared.console.clone());
     shared.current.send_replace(Some(endpoint.clone()));
     shared.state.send_replace(LinkState::Up);

@@ -19,7 +19,6 @@ use tokio::process::{Child, Command};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use super::{ConnectCtx, ConnectError, Connection, Counted};
-use crate::endpoint::Endpoint;
 use crate::framing::LosslessCodec;
 
 /// What `node-runtime/link_stdio.py` prints when its stdio link is ready.
@@ -119,7 +118,17 @@ pub async fn connect(spec: &ProcessSpec, ctx: &ConnectCtx) -> Result<Connection,
         Counted::new(stdin, ctx.bytes.clone()),
         LosslessCodec::default(),
     );
-    let endpoint = Endpoint::spawn_parts(source, sink, ctx.handler.clone(), ctx.endpoint_config());
+    let endpoint = match ctx
+        .start(source, sink, &spec.program.display().to_string())
+        .await
+    {
+        Ok(endpoint) => endpoint,
+        Err(e) => {
+            pid.store(0, Ordering::Relaxed);
+            let _ = child.kill().await;
+            return Err(e);
+        }
+    };
     Ok(Connection {
         endpoint,
         teardown: Some(teardown(child, pid, ctx.name.clone()).boxed()),

@@ -17,7 +17,6 @@ use tokio_serial::SerialPortBuilderExt;
 use tokio_util::codec::Framed;
 
 use super::{ConnectCtx, ConnectError, Connection, Counted};
-use crate::endpoint::Endpoint;
 use crate::framing::{FramingError, Incoming, SerialPackerCodec, SerialPackerConfig};
 use crate::reliable::{self, Event};
 use crate::value::Value;
@@ -69,7 +68,7 @@ where
         inner: framed,
         console: ctx.console.clone(),
     };
-    let (handle, mut events, task) = reliable::spawn(frames, spec.reliable)
+    let (handle, mut events, mut task) = reliable::spawn(frames, spec.reliable)
         .map_err(|e| format!("serial link {}: {e}", spec.path))?;
     // Up once the handshake completes.
     let up = tokio::time::timeout(ctx.timeout, async {
@@ -119,17 +118,27 @@ where
         handle,
         |handle, msg: Value| async move { handle.send(msg).await.map(|()| handle) },
     ));
-    let endpoint = Endpoint::spawn_parts(source, sink, ctx.handler.clone(), ctx.endpoint_config());
+    let endpoint = match ctx.start(source, sink, &spec.path).await {
+        Ok(endpoint) => endpoint,
+        Err(e) => {
+            let _ = closer.close("authentication failed");
+            drop(closer);
+            if tokio::time::timeout(CLOSE_FLUSH, &mut task).await.is_err() {
+                task.abort();
+            }
+            return Err(e);
+        }
+    };
     Ok(Connection {
         endpoint,
         teardown: Some(
             async move {
-                // Tell the node (`n: 0`) so that the next connection's
-                // reset is not taken for an echo of this one's handshake
-                // (the node ignores resets for t/2 after one).
+                // Tell the node (`n: 0`) that this connection ends. A
+                // current node knows the next connection by its new id
+                // anyway; one from before connection ids would otherwise
+                // take the next reset within t/2 for an echo.
                 let _ = closer.close("the host closed the link");
                 drop(closer);
-                let mut task = task;
                 if tokio::time::timeout(CLOSE_FLUSH, &mut task).await.is_err() {
                     task.abort();
                 }

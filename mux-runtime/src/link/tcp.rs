@@ -5,8 +5,8 @@ use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
 use super::{ConnectCtx, ConnectError, Connection, Counted};
-use crate::endpoint::Endpoint;
 use crate::framing::StreamCodec;
+use futures::StreamExt;
 
 pub async fn connect(addr: &str, ctx: &ConnectCtx) -> Result<Connection, ConnectError> {
     let io = tokio::time::timeout(ctx.timeout, TcpStream::connect(addr))
@@ -16,9 +16,10 @@ pub async fn connect(addr: &str, ctx: &ConnectCtx) -> Result<Connection, Connect
     // Requests are small; waiting to coalesce them only adds latency.
     let _ = io.set_nodelay(true);
     let framed = Framed::new(Counted::new(io, ctx.bytes.clone()), StreamCodec::default());
-    Ok(Connection::new(Endpoint::spawn_with(
-        framed,
-        ctx.handler.clone(),
-        ctx.endpoint_config(),
-    )))
+    let (sink, source) = framed.split();
+    let place = match addr.rsplit_once(':') {
+        Some((_, port)) => format!("port {port}"),
+        None => addr.to_owned(),
+    };
+    Ok(Connection::new(ctx.start(source, sink, &place).await?))
 }

@@ -5,8 +5,8 @@ use tokio_serial::SerialPortBuilderExt;
 use tokio_util::codec::Framed;
 
 use super::{ConnectCtx, ConnectError, Connection, Counted};
-use crate::endpoint::Endpoint;
 use crate::framing::LosslessCodec;
+use futures::StreamExt;
 
 pub async fn connect(path: &str, baud: u32, ctx: &ConnectCtx) -> Result<Connection, ConnectError> {
     // `tcp:HOST:PORT`: a USB CDC bridged to a TCP socket (an emulator's).
@@ -15,28 +15,25 @@ pub async fn connect(path: &str, baud: u32, ctx: &ConnectCtx) -> Result<Connecti
             format!("cannot connect to the USB socket {addr}: {e} (is the emulator running?)")
         })?;
         let _ = io.set_nodelay(true);
-        let framed = Framed::new(
-            Counted::new(io, ctx.bytes.clone()),
-            LosslessCodec::default(),
-        );
-        return Ok(Connection::new(Endpoint::spawn_with(
-            framed,
-            ctx.handler.clone(),
-            ctx.endpoint_config(),
-        )));
+        return over(io, path, ctx).await;
     }
     let port = tokio_serial::new(path, baud)
         .open_native_async()
         .map_err(|e| {
             format!("cannot open {path}: {e} (is the device plugged in, and may you use it?)")
         })?;
+    over(port, path, ctx).await
+}
+
+/// The lossless framing over `io`, authenticated when the link says.
+async fn over<IO>(io: IO, path: &str, ctx: &ConnectCtx) -> Result<Connection, ConnectError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let framed = Framed::new(
-        Counted::new(port, ctx.bytes.clone()),
+        Counted::new(io, ctx.bytes.clone()),
         LosslessCodec::default(),
     );
-    Ok(Connection::new(Endpoint::spawn_with(
-        framed,
-        ctx.handler.clone(),
-        ctx.endpoint_config(),
-    )))
+    let (sink, source) = framed.split();
+    Ok(Connection::new(ctx.start(source, sink, path).await?))
 }

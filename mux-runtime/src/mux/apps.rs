@@ -102,6 +102,20 @@ fn ls(core: &Core) -> Value {
             ("reconnects", Value::from(stats.reconnects)),
             ("failures", Value::from(stats.failures)),
         ];
+        if n.link.authenticates() {
+            info.push(("auth_ok", Value::from(stats.auth_ok)));
+            info.push(("auth_dropped", Value::from(stats.auth_dropped)));
+            info.push(("auth_failed", Value::from(stats.auth_failed)));
+            if let Some(peer) = n.link.peer() {
+                if let Some(m) = peer.max_message {
+                    info.push(("m", Value::from(m)));
+                }
+                if peer.key_index > 0 {
+                    // A rotation was interrupted after the node got its new key.
+                    info.push(("auth_key", Value::from("pending")));
+                }
+            }
+        }
         if let crate::link::LinkState::Down(why) = &state {
             info.push(("why", Value::from(why.as_str())));
         }

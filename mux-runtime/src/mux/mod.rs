@@ -64,6 +64,8 @@ pub const CONSOLE_BUFFER: usize = 64 * 1024;
 pub struct NodeConfig {
     pub name: String,
     pub link: LinkSpec,
+    /// Authenticate the link (docs/auth.md); `None`: it does not.
+    pub auth: Option<crate::auth::AuthConfig>,
     /// The node's `wdt.t`: feed it `sys.wdt` every half of this. `None`:
     /// the node has no `wdt` section.
     pub watchdog: Option<Duration>,
@@ -227,9 +229,10 @@ impl Mux {
                 .iter()
                 .map(|n| NodeEntry {
                     name: n.name.clone(),
-                    link: NodeLink::spawn(
+                    link: NodeLink::spawn_auth(
                         &n.name,
                         n.link.clone(),
+                        n.auth.clone(),
                         Arc::new(Uplink {
                             node: Some(n.name.clone()),
                             core: weak.clone(),

@@ -115,13 +115,19 @@ impl Node {
         }
     }
 
-    /// `{link: {tcp: {h: "127.0.0.1", p: port}}}` plus `extra` top-level entries.
+    /// `{link: {tcp: {h: "127.0.0.1", p: port, a: false}}}` plus `extra`
+    /// top-level entries.
     pub fn tcp_cfg(&self, extra: Vec<(&str, Value)>) -> Value {
         let mut v = vec![(
             "link",
             kw([(
                 "tcp",
-                kw([("h", "127.0.0.1".into()), ("p", self.port.into())]),
+                kw([
+                    ("h", "127.0.0.1".into()),
+                    ("p", self.port.into()),
+                    // Loopback only: allowed without auth (docs/auth.md).
+                    ("a", false.into()),
+                ]),
             )]),
         )];
         v.extend(extra);

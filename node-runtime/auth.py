@@ -1,0 +1,433 @@
+# moat node runtime: authenticated links (../docs/auth.md, normative).
+#
+# A mutual challenge-response with the node key K (HMAC-SHA256), then every
+# message sealed as {s: bin(C4 | T16 | B)}: C a per-direction counter, T the
+# first 16 bytes of HMAC(KS, D | C | B), B the message's MsgPack bytes.
+#
+# Imported only when a link has `a` true. Heap: MicroPython's hashlib has no
+# `hmac` and its sha256 objects no copy(), so what can be precomputed is the
+# two padded key blocks (K ^ ipad, K ^ opad) per key; a link's session key
+# blocks are allocated once with the link and overwritten by each handshake.
+# Sealing writes header, counter and tag in front of the body in the link's
+# own encode buffer (proto.Link leaves OVER bytes free there): no copy of
+# the message. A MAC costs two sha256 objects and two 32-byte digests of
+# garbage, nothing in proportion to the message.
+from micropython import const
+import hashlib
+import struct
+from msgpack import Packer, Proxy, Decoder
+import err
+
+try:
+    from os import urandom
+except ImportError:  # qemu-mps2: no random source in the port (see _nonce)
+    urandom = None
+
+OVER = const(28)  # most bytes a sealed map adds to its body: 81 a1 73 c6 LLLL C4 T16
+
+# the handshake's states (Guard.st)
+_HELLO = const(0)  # responder: waits for {h: 1}
+_PROOF = const(1)  # responder: waits for {h: 3}
+_CHAL = const(2)  # initiator: waits for {h: 2}
+_OK = const(3)  # authenticated: sealed messages only
+_FAILED = const(4)  # told _AuErr: ignores all (a link that cannot close: until a new h: 1)
+
+# over the whole run (sys.info au): [accepted, dropped, failed handshakes]
+N = [0, 0, 0]
+
+_LR = b"moat/1 R"
+_LI = b"moat/1 I"
+_LS = b"moat/1 S"
+_DI = b"I"  # direction bytes D
+_DR = b"R"
+_ZERO = b"\x00"
+_AUERR = Proxy("_AuErr")
+
+
+class Key:
+    # HMAC-SHA256 with one key: its two padded blocks, made once
+    def __init__(self, k=None):
+        self.i = bytearray(64)
+        self.o = bytearray(64)
+        if k is not None:
+            self.set(k)
+
+    def set(self, k):
+        # k: at most 64 bytes (node keys are 32), zero-padded as HMAC does
+        i = self.i
+        o = self.o
+        n = len(k)
+        for j in range(64):
+            x = k[j] if j < n else 0
+            i[j] = x ^ 0x36
+            o[j] = x ^ 0x5C
+
+    def mac(self, a, b, c, d=b"", e=b"", f=b""):
+        # HMAC(key, a | b | c | d | e | f) -> 32 bytes (fixed arity: no tuple)
+        h = hashlib.sha256(self.i)
+        h.update(a)
+        h.update(b)
+        h.update(c)
+        if d:
+            h.update(d)
+            h.update(e)
+            h.update(f)
+        t = h.digest()
+        h = hashlib.sha256(self.o)
+        h.update(t)
+        return h.digest()
+
+    def mac2(self, a, b):
+        # HMAC(key, a | b): the per-message one, as few calls as it takes
+        h = hashlib.sha256(self.i)
+        h.update(a)
+        h.update(b)
+        t = h.digest()
+        h = hashlib.sha256(self.o)
+        h.update(t)
+        return h.digest()
+
+
+def same(a, b, n):
+    # constant-time comparison of a[0:n] and b[0:n]: the time does not say
+    # how many leading bytes of a guessed tag matched
+    x = 0
+    for j in range(n):
+        x |= a[j] ^ b[j]
+    return x == 0
+
+
+_T4 = ">IIII"
+
+
+def _same16(t, s):
+    # same(t, s[4:20], 16), in four words (fewer bytecodes: a MAC per message)
+    a, b, c, d = struct.unpack_from(_T4, t, 0)
+    e, f, g, h = struct.unpack_from(_T4, s, 4)
+    return (a ^ e) | (b ^ f) | (c ^ g) | (d ^ h) == 0
+
+
+_pool = None
+
+
+def _nonce():
+    # 16 random bytes. Without os.urandom (qemu-mps2) a running SHA-256 pool
+    # stirred with the clock's jitter and heap state: unpredictable enough
+    # for an emulator, not for a device (every board we flash has urandom).
+    if urandom is not None:
+        return urandom(16)
+    global _pool
+    import gc
+    from time import ticks_us, ticks_cpu
+
+    h = hashlib.sha256(_pool or b"moat nonce")
+    h.update(str((ticks_us(), ticks_cpu(), gc.mem_free(), id(h))))
+    _pool = h.digest()
+    h = hashlib.sha256(_pool)
+    h.update(b"n")
+    return h.digest()[:16]
+
+
+def _map(kv):
+    # an unsealed handshake map, keys in the order given -> bytes. Its own
+    # small packer, not the link's: a reply may be half out of that one
+    pk = Packer(160, 512)
+    n = len(kv) // 2
+    pk._b1(0x80 | n)
+    for j in range(n):
+        pk.pack(kv[2 * j])
+        pk.pack(kv[2 * j + 1], 1)
+    return bytes(pk.out())
+
+
+def _bin(m, k, n):
+    v = m.get(k)
+    return v if isinstance(v, (bytes, bytearray)) and len(v) == n else None
+
+
+class Conf:
+    # the node's key and identity for its links (one per run, shared)
+    def __init__(self, k, n, p, q):
+        self.key = Key(k)
+        self.n = n
+        self.p = p
+        self.q = q  # the project's name: informative (not in TR)
+        self.nb = n.encode()
+        self.pb = p.encode()
+
+    def guard(self, link, initiator=False, peer=""):
+        return Guard(self, link, initiator, peer)
+
+
+def conf(cfg, kind):
+    # -> the Conf for a link with `a` true, or None: then the console has
+    # said why and the link does not start
+    a = cfg.get("auth")
+    k = a.get("k") if isinstance(a, dict) else None
+    if not isinstance(k, (bytes, bytearray)) or not 16 <= len(k) <= 64:
+        err.log("link %s: auth on and no auth.k in moat.cfg: run moat cfg upload" % kind)
+        return None
+    return Conf(k, _str(a, "n"), _str(a, "p"), _str(a, "q"))
+
+
+def _str(a, k):
+    v = a.get(k)
+    return v if isinstance(v, str) else ""
+
+
+class Guard:
+    # The auth state of one link (proto.Link.au): handshake, then seal/open.
+    # The link calls rx(m) with every decoded message and processes only
+    # what it returns; it seals what it sends with seal(pk).
+    def __init__(self, cf, link, initiator, peer):
+        self.cf = cf
+        self.l = link
+        self.peer = peer  # who is on the other end, for the console
+        self.ini = initiator
+        self.st = _CHAL if initiator else _HELLO
+        self.ni = None
+        self.nr = None
+        self.ks = Key()  # session key blocks, filled by the handshake
+        self.tx = 0  # last counter sent
+        self.rc = 0  # last counter accepted
+        self.din = _DR if initiator else _DI  # D of what we receive
+        self.dout = _DI if initiator else _DR
+        self.pm = None  # the last sealed message opened, and its content:
+        self.pv = None  # the link may hand it to rx() again (no heap at first)
+        self.ci = bytearray(5)  # D | C of a received message, for its MAC
+        self.ci[0] = self.din[0]
+        self.bb = None  # the encode buffer, and a view of it made once
+        self.mv = None
+        self.dec = None  # a Decoder for the bodies, made once
+
+    def ok(self):
+        return self.st == _OK
+
+    # --- handshake
+    def hello(self):
+        # initiator: step 1 -> the bytes to send
+        self.ni = _nonce()
+        return _map(("h", 1, "c", self.ni))
+
+    def _session(self):
+        self.ks.set(self.cf.key.mac(_LS, self.ni, self.nr))
+        self.tx = 0
+        self.rc = 0
+        self.st = _OK
+
+    def rx(self, m):
+        # -> the message to process, or None (handshake, dropped, ignored)
+        st = self.st
+        if st == _OK:
+            if m is self.pm:
+                return self.pv
+            if isinstance(m, dict):
+                if len(m) == 1 and "s" in m:
+                    v = self._open(m["s"])
+                    if v is not None:
+                        self.pm = m
+                        self.pv = v
+                        return v
+                    N[1] += 1
+                    return None
+                if not self.l.SHUT and m.get("h") == 1 and not self.ini:
+                    # a link that cannot close (stdio, uart): its host came
+                    # back (a new mux on the same port) and starts over
+                    self.st = _HELLO
+                    self.l.lost()
+                    return self.rx(m)
+            elif self.l.CON:
+                return None  # a console byte
+            N[1] += 1  # unsealed, not even a message: dropped
+            return None
+        if not isinstance(m, dict):
+            if not self.l.CON:
+                self._fail("junk before the auth handshake")
+            return None
+        h = m.get("h")
+        if st == _FAILED:
+            if h == 1 and not self.l.SHUT and not self.ini:
+                self.st = _HELLO
+                return self.rx(m)
+            return None
+        if st == _HELLO and h == 1 and len(m) == 2:
+            ni = _bin(m, "c", 16)
+            if ni is not None:
+                self.ni = ni
+                self.nr = nr = _nonce()
+                cf = self.cf
+                t = cf.key.mac(_LR, ni, nr, cf.nb, _ZERO, cf.pb)
+                # hs() first: a MemoryError there leaves the state as it was
+                self.l.hs(_map(("h", 2, "c", nr, "n", cf.n, "p", cf.p, "q", cf.q, "m", self.l.m, "t", t)), None)
+                self.st = _PROOF
+                return None
+        elif st == _PROOF and h == 3 and len(m) == 2:
+            t = _bin(m, "t", 32)
+            if t is not None:
+                if same(t, self.cf.key.mac(_LI, self.nr, self.ni), 32):
+                    self.l.hs(None, True)  # its task runs after the session is set
+                    self._session()
+                else:
+                    self._fail("wrong key")
+                return None
+        elif st == _CHAL and h == 2:
+            self._challenge(m)
+            return None
+        if "a" in m:
+            why = "request before authentication"
+        elif h == 1 and st == _PROOF:
+            why = "second h: 1"
+        else:
+            why = "expected auth handshake step %d" % (3 if st == _PROOF else 1)
+        self._fail(why)
+        return None
+
+    def _challenge(self, m):
+        # initiator: step 2 -> step 3, or close
+        nr = _bin(m, "c", 16)
+        t = _bin(m, "t", 32)
+        n = m.get("n")
+        p = m.get("p")
+        if nr is None or t is None or not isinstance(n, str) or not isinstance(p, str):
+            self._fail("malformed auth handshake step 2")
+            return
+        cf = self.cf
+        # identity first (docs/auth.md step 3): a node of another project is
+        # refused even when it shares our key. Which node we meant to reach
+        # a node's client link does not say: the project must match.
+        if cf.p and p != cf.p:
+            q = m.get("q")
+            q = "project %r (id %s)" % (q, p) if isinstance(q, str) and q else "project id %s" % p
+            self._fail("answers node %r of %s, not this project %r (id %s)" % (n, q, cf.q, cf.p))
+            return
+        if not same(t, cf.key.mac(_LR, self.ni, nr, n.encode(), _ZERO, p.encode()), 32):
+            self._fail("node %r rejected: wrong key" % n)
+            return
+        mm = m.get("m")
+        if isinstance(mm, int) and 0 < mm < self.l.m:
+            self.l.pk.lim = mm + OVER  # never send more than the peer takes
+        self.nr = nr
+        b = _map(("h", 3, "t", cf.key.mac(_LI, nr, self.ni)))
+        self.l.hs(b, True)
+        self._session()
+
+    def late(self):
+        # the handshake did not finish in time: count it, say it, no message
+        # (the link closes)
+        if self.st == _OK or self.st == _FAILED:
+            return
+        self.st = _FAILED
+        N[2] += 1
+        if self.ini:
+            why = "no answer to the auth handshake: its firmware predates authenticated links (reflash it) or auth is off on it"
+        else:
+            why = "no auth handshake in time"
+        try:
+            err.log("auth: %s %s failed: %s" % (self.l.name, self.peer, why))
+        except MemoryError:
+            pass
+
+    def restart(self):
+        # the link starts over (uart: the reliable layer was reset)
+        self.st = _CHAL if self.ini else _HELLO
+        self.done()
+
+    def _fail(self, why):
+        # once per link: count, say who and why (no key material), tell the
+        # peer (a responder) and close
+        self.st = _FAILED
+        N[2] += 1
+        try:
+            err.log("auth: %s %s failed: %s" % (self.l.name, self.peer, why))
+        except MemoryError:
+            pass
+        b = None
+        if not self.ini:
+            try:
+                b = _map(("e", _AUERR, "d", [why]))
+            except MemoryError:
+                pass
+        self.l.hs(b, False)
+
+    # --- sealed messages
+    def seal(self, pk):
+        # The body is in pk.b[OVER:pk.n] (proto.Link encodes it there): put
+        # the map header, counter and tag in front -> the whole sealed map
+        b = pk.b
+        n = pk.n
+        k = n - OVER + 20  # length of the bin: C | T | B
+        c = self.tx + 1
+        if c > 0xFFFFFFFF:
+            raise err.LinkDown("auth counter exhausted")  # a new connection starts afresh
+        q = OVER - 20
+        if self.bb is not b:
+            self.bb = b
+            self.mv = memoryview(b)
+        mv = self.mv
+        # D | C in one piece for the MAC: D where the header's last byte goes
+        struct.pack_into(">BI", b, q - 1, self.dout[0], c)
+        t = self.ks.mac2(mv[q - 1 : q + 4], mv[OVER:n])
+        mv[q + 4 : OVER] = memoryview(t)[0:16]
+        self.tx = c  # only now: a MemoryError above used no counter
+        # the header last (its last byte was D)
+        if k < 0x100:
+            s = OVER - 25
+            b[s + 3] = 0xC4
+            b[s + 4] = k
+        elif k < 0x10000:
+            s = OVER - 26
+            b[s + 3] = 0xC5
+            b[s + 4] = k >> 8
+            b[s + 5] = k & 0xFF
+        else:
+            s = 0
+            b[3] = 0xC6
+            struct.pack_into(">I", b, 4, k)
+        b[s] = 0x81
+        b[s + 1] = 0xA1
+        b[s + 2] = 0x73
+        return mv[s:n]
+
+    def _open(self, s):
+        # s: C | T | B -> the message B holds, or None (drop it)
+        if not isinstance(s, (bytes, bytearray)) or len(s) < 21:
+            return None
+        c = struct.unpack_from(">I", s, 0)[0]
+        if c <= self.rc:  # replayed, reordered, or 0
+            return None
+        ci = self.ci
+        struct.pack_into(">I", ci, 1, c)
+        mv = memoryview(s)
+        if not _same16(self.ks.mac2(ci, mv[20:]), s):
+            return None
+        # the body, decoded in place (unpackb would copy nothing either, but
+        # makes a Decoder each time)
+        d = self.dec
+        e = len(s)
+        if d is None:
+            d = self.dec = Decoder(s, 20, e, self.l.rm)
+        d.b = s
+        d.m = mv
+        d.p = 20
+        d.e = e
+        try:
+            v = d.val()
+            if d.p != e:
+                return None  # trailing bytes
+        except MemoryError:
+            raise  # nothing committed: the link tries again
+        except Exception:  # authentic but not one MsgPack value: the peer's bug
+            return None
+        finally:
+            d.b = d.m = None  # do not keep the message alive
+        self.rc = c
+        N[0] += 1
+        return v
+
+    def done(self):
+        # the link is through with the last opened message
+        self.pm = self.pv = None
+
+    def inner(self, m):
+        # the opened content of sealed message m, if it was the last one
+        return self.pv if m is self.pm else None
