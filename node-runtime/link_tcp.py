@@ -5,7 +5,7 @@ from micropython import const
 import gc
 import asyncio
 from asyncio import core
-from msgpack import Unpacker, NONE
+from msgpack import Unpacker, NONE, BIG
 from proto import Link
 import err
 
@@ -16,18 +16,30 @@ _PLENTY = const(4096)  # free heap in which a value that finds none is junk
 # What a client refused for lack of heap reads before the socket closes:
 # {e: "E:busy: ..."}, encoded here because there is no heap to encode it then.
 _NOMEM = b"\x81\xa1e\xd9/E:busy: no memory for another link, retry later"
+# What a peer that sent malformed MsgPack reads before its link is closed.
+_JUNK = b"\x81\xa1e\xd93E:bad: malformed MsgPack on this link, it is closed"
+_HS = const(5000)  # ms an authenticating link has for its handshake
 
 
 class SockLink(Link):
     NOW = True  # _put() writes at once: plain commands are answered inline
-    def __init__(self, root, name, rd, wr, m, idle):
-        super().__init__(root, name, m)
+    SHUT = True  # a failed handshake closes the connection
+    def __init__(self, root, name, rd, wr, m, idle, au=None, ini=False, peer=""):
+        super().__init__(root, name, m, au, ini, peer)
         self.rd = rd
         self.wr = wr
         self.s = wr.s
         self.idle = idle
         self.task = None
         self.busy = False  # reading or digesting input: may free heap soon
+        self.gone = False  # shut() from within serve(): it ends its loop
+
+    def shut(self):
+        t = self.task
+        if t is None or t is asyncio.current_task():
+            self.gone = True  # a task cannot cancel itself
+        else:
+            t.cancel()
 
     def _put(self, buf):
         try:
@@ -70,22 +82,39 @@ class SockLink(Link):
         s = self.s
         try:
             try:
-                u = await _alloc(self.root, lambda: Unpacker(self.m))
+                u = await _alloc(self.root, lambda: Unpacker(self.rm, False))
             except MemoryError:
                 u = None
             if u is None:
-                _refuse(s)
+                _say(s, _NOMEM, "tcp: no memory for another link: client refused")
                 return
-            self.attach()
-            await self.announce(True)
+            au = self.au
+            if au is None:
+                self.attach()
+                await self.announce(True)
+            elif au.ini:
+                await self._write(au.hello())  # nothing else is sent before it
+            t0 = asyncio.ticks()
             rd = self.rd
-            while True:
+            while not self.gone:
                 try:
                     sp = u.space()
-                    if u.pending():
+                    w = -1
+                    if au is not None and not au.ok():
+                        # the handshake has _HS ms; a peer that stays
+                        # silent does not hold a link's buffers longer
+                        w = max(0, _HS - asyncio.ticks_diff(asyncio.ticks(), t0))
+                        if u.pending() and self.idle < w:
+                            w = self.idle
+                    elif u.pending():
+                        w = self.idle
+                    if w >= 0:
                         try:
-                            n = await asyncio.wait_for_ms(rd.readinto(sp), self.idle)
+                            n = await asyncio.wait_for_ms(rd.readinto(sp), w)
                         except asyncio.TimeoutError:
+                            if au is not None and not au.ok() and asyncio.ticks_diff(asyncio.ticks(), t0) >= _HS:
+                                au.late()
+                                break
                             u.clear()  # half a message and silence: resync
                             continue
                     else:
@@ -115,15 +144,23 @@ class SockLink(Link):
                             gc.collect()
                             if gc.mem_free() >= _PLENTY:
                                 # the heap has room, the value wants more:
-                                # junk (a length field), skip a byte
+                                # junk (a length field)
                                 u.bad += 1
-                                u.s += 1
-                                j = 0
-                                continue
-                        await asyncio.sleep_ms(_NAP)
-                        continue
+                        if not u.bad:
+                            await asyncio.sleep_ms(_NAP)
+                            continue
+                    if u.bad:
+                        # Malformed input on a lossless link is a broken or
+                        # hostile peer, not noise: no resync (a message
+                        # could hide inside the junk), and the buffers are
+                        # freed now, not after the last junk byte is read.
+                        _say(s, _JUNK, "tcp: malformed MsgPack from a client: link closed")
+                        return
                     if v is NONE:
                         break
+                    if v is BIG:  # skipped: its request learns why
+                        await self._finish(self.too_long(u.big))
+                        continue
                     j = 0
                     while self.rx(v):  # no heap to start it (nothing of it was)
                         # read nothing more meanwhile: that holds the peer back
@@ -131,16 +168,12 @@ class SockLink(Link):
                         if j >= _TRIES:
                             left = self.refuse(v)
                             if left >= 0:
-                                while left:  # half of it is out: finish it
-                                    try:
-                                        await self.send(left=left)
-                                        left = 0
-                                    except MemoryError:
-                                        self.root.spend()
-                                        await asyncio.sleep_ms(_NAP)
+                                await self._finish(left)
                                 break
                             self.root.spend()
                         await asyncio.sleep_ms(_NAP)
+                    if self.gone:
+                        break
                     if u.pending():
                         # more is buffered (a pipelining peer): let what just
                         # started run first, so admission sees what it takes
@@ -164,10 +197,33 @@ class SockLink(Link):
             except Exception:
                 pass
 
+    async def _finish(self, left):
+        # the last `left` bytes of a message _now() began are still to go
+        while left > 0:
+            try:
+                await self.send(left=left)
+                left = 0
+            except MemoryError:
+                self.root.spend()
+                await asyncio.sleep_ms(_NAP)
+
     async def close(self):
         if self.task is not None:
             await self.announce(False)
             self.task.cancel()
+
+
+def _addr(a):
+    # a peer's address for the console: (host, port) on lwIP ports, a raw
+    # sockaddr_in on unix
+    try:
+        if isinstance(a, tuple):
+            return "%s:%d" % (a[0], a[1])
+        if len(a) >= 8 and a[0] | a[1] == 2:  # AF_INET, either byte order
+            return "%d.%d.%d.%d:%d" % (a[4], a[5], a[6], a[7], a[2] << 8 | a[3])
+    except Exception:
+        pass
+    return "?"
 
 
 def _opts(c):
@@ -217,19 +273,20 @@ def _busy(root):
     return False
 
 
-def _refuse(s):
-    # no heap for this client: it reads why, the console says it
+def _say(s, msg, log):
+    # before a close: the peer reads why (bytes made ahead: no heap needed),
+    # the console says it
     try:
-        s.write(_NOMEM)
+        s.write(msg)
     except Exception:
         pass
     try:
-        err.log("tcp: no memory for another link: client refused")
+        err.log(log)
     except MemoryError:
         pass
 
 
-async def server(root, c):
+async def server(root, c, au=None):
     # our own accept loop: the listening socket is closed the moment the
     # node goes down, so no client connects to a dying node
     import socket
@@ -251,23 +308,24 @@ async def server(root, c):
             try:
                 yield core._io_queue.queue_read(s)
                 try:
-                    cs, _ = s.accept()
+                    cs, ca = s.accept()
                 except OSError:
                     continue
                 cs.setblocking(False)
                 st = asyncio.StreamReader(cs)
-                sl = await _alloc(root, lambda: SockLink(root, "tcp", st, st, m, idle))
+                pa = "peer " + _addr(ca) if au is not None else ""
+                sl = await _alloc(root, lambda: SockLink(root, "tcp", st, st, m, idle, au, False, pa))
                 if sl is None:  # refuse this client, keep serving
                     raise MemoryError
                 asyncio.create_task(sl.serve())
                 # drop our references: a link that ends frees its buffers
                 # then, not when the next client is accepted (which would
                 # need them)
-                sl = st = None
+                sl = st = ca = pa = None
             except MemoryError:
                 st = None
                 if cs is not None:
-                    _refuse(cs)
+                    _say(cs, _NOMEM, "tcp: no memory for another link: client refused")
                     cs.close()
                 root.spend()
                 await asyncio.sleep_ms(_NAP)
@@ -275,16 +333,20 @@ async def server(root, c):
         s.close()
 
 
-async def client(root, c):
+async def client(root, c, au=None):
     m, idle = _opts(c)
     h = c.get("h", "127.0.0.1")
     p = c.get("p", _PORT)
+    pa = "%s:%d" % (h, p)
     delay = 500
     while True:
         try:
             rd, wr = await asyncio.open_connection(h, p)
-            delay = 500
-            await SockLink(root, "client", rd, wr, m, idle).serve()
+            sl = SockLink(root, "client", rd, wr, m, idle, au, True, pa)
+            await sl.serve()
+            if sl.au is None or sl.au.ok():
+                delay = 500  # it worked: a failed handshake keeps backing off
+            sl = None
         except OSError as e:
             err.log("tcp client %s:%d: %r" % (h, p, e))
         except MemoryError:

@@ -59,12 +59,24 @@ class Malformed(ValueError):
     pass
 
 
+class TooLong(Malformed):
+    # a length or count beyond the buffer: valid MsgPack, too big to take
+    pass
+
+
 class _Incomplete(Exception):
     pass
 
 
 _INC = _Incomplete()
 NONE = object()  # Unpacker.next(): no complete value buffered yet
+BIG = object()  # Unpacker.next(): a message too long for the buffer was skipped
+# Headers 0xc4..0xdf for skipping by declared lengths: what the bytes after
+# the lead byte are (_HK: 0 a fixed-size value, 1 a payload length, 2 an
+# ext length (+1 type byte), 3 an array count, 4 a map count) and how many
+# there are (_HW: the value's size, or the length field's width).
+_HK = b"\x01\x01\x01\x02\x02\x02\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01\x01\x01\x03\x03\x04\x04"
+_HW = b"\x01\x02\x04\x01\x02\x04\x04\x08\x01\x02\x04\x08\x01\x02\x04\x08\x02\x03\x05\x09\x11\x01\x02\x04\x02\x04\x02\x04"
 
 
 class Packer:
@@ -74,6 +86,9 @@ class Packer:
         self.n = 0
         self.lim = limit
         self.px = proxy  # callable(obj) -> proxy name, for unencodable objects
+        # where msg() starts: an authenticated link leaves room in front for
+        # the sealed map's header, counter and tag (auth.Guard.seal)
+        self.o = 0
 
     def out(self):
         # The encoded bytes (a view: copy it if you keep it past the next pack).
@@ -233,11 +248,13 @@ class Packer:
 
     def msg(self, a=NONE, d=NONE, i=NONE, e=NONE, r=NONE, n=NONE):
         # One protocol message, keys in the order a d i e r n; absent = NONE.
-        self.n = 1
+        # -> its bytes, b[o:n] (a view)
+        o = self.o
+        self.n = o + 1
         c = self._kv(0x61, a) + self._kv(0x64, d) + self._kv(0x69, i)
         c += self._kv(0x65, e) + self._kv(0x72, r) + self._kv(0x6E, n)
-        self.b[0] = 0x80 | c
-        return self.out()
+        self.b[o] = 0x80 | c
+        return memoryview(self.b)[o : self.n]
 
     def _kv(self, k, v):
         if v is NONE:
@@ -271,7 +288,7 @@ class Decoder:
 
     def _take(self, k):
         if k > self.cap:
-            raise Malformed("length %d" % k)
+            raise TooLong("length %d" % k)
         p = self.p
         if p + k > self.e:
             raise _INC
@@ -280,7 +297,7 @@ class Decoder:
 
     def _count(self, k):
         if k > self.cap:
-            raise Malformed("count %d" % k)
+            raise TooLong("count %d" % k)
         return k
 
     def val(self, depth=0):
@@ -449,9 +466,18 @@ def unpackb(data):
 
 class Unpacker:
     # Stream decoding: read into space(), report with got(n), then call
-    # next() until it returns NONE. Messages bigger than the buffer are
-    # dropped; a malformed byte is skipped (resync) and counted in .bad.
-    def __init__(self, size=1024):
+    # next() until it returns NONE. A malformed byte is counted in .bad and,
+    # with resync, skipped (without, next() stops there: the caller closes
+    # the stream). A message bigger than the buffer is dropped: with resync
+    # with what is buffered, without by its declared lengths (never
+    # resynchronising inside it: a message hidden in its payload is not
+    # decoded); then next() returns BIG once, and .big is (its bytes, its
+    # top-level i or None).
+    def __init__(self, size=1024, resync=True):
+        self.resync = resync
+        self.sk = None  # skipping: items left per nesting level
+        self.left = 0  # payload bytes left to skip
+        self.big = None
         self.b = bytearray(size)
         self.s = 0  # start of undecoded data
         self.e = 0  # end of data
@@ -477,12 +503,18 @@ class Unpacker:
 
     def clear(self):
         self.s = self.e = 0
+        self.sk = None
+        self.left = 0
 
     def next(self, keep=False):
         # keep: a MemoryError propagates and leaves the value buffered, to
         # be decoded again once there is heap (otherwise it counts as junk
         # and a byte is skipped: the message is lost)
+        if self.bad and not self.resync:
+            return NONE  # a strict stream ends at its first malformed byte
         while True:
+            if self.sk is not None:
+                return BIG if self._skip() else NONE
             s = self.s
             e = self.e
             if s >= e:
@@ -494,15 +526,122 @@ class Unpacker:
                 v = d.val()
             except _Incomplete:
                 if s == 0 and e == len(self.b):
-                    # can never fit: drop it, resync on what follows
+                    # can never fit: drop it
+                    if not self.resync:
+                        self._skipping()
+                        continue
                     self.bad += 1
-                    self.s = self.e = 0
+                    self.s = self.e = 0  # resync on what follows
                 return NONE
+            except TooLong:
+                if not self.resync:
+                    self.s = s
+                    self._skipping()
+                    continue
+                self.bad += 1
+                self.s = s + 1
+                continue
             except Exception as x:  # Malformed, MemoryError, ...: skip a byte
                 if keep and isinstance(x, MemoryError):
                     raise
                 self.bad += 1
+                if not self.resync:
+                    return NONE
                 self.s = s + 1
                 continue
             self.s = d.p
             return v
+
+    def _skipping(self):
+        self.sk = [1]  # the message itself
+        self.left = 0
+        self.big = [0, None, False, False]  # bytes, i, top is a map, key was "i"
+
+    def _skip(self):
+        # Walks the message at self.s by its headers, dropping what it
+        # passes. -> True when it has ended; False when more input is needed
+        # (or it turned out malformed: .bad, and the caller closes).
+        b = self.b
+        p = self.s
+        e = self.e
+        sk = self.sk
+        bg = self.big
+        try:
+            while sk or self.left:
+                if self.left:
+                    k = min(self.left, e - p)
+                    p += k
+                    self.left -= k
+                    if self.left:
+                        break
+                    continue
+                if p >= e:
+                    break
+                c = b[p]
+                hl = 1  # header bytes, fixed-size values included
+                k = 0  # items inside
+                pl = 0  # payload bytes after the header
+                top = len(sk) == 2 and bg[2]  # an entry of the message map
+                if c < 0x80 or c >= 0xE0 or 0xC0 <= c <= 0xC3:
+                    if c == 0xC1:
+                        raise Malformed("byte 0xc1")
+                elif c < 0x90:
+                    k = 2 * (c & 0x0F)
+                elif c < 0xA0:
+                    k = c & 0x0F
+                elif c < 0xC0:
+                    pl = c & 0x1F
+                    if top and not sk[1] & 1 and pl == 1:
+                        hl = 2  # a one-letter key: is it "i"?
+                        pl = 0
+                else:
+                    kd = _HK[c - 0xC4]
+                    w = _HW[c - 0xC4]
+                    hl = 1 + w
+                    if p + hl > e:
+                        break
+                    v = 0
+                    for j in range(p + 1, p + hl):
+                        v = (v << 8) | b[j]
+                    if kd == 1:
+                        pl = v
+                    elif kd == 2:
+                        pl = v + 1
+                    elif kd == 3:
+                        k = v
+                    elif kd == 4:
+                        k = 2 * v
+                    elif top and bg[3] and 0xCC <= c <= 0xCF:
+                        bg[1] = v
+                if p + hl > e:
+                    break
+                if top:
+                    if sk[1] & 1:  # a value: of key "i"?
+                        if bg[3] and c < 0x80:
+                            bg[1] = c
+                        bg[3] = False
+                    else:
+                        bg[3] = hl == 2 and b[p + 1] == 0x69
+                p += hl
+                self.left = pl
+                sk[-1] -= 1
+                if k:
+                    if len(sk) > _DEPTH:
+                        raise Malformed("too deep")
+                    if len(sk) == 1:
+                        bg[2] = 0x80 <= c < 0x90 or c >= 0xDE
+                    sk.append(k)
+                while sk and not sk[-1]:
+                    sk.pop()
+        except Malformed:
+            self.bad += 1
+            self.sk = None
+            self.s = p
+            return False
+        bg[0] += p - self.s
+        self.s = p
+        if sk or self.left:
+            return False
+        self.sk = None
+        self.big = (bg[0], bg[1])
+        return True

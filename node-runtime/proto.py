@@ -12,6 +12,7 @@ import err
 _MAXSEQ = const(0x7FFFFFFE)
 _GEN = type((lambda: (yield))())  # what calling an `async def` returns
 _KEYS = "adiernx"
+_OVER = const(28)  # auth.OVER: what sealing adds to a message, at most
 _seen = []  # unknown keys already logged
 # Out of heap: a request that finds no memory is delayed (its link reads
 # nothing more for a while, which holds the peer back), then refused with
@@ -91,14 +92,21 @@ class _Feed:
 
 class Link:
     NOW = False  # whether _put() can write at once (then plain commands run inline)
-    def __init__(self, root, name, m=1024):
+    SHUT = False  # whether shut() can close the link (TCP); else it stays, ignoring
+    CON = False  # whether console bytes (non-map values) come between messages
+    def __init__(self, root, name, m=1024, au=None, initiator=False, peer=""):
+        # au: the auth.Conf when the link authenticates (`a` true)
         self.root = root
         self.name = name
-        self.m = m  # message size limit (both directions)
+        self.m = m  # message size limit (both directions; sealed: the body's)
+        o = _OVER if au is not None else 0
+        self.rm = m + o  # receive buffer: a sealed message of an m-byte body
         # the whole encode buffer now, while the heap is young: grown on
         # demand, a big reply later needs m contiguous bytes of a heap that
         # is fragmented by then (a MemoryError instead of the answer)
-        self.pk = Packer(m, m, root.proxy)
+        self.pk = Packer(m + o, m + o, root.proxy)
+        self.pk.o = o  # bodies go after the room for the seal
+        self.au = None if au is None else au.guard(self, initiator, peer)
         self.lock = asyncio.Lock()
         self.peer = {}  # peer's open requests: flipped i -> task
         self.own = {}  # our open requests: i -> _Call
@@ -112,13 +120,21 @@ class Link:
         return 0
 
     def _enc(self, a, d, i, e, r, n):
+        # -> the bytes to send (a view of the encode buffer), sealed when
+        # the link authenticates; before its handshake nothing goes out
+        au = self.au
+        if au is not None and not au.ok():
+            raise err.LinkDown(self.name)
         try:
-            return self.pk.msg(a, d, i, e, r, n)
+            b = self.pk.msg(a, d, i, e, r, n)
         except (ValueError, TypeError) as ex:
             if i is NONE or e is not NONE:
                 raise
             ep, ed = err.encode(ex)  # a reply that cannot be sent: say why
-            return self.pk.msg(NONE, NONE if ed is None else ed, i, ep)
+            b = self.pk.msg(NONE, NONE if ed is None else ed, i, ep)
+        if au is None:
+            return b
+        return au.seal(self.pk)
 
     def _now(self, a, d, i, e, r, n):
         # The cheap send: encode and write at once, without yielding (no
@@ -157,8 +173,7 @@ class Link:
         try:
             pk = self.pk
             if whole:
-                self._enc(a, d, i, e, r, n)
-                left = pk.n
+                left = len(self._enc(a, d, i, e, r, n))
             ce = None
             while True:
                 try:
@@ -188,11 +203,27 @@ class Link:
         # Says E:busy to a request rx() found no heap for, at once and
         # without a coroutine. -> as _now(): 0 done (or nothing to say, for
         # fire and forget), -1 not now, k > 0: finish with send(left=k).
+        if self.au is not None:
+            m = self.au.inner(m)  # what the sealed message held
+            if m is None:
+                return 0
         i = m.get("i") if "a" in m else None
         if not isinstance(i, int):
             return 0
         try:
             return self._now(NONE, NONE, i ^ 1, BUSY, NONE, NONE)
+        except MemoryError:
+            return -1
+
+    def too_long(self, big):
+        # A message longer than m was skipped (msgpack.Unpacker): says so to
+        # its request when its i was read. -> as refuse().
+        n, i = big
+        if not isinstance(i, int):
+            return 0
+        try:
+            e = "E:size: message of %d bytes, this link takes %d" % (n, self.m)
+            return self._now(NONE, NONE, i ^ 1, e, NONE, NONE)
         except MemoryError:
             return -1
 
@@ -202,11 +233,64 @@ class Link:
         except Exception:
             pass
 
+    # --- authentication (auth.Guard drives these)
+    def hs(self, buf, ok):
+        # Sends a handshake message (unsealed bytes; None: nothing), then
+        # ok True: the link is up; False: auth failed, close it; None: no more
+        try:
+            asyncio.create_task(self._hs(buf, ok))
+        except MemoryError:
+            if ok is not False:
+                raise  # nothing done: the message is handled again later
+            self.shut()  # the peer is not told, but it is closed
+
+    async def _hs(self, buf, ok):
+        try:
+            if buf is not None:
+                lk = self.lock
+                await lk.acquire()
+                try:
+                    await self._write(buf)
+                finally:
+                    lk.release()
+            if ok:
+                self.attach()
+                await self.announce(True)
+        except Exception:
+            ok = False if self.SHUT else ok  # cannot write: the link is gone
+        if ok is False:
+            self.shut()
+
+    def shut(self):
+        # close the link after auth failed (a link that can: TCP)
+        pass
+
+    def lost(self):
+        # the peer starts over (a new handshake on stdio): its requests are void
+        if self.up:
+            self.detach()
+
     # --- receiving
     def rx(self, m):
         # -> True when there was no heap for m and nothing of it was done:
         # the link's loop waits a little and calls again, and in the end
         # refuses it (refuse()). A link that ignores this drops m, not itself.
+        # On an authenticated link only what auth.Guard opens is processed.
+        au = self.au
+        if au is None:
+            return self._rx(m)
+        try:
+            v = au.rx(m)
+        except MemoryError:
+            return True  # nothing of it was done (the Guard commits last)
+        if v is None:
+            return False
+        r = self._rx(v)
+        if not r:
+            au.done()
+        return r
+
+    def _rx(self, m):
         if not isinstance(m, dict):
             return False  # console byte or junk
         i = m.get("i")

@@ -686,3 +686,77 @@ fn project_id(root: &Path) -> String {
         .expect("moat init writes [project] id")
         .to_owned()
 }
+
+/// Holds a process stopped (SIGSTOP) and lets it go on when dropped, also
+/// when the test fails.
+struct Paused(u32);
+
+impl Paused {
+    fn new(pid: u32) -> Paused {
+        // SAFETY: plain signal to a pid this test started (its node).
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
+        Paused(pid)
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        // SAFETY: as in new().
+        unsafe { libc::kill(self.0 as i32, libc::SIGCONT) };
+    }
+}
+
+/// The pid of the node process `moat run` (pid `parent`) started.
+fn node_pid(parent: u32) -> u32 {
+    let children = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+        .expect("moat run's children");
+    children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("moat run has started the node")
+}
+
+#[test]
+fn an_oversized_request_fails_at_once_and_a_silent_node_is_named_after_the_timeout() {
+    let mut f = Fixture::new();
+    f.start();
+    let big = format!("m={}", "x".repeat(1100));
+    let oversized = |f: &Fixture| {
+        let out = f.out(&["cmd", "ping", &big]);
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(
+            err.contains("request is 11")
+                && err.contains(
+                    "bytes; node `demo` accepts 1024: raise `m` on its link, or send less"
+                ),
+            "{err}"
+        );
+    };
+    oversized(&f);
+    assert_eq!(f.ok(&["cmd", "ping", "m=after"]), "{m: after}\n");
+    // through the mux the mux's link to the node refuses it the same way
+    f.start_mux();
+    oversized(&f);
+    assert_eq!(f.ok(&["cmd", "ping", "m=after"]), "{m: after}\n");
+    // a node that stops answering: the call gives up after --timeout,
+    // naming the node and the command
+    let paused = Paused::new(node_pid(f.node.as_ref().unwrap().id()));
+    let out = f.out(&["cmd", "ping", "--timeout", "0.5"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("node `demo` did not answer ping within 0.5 s"),
+        "{err}"
+    );
+    drop(paused);
+    assert_eq!(f.ok(&["cmd", "ping", "m=back"]), "{m: back}\n");
+    let out = f.out(&["cmd", "ping", "--timeout", "soon"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("`soon` is not a number of seconds"),
+        "{}",
+        stderr(&out)
+    );
+}

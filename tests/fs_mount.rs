@@ -222,11 +222,23 @@ impl Drop for Fixture {
             let _ = x.kill();
             let _ = x.wait();
         }
-        if let Some(mut n) = self.node.take() {
-            let _ = n.kill();
-            let _ = n.wait();
+        if let Some(n) = self.node.take() {
+            stop_run(n);
         }
     }
+}
+
+/// Stops `moat run` as Ctrl-C would, so it stops its node (a SIGKILL
+/// would leave the node running without it); kills it if it hangs.
+fn stop_run(mut run: Child) {
+    // SAFETY: plain signal to a child this test started.
+    unsafe { libc::kill(run.id() as libc::pid_t, libc::SIGINT) };
+    let end = Instant::now() + Duration::from_secs(20);
+    while run.try_wait().ok().flatten().is_none() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = run.kill();
+    let _ = run.wait();
 }
 
 #[test]

@@ -125,6 +125,7 @@ both_heaps!(
     errors_travel_as_proxies,
     unknown_paths_name_the_path,
     malformed_input_never_stops_the_node,
+    an_oversized_request_is_skipped_whole_and_answered,
     stdio_link_carries_messages_and_console,
     failing_app_is_reported_and_restarted,
     apps_call_out_through_the_link,
@@ -555,17 +556,15 @@ impl Lcg {
     }
 }
 
-/// Pings until answered: junk may have left half a message in the node's
-/// buffer, which it drops after a second of silence.
-fn ping_recovers(c: &mut Conn) {
-    for _ in 0..10 {
-        let i = c.request("ping", kw([("m", s("alive"))]), None);
-        if let Some(m) = c.answer(i, Duration::from_millis(1500)) {
-            assert_eq!(m.get("d"), Some(&kw([("m", s("alive"))])), "{m}");
-            return;
-        }
+/// Whether `c`'s link was closed by the node after it said why: the
+/// malformed-input notice and then end of stream.
+fn closed_for_junk(c: &mut Conn) -> bool {
+    let notice = s("E:bad: malformed MsgPack on this link, it is closed");
+    let mut told = c.unsolicited.iter().any(|m| m.get("e") == Some(&notice));
+    while let Some(m) = c.next_within(WAIT) {
+        told |= m.get("e") == Some(&notice);
     }
-    panic!("node does not answer ping after malformed input");
+    told && c.closed_within(Duration::ZERO)
 }
 
 fn malformed_input_never_stops_the_node(heap: u32) {
@@ -590,25 +589,102 @@ fn malformed_input_never_stops_the_node(heap: u32) {
             Vec::new()
         };
         b.extend((0..len).map(|_| rng.next() as u8));
-        if c.send_raw(&b).is_err() {
-            // the node may close nothing; a write error means it died
-            panic!("link broke after {k} junk strings:\n{}", n.console());
+        // the node closes a link that sent malformed MsgPack: a write may
+        // fail then; the next junk goes to a new link
+        if c.send_raw(&b).is_err() || k % 10 == 9 {
+            assert!(
+                n.running(),
+                "node died after {k} junk strings:\n{}",
+                n.console()
+            );
+            c = n.connect();
         }
         if k % 100 == 99 {
-            ping_recovers(&mut c);
+            let i = c.request("ping", kw([("m", s("alive"))]), None);
+            let m = c.answer(i, WAIT).expect("a new link answers after junk");
+            assert_eq!(m.get("d"), Some(&kw([("m", s("alive"))])), "{m}");
         }
     }
-    ping_recovers(&mut c);
     assert!(n.running(), "node died:\n{}", n.console());
-    // and a fresh connection is fine too
+    // A malformed byte ends the link: what follows it is never decoded, so
+    // a request hidden after junk does not run (no resync inside it).
+    let mut c = n.connect();
+    let mut b = vec![0xc1];
+    b.extend(mux_runtime::msgpack::to_vec(&kw([
+        ("a", path("ping")),
+        ("d", kw([("m", s("smuggled"))])),
+        ("i", int(100)),
+    ])));
+    c.send_raw(&b).unwrap();
+    assert!(
+        c.answer(100, Duration::from_secs(2)).is_none(),
+        "the request after the junk ran"
+    );
+    assert!(
+        closed_for_junk(&mut c),
+        "no notice and close after junk:\n{}",
+        n.console()
+    );
+    assert!(
+        n.console().contains("malformed MsgPack from a client"),
+        "{}",
+        n.console()
+    );
     let mut c2 = n.connect();
     let i = c2.request("ping", kw([("m", int(1))]), None);
-    let m = c2.answer(i, WAIT);
     assert!(
-        m.is_some(),
+        c2.answer(i, WAIT).is_some(),
         "no ping answer on a new link:\n{}",
         n.console()
     );
+}
+
+/// A request longer than the link's `m` (1024) is skipped by its declared
+/// lengths: its sender gets an error naming both sizes, a request hidden in
+/// its payload never runs, and the link goes on.
+fn an_oversized_request_is_skipped_whole_and_answered(heap: u32) {
+    let (mut n, mut c) = standard(heap);
+    let hidden = kw([
+        ("a", path("ping")),
+        ("d", kw([("m", s("smuggled"))])),
+        ("i", int(100)),
+    ]);
+    let hidden_bytes = mux_runtime::msgpack::to_vec(&hidden);
+    let smuggler = Value::map([
+        ("a", path("cfg.w")),
+        ("i", int(2)),
+        (
+            "d",
+            kw([
+                ("p", Value::Array(vec![s("junk")])),
+                ("d", kw([("pad", s(&"x".repeat(1100))), ("z", hidden)])),
+            ]),
+        ),
+    ]);
+    let bytes = mux_runtime::msgpack::to_vec(&smuggler);
+    // the hidden request is there, whole, for a resyncing decoder to find
+    assert!(bytes.windows(hidden_bytes.len()).any(|w| w == hidden_bytes));
+    c.send_raw(&bytes).unwrap();
+    let m = c
+        .answer(2, WAIT)
+        .expect("the oversized request is answered");
+    let want = format!(
+        "E:size: message of {} bytes, this link takes 1024",
+        bytes.len()
+    );
+    assert_eq!(m.get("e"), Some(&s(&want)), "{m}");
+    // a big request with its i at the end (canonical order), then a ping
+    let i = c.request("ping", kw([("m", s(&"y".repeat(3000)))]), None);
+    let m = c
+        .answer(i, WAIT)
+        .expect("the second oversized request is answered");
+    assert!(m.get("e").is_some(), "{m}");
+    assert_eq!(
+        c.ok("ping", kw([("m", s("after"))])),
+        kw([("m", s("after"))])
+    );
+    assert!(c.answer(100, SHORT).is_none(), "the hidden request ran");
+    assert!(n.running(), "{}", n.console());
 }
 
 fn stdio_link_carries_messages_and_console(heap: u32) {
@@ -714,7 +790,14 @@ fn tcp_client_link_connects_out(heap: u32) {
         "moat.cfg",
         &Value::map([(
             "link",
-            kw([("client", kw([("h", s("127.0.0.1")), ("p", port.into())]))]),
+            kw([(
+                "client",
+                kw([
+                    ("h", s("127.0.0.1")),
+                    ("p", port.into()),
+                    ("a", false.into()),
+                ]),
+            )]),
         )]),
     );
     n.start();
@@ -869,7 +952,14 @@ fn crash_switches_to_the_fallback_config() {
         &Value::map([
             (
                 "link",
-                kw([("tcp", kw([("h", s("127.0.0.1")), ("p", fb_port.into())]))]),
+                kw([(
+                    "tcp",
+                    kw([
+                        ("h", s("127.0.0.1")),
+                        ("p", fb_port.into()),
+                        ("a", false.into()),
+                    ]),
+                )]),
             ),
             ("tag", s("fallback")),
         ]),
@@ -899,7 +989,14 @@ fn a_failing_link_is_retried_not_fatal() {
         &Value::map([(
             "link",
             kw([
-                ("tcp", kw([("h", s("127.0.0.1")), ("p", n.port.into())])),
+                (
+                    "tcp",
+                    kw([
+                        ("h", s("127.0.0.1")),
+                        ("p", n.port.into()),
+                        ("a", false.into()),
+                    ]),
+                ),
                 ("uart", kw([("port", s("/nonexistent/tty"))])),
             ]),
         )]),

@@ -20,7 +20,7 @@ use anyhow::Context;
 use futures::StreamExt;
 use moat_e2e::fault_proxy::{Direction, Faults, Framing, Rng, SerialProxy};
 use moat_e2e::node::{kw, Node};
-use moat_e2e::{moat, run_ok};
+use moat_e2e::{back_to_back, moat, run_ok};
 use mux_runtime::endpoint::{Endpoint, NoHandler, Notice};
 use mux_runtime::error::WellKnown;
 use mux_runtime::framing::SerialPackerConfig;
@@ -325,6 +325,64 @@ async fn lossy_run(faults: Faults, total: usize, max_len: usize) {
     }
     assert_eq!(link.stats().reconnects, 0, "the link stayed up");
     link.stop().await;
+    node.kill();
+}
+
+/// Ten one-shot `moat cmd ping` back to back over a UART (a unix node's
+/// `uart` link on a pty, default timeout 1 s both sides) cost no more than
+/// one after a pause, also when the host's closing frame at the end of each
+/// is lost on the line (as it is over QEMU's link socket, see
+/// tests/emulated.rs): each new connection's handshake is told from an
+/// echo of the last one by its connection id, not by waiting. The
+/// reference is taken in the same test, after a 3 s pause.
+#[test]
+fn ten_back_to_back_one_shot_calls_over_a_uart_cost_no_more_than_one_after_a_pause() {
+    const RATIO: f64 = 3.0;
+    let _one_at_a_time = SERIAL.blocking_lock();
+    let no_closing = Faults {
+        drop_closing: true,
+        ..Faults::none()
+    };
+    let proxy = SerialProxy::start(
+        Direction::new(Framing::serial_packer(), no_closing),
+        Direction::new(Framing::serial_packer(), Faults::none()),
+        1,
+    )
+    .unwrap();
+    let mut node = Node::new(256);
+    node.write_cfg(
+        "moat.cfg",
+        &kw([("link", kw([("uart", kw([("port", s(proxy.node_path()))]))]))]),
+    );
+    node.start();
+    let dir = tempfile::Builder::new()
+        .prefix("moat-b2b-")
+        .tempdir()
+        .unwrap();
+    std::fs::write(
+        dir.path().join("moat.toml"),
+        format!(
+            "[project]\nname = \"b2b\"\n[apps]\npaths = [\"apps\"]\n\
+             [nodes.sat]\nboard = \"unix\"\nport = \"{}\"\nlink = {{ kind = \"serial\" }}\n",
+            proxy.host_path()
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("apps")).unwrap();
+    let measured = back_to_back(
+        dir.path(),
+        &["cmd", "sat", "ping", "m=hi"],
+        "hi",
+        Duration::from_secs(3),
+        10,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\nnode console:\n{}", node.console()));
+    assert!(
+        proxy.to_node().dropped_frames >= 10,
+        "the closing frames were not dropped: {:?}",
+        proxy.to_node()
+    );
+    measured.assert_within(RATIO);
     node.kill();
 }
 

@@ -18,10 +18,13 @@
 use crate::manifest::{Link, Node};
 use crate::project::{Project, ProjectError};
 use anyhow::{bail, Context};
+use mux_runtime::auth::{AuthConfig, Peer};
 use mux_runtime::endpoint::{Endpoint, NoHandler, ReplyStream};
 use mux_runtime::error::RemoteError;
 use mux_runtime::framing::SerialPackerConfig;
-use mux_runtime::link::{LinkOptions, LinkSpec, NodeLink, ProcessSpec, SerialSpec};
+use mux_runtime::link::{
+    self, ByteCounters, ConnectCtx, LinkOptions, LinkSpec, NodeLink, ProcessSpec, SerialSpec,
+};
 use mux_runtime::message::PathElem;
 use mux_runtime::reliable;
 use mux_runtime::Value;
@@ -49,6 +52,22 @@ pub struct Target {
     /// Talk to the node over its own link even when a mux runs.
     #[arg(long, conflicts_with = "socket")]
     pub direct: bool,
+    /// Give up on a call the node has not answered after SECONDS (default
+    /// 30; streams wait as long as they run).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
+}
+
+/// How long a call waits for its answer unless `--timeout` says otherwise.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs.is_finite() => Ok(Duration::from_secs_f64(secs)),
+        _ => Err(format!(
+            "`{s}` is not a number of seconds above 0 (e.g. 5 or 0.5)"
+        )),
+    }
 }
 
 /// The default socket of the project called `name` with id `id`: the one
@@ -156,11 +175,15 @@ pub struct Client {
     /// A direct serial/USB link (kept open while the client lives; its
     /// console output is [`Client::console`]).
     link: Option<NodeLink>,
+    /// How long a call waits for its answer.
+    timeout: Duration,
+    /// Who answered an authenticated direct link's handshake.
+    peer: Option<Peer>,
 }
 
 /// Message size assumed when the node's config names none (the node
 /// runtime's default).
-pub const DEFAULT_MESSAGE_LIMIT: usize = 1024;
+pub const DEFAULT_MESSAGE_LIMIT: usize = mux_runtime::link::NODE_MESSAGE_LIMIT;
 
 impl Client {
     /// Connects to the node `target` names, in the project found from the
@@ -180,8 +203,19 @@ impl Client {
         Client::connect_in(project.as_ref(), target).await
     }
 
+    /// The same client giving up on calls after `timeout`.
+    pub fn with_timeout(mut self, timeout: Duration) -> Client {
+        self.timeout = timeout;
+        self
+    }
+
     /// Connects to the node `target` names in `project`.
     pub async fn connect_in(project: Option<&Project>, target: &Target) -> anyhow::Result<Client> {
+        let client = Client::connect_route(project, target).await?;
+        Ok(client.with_timeout(target.timeout.unwrap_or(CALL_TIMEOUT)))
+    }
+
+    async fn connect_route(project: Option<&Project>, target: &Target) -> anyhow::Result<Client> {
         // `mux` names the mux's own app (`moat cmd mux ls`): no node
         // can have that name, and only a mux answers it.
         let to_mux = target.node.as_deref() == Some(MUX_APP);
@@ -235,6 +269,8 @@ impl Client {
                 route: Route::Mux(choice.path.clone()),
                 message_limit: DEFAULT_MESSAGE_LIMIT,
                 link: None,
+                timeout: CALL_TIMEOUT,
+                peer: None,
             })),
             Err(e) if choice.explicit => Err(anyhow::Error::new(e).context(format!(
                 "the mux socket {} was named explicitly (--socket or ${SOCKET_ENV}); start `moat mux` or drop it to talk to the node directly",
@@ -255,20 +291,16 @@ impl Client {
         match &node.link {
             Link::Tcp { host, port, .. } => {
                 let addr = format!("{host}:{port}");
-                let endpoint = Endpoint::connect_tcp(&addr).await.with_context(|| {
-                    format!(
-                        "node `{}` is not reachable (is it running? a unix node starts with `moat run --node {}`)",
-                        node.name, node.name
-                    )
-                })?;
-                Ok(Client {
-                    endpoint,
-                    prefix: Vec::new(),
-                    node: node.name.clone(),
-                    route: Route::Tcp(addr),
-                    message_limit: DEFAULT_MESSAGE_LIMIT,
-                    link: None,
-                })
+                let auth = auth_config(project, node)?;
+                let (endpoint, peer) = connect_tcp(&addr, &node.name, auth, None).await?;
+                let limit = peer
+                    .as_ref()
+                    .and_then(|p| p.max_message)
+                    .map_or(DEFAULT_MESSAGE_LIMIT, |m| (m as usize).min(DEFAULT_MESSAGE_LIMIT));
+                endpoint.set_peer_limit(limit, &format!("node `{}`", node.name));
+                let mut client = Client::from_endpoint(endpoint, &node.name, Route::Tcp(addr));
+                client.peer = peer;
+                Ok(client)
             }
             Link::Process => bail!(
                 "node `{}` has a process link: it runs as a child of the mux; start `moat mux` and try again",
@@ -281,21 +313,18 @@ impl Client {
                     connect_timeout: DEVICE_TIMEOUT,
                     ..LinkOptions::default()
                 };
-                let link = NodeLink::spawn(&node.name, spec, Arc::new(NoHandler), options);
+                let auth = auth_config(project, node)?;
+                let link = NodeLink::spawn_auth(&node.name, spec, auth, Arc::new(NoHandler), options);
                 let up = tokio::time::timeout(DEVICE_TIMEOUT, link.wait_up()).await;
                 let Ok(Some(endpoint)) = up else {
                     let why = link.state().to_string();
                     link.stop().await;
                     bail!("cannot reach node `{}` over {route}: {why}", node.name);
                 };
-                Ok(Client {
-                    endpoint,
-                    prefix: Vec::new(),
-                    node: node.name.clone(),
-                    route,
-                    message_limit: DEFAULT_MESSAGE_LIMIT,
-                    link: Some(track(link)),
-                })
+                let mut client = Client::from_endpoint(endpoint, &node.name, route);
+                client.peer = link.peer();
+                client.link = Some(track(link));
+                Ok(client)
             }
         }
     }
@@ -314,7 +343,18 @@ impl Client {
             route,
             message_limit: DEFAULT_MESSAGE_LIMIT,
             link: None,
+            timeout: CALL_TIMEOUT,
+            peer: None,
         }
+    }
+
+    /// Who answered the handshake of a direct authenticated link: the
+    /// node's identity, the largest message it accepts (`m`), and which
+    /// key it has (`key_index` 1: the pending key of an interrupted
+    /// `moat key rotate`). `None` through the mux (its `mux ls` says) or
+    /// on a link without authentication.
+    pub fn peer(&self) -> Option<&Peer> {
+        self.peer.as_ref()
     }
 
     pub fn node(&self) -> &str {
@@ -334,9 +374,29 @@ impl Client {
         self.prefix.iter().chain(path).cloned().collect()
     }
 
-    /// Calls `path` on the node with keyword arguments `kwargs` (a map).
+    /// Calls `path` on the node with keyword arguments `kwargs` (a map);
+    /// gives up (cancelling it) when the node has not answered within the
+    /// client's timeout.
     pub async fn call(&self, path: &[PathElem], kwargs: Value) -> Result<Value, RemoteError> {
-        self.endpoint.call(self.full_path(path), kwargs).await
+        let call = self.endpoint.call(self.full_path(path), kwargs);
+        self.within(path, call).await
+    }
+
+    async fn within(
+        &self,
+        path: &[PathElem],
+        call: impl std::future::Future<Output = Result<Value, RemoteError>>,
+    ) -> Result<Value, RemoteError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(RemoteError::generic(format!(
+                "node `{}` did not answer {} within {} s (over {}; --timeout SECONDS waits longer)",
+                self.node,
+                crate::args::show_path(path),
+                self.timeout.as_secs_f64(),
+                self.route
+            ))),
+        }
     }
 
     /// Calls a path given as names (`["fs", "ls"]`) with `kwargs`.
@@ -381,7 +441,8 @@ impl Client {
         path: &[PathElem],
         kwargs: Value,
     ) -> Result<Value, RemoteError> {
-        self.endpoint.call(path.to_vec(), kwargs).await
+        let call = self.endpoint.call(path.to_vec(), kwargs);
+        self.within(path, call).await
     }
 
     /// Streams `path` from the root of whatever the client is connected to
@@ -447,7 +508,55 @@ pub fn host_auth(project: &Project, node: &Node) -> anyhow::Result<Option<HostAu
     }))
 }
 
-/// How long a direct serial/USB link may take to come up.
+/// How `node`'s link authenticates (`None`: it does not): the keys are
+/// read again at every handshake (current, then pending), so a link kept
+/// up across a `moat key rotate` (the mux's) follows the new key.
+pub fn auth_config(project: &Project, node: &Node) -> anyhow::Result<Option<AuthConfig>> {
+    let Some(auth) = host_auth(project, node)? else {
+        return Ok(None);
+    };
+    let (root, name, first) = (project.root.clone(), node.name.clone(), auth.keys.clone());
+    let keys = move || match crate::keys::candidates(&root, &name) {
+        Ok(keys) if !keys.is_empty() => keys,
+        // Unreadable now: the keys it started with.
+        _ => first.clone(),
+    };
+    Ok(Some(AuthConfig::new(
+        keys,
+        &auth.node,
+        &auth.project_id,
+        &auth.project_name,
+    )))
+}
+
+/// One TCP connection to node `name` at `addr`, authenticated with `auth`
+/// when given, its bytes counted in `bytes` when given.
+pub async fn connect_tcp(
+    addr: &str,
+    name: &str,
+    auth: Option<AuthConfig>,
+    bytes: Option<Arc<ByteCounters>>,
+) -> anyhow::Result<(Endpoint, Option<Peer>)> {
+    let mut ctx = ConnectCtx::new(name, auth, DEVICE_TIMEOUT);
+    if let Some(bytes) = bytes {
+        ctx.bytes = bytes;
+    }
+    let spec = LinkSpec::Tcp {
+        addr: addr.to_owned(),
+    };
+    match link::connect_once(&spec, &ctx).await {
+        Ok(conn) => Ok((conn.endpoint, ctx.peer())),
+        // The node answered, but not as this project's node.
+        Err(e) if ctx.auth_counters.failed.load(std::sync::atomic::Ordering::Relaxed) > 0 => {
+            bail!("node `{name}` at {addr}: {e}")
+        }
+        Err(e) => bail!(
+            "node `{name}` is not reachable: {e} (is it running? a unix node starts with `moat run --node {name}`)"
+        ),
+    }
+}
+
+/// How long a direct link may take to come up (connect and handshake).
 const DEVICE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How the mux (or a direct client) reaches `node`: its manifest link as

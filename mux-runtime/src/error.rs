@@ -35,11 +35,14 @@ pub enum WellKnown {
     LinkDown,
     /// `_DupErr`: a request reused a sequence number that is still open.
     Duplicate,
+    /// `_AuErr`: authentication failed (docs/auth.md); args `(reason)`.
+    /// The peer that gets it is closed; nothing it sent ran.
+    Auth,
 }
 
 impl WellKnown {
     /// Every well-known error, in the order protocol.md lists them.
-    pub const ALL: [WellKnown; 12] = [
+    pub const ALL: [WellKnown; 13] = [
         WellKnown::FileNotFound,
         WellKnown::FileExists,
         WellKnown::Key,
@@ -52,6 +55,7 @@ impl WellKnown {
         WellKnown::Stopped,
         WellKnown::LinkDown,
         WellKnown::Duplicate,
+        WellKnown::Auth,
     ];
 
     /// The proxy name on the wire, e.g. `_FnErr`.
@@ -69,6 +73,7 @@ impl WellKnown {
             WellKnown::Stopped => "_StpErr",
             WellKnown::LinkDown => "_LnkErr",
             WellKnown::Duplicate => "_DupErr",
+            WellKnown::Auth => "_AuErr",
         }
     }
 
@@ -92,6 +97,7 @@ impl WellKnown {
             WellKnown::Stopped => "cancelled",
             WellKnown::LinkDown => "link to the target is down",
             WellKnown::Duplicate => "duplicate sequence number",
+            WellKnown::Auth => "authentication failed",
         }
     }
 }
@@ -283,6 +289,13 @@ mod tests {
         assert_eq!(e.to_string(), "file not found: 'x.py'");
         let e = RemoteError::well_known(WellKnown::Stopped, vec![]);
         assert_eq!(e.to_string(), "cancelled");
+    }
+
+    #[test]
+    fn auth_errors_name_their_reason() {
+        let e = RemoteError::named("_AuErr", vec!["wrong key".into()]);
+        assert_eq!(e.kind(), Some(WellKnown::Auth));
+        assert_eq!(e.to_string(), "authentication failed: 'wrong key'");
     }
 
     #[test]

@@ -147,6 +147,55 @@ sp[: len(msg)] = msg
 u.got(len(msg))
 check(same(u.next(), {"a": ["ping"], "d": {}, "i": 2}), "decoder usable after junk")
 
+# a strict stream (resync off, as on TCP) skips a message longer than its
+# buffer by the declared lengths, reports its size and i, never decodes what
+# hides inside it, and decodes the next message
+from msgpack import BIG
+
+
+def feed(u, data, step):
+    # -> what next() returned, in order (NONE left out)
+    out = []
+    k = 0
+    while k < len(data) or u.pending():
+        sp = u.space()
+        n = min(step, len(sp), len(data) - k)
+        sp[:n] = data[k : k + n]
+        u.got(n)
+        k += n
+        while True:
+            v = u.next()
+            if v is NONE:
+                break
+            out.append(v)
+            if v is BIG:
+                out.append(u.big)
+        if not n:
+            break
+    return out
+
+
+hidden = {"a": ["ping"], "d": {"m": "smuggled"}, "i": 100}
+big1 = packb({"a": ["cfg", "w"], "i": 2, "d": {"p": ["junk"], "d": {"pad": "x" * 1100, "z": hidden}}})
+big2 = packb({"a": ["ping"], "d": {"m": "y" * 300, "l": [1, -5, 70000, 2.5, None, True, b"z" * 40, Proxy("_x")]}, "i": 300})
+big3 = packb([hidden] * 40)  # many small parts, no top-level i
+after = packb({"a": ["ping"], "d": {"m": "after"}, "i": 4})
+for step in (1, 7, 64):
+    for big, i in ((big1, 2), (big2, 300), (big3, None)):
+        u = Unpacker(64, False)
+        got = feed(u, big + after, step)
+        want = [BIG, (len(big), i), {"a": ["ping"], "d": {"m": "after"}, "i": 4}]
+        check(len(got) == 3 and got[0] is BIG and got[1] == want[1] and same(got[2], want[2]) and not u.bad,
+              "skip by declared lengths (step %d, %d bytes): %r" % (step, len(big), got[:2]))
+# junk inside a message being skipped is malformed: next() stops there
+u = Unpacker(64, False)
+got = feed(u, b"\x92\xda\x01\x00" + b"q" * 256 + b"\xc1" + after, 16)
+check(got == [] and u.bad == 1, "malformed inside a skipped message: %r bad %d" % (got, u.bad))
+# and a malformed byte stops a strict stream where it is
+u = Unpacker(64, False)
+got = feed(u, b"\xc1" + after, 64)
+check(got == [] and u.bad == 1, "strict stream stops at junk: %r" % (got,))
+
 # allocation: encoding a reply into a warm Packer allocates little
 import gc
 

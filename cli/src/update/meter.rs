@@ -12,8 +12,9 @@ use crate::client::{self, Client, Route, Target};
 use crate::manifest::Node;
 use crate::project::Project;
 use anyhow::{bail, Context};
-use mux_runtime::endpoint::{Endpoint, NoHandler};
-use mux_runtime::link::{ByteCounters, Counted, LinkOptions, NodeLink};
+use mux_runtime::auth::AuthConfig;
+use mux_runtime::endpoint::NoHandler;
+use mux_runtime::link::{ByteCounters, LinkOptions, NodeLink};
 use mux_runtime::message::PathElem;
 use mux_runtime::Value;
 use std::sync::atomic::Ordering;
@@ -24,6 +25,7 @@ enum Meter {
     Counted {
         addr: String,
         counters: Arc<ByteCounters>,
+        auth: Option<AuthConfig>,
     },
     Mux,
     Link(NodeLink),
@@ -33,17 +35,6 @@ enum Meter {
 pub struct Metered {
     pub client: Client,
     meter: Meter,
-}
-
-async fn counted_tcp(addr: &str, counters: &Arc<ByteCounters>) -> std::io::Result<Endpoint> {
-    let io = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot connect to {addr}: {e}")))?;
-    io.set_nodelay(true)?;
-    Ok(Endpoint::over_stream(
-        Counted::new(io, counters.clone()),
-        addr,
-    ))
 }
 
 impl Metered {
@@ -64,12 +55,17 @@ impl Metered {
                 // Same route, counted.
                 client.close().await;
                 let counters = Arc::new(ByteCounters::default());
-                let endpoint = counted_tcp(&addr, &counters)
-                    .await
-                    .with_context(|| format!("node `{}` is not reachable", node.name))?;
+                let auth = client::auth_config(project, node)?;
+                let (endpoint, _) =
+                    client::connect_tcp(&addr, &node.name, auth.clone(), Some(counters.clone()))
+                        .await?;
                 Ok(Metered {
                     client: Client::from_endpoint(endpoint, &node.name, Route::Tcp(addr.clone())),
-                    meter: Meter::Counted { addr, counters },
+                    meter: Meter::Counted {
+                        addr,
+                        counters,
+                        auth,
+                    },
                 })
             }
             Route::Device(d) => {
@@ -79,7 +75,9 @@ impl Metered {
                     connect_timeout: Duration::from_secs(10),
                     ..LinkOptions::default()
                 };
-                let link = NodeLink::spawn(&node.name, spec, Arc::new(NoHandler), options);
+                let auth = client::auth_config(project, node)?;
+                let link =
+                    NodeLink::spawn_auth(&node.name, spec, auth, Arc::new(NoHandler), options);
                 let up = tokio::time::timeout(Duration::from_secs(10), link.wait_up()).await;
                 let Ok(Some(endpoint)) = up else {
                     let why = link.state().to_string();
@@ -128,9 +126,16 @@ impl Metered {
         let end = Instant::now() + timeout;
         let node = self.client.node().to_owned();
         loop {
-            if let Meter::Counted { addr, counters } = &self.meter {
+            if let Meter::Counted {
+                addr,
+                counters,
+                auth,
+            } = &self.meter
+            {
                 if !self.client.endpoint().is_up() {
-                    if let Ok(ep) = counted_tcp(addr, counters).await {
+                    let bytes = Some(counters.clone());
+                    if let Ok((ep, _)) = client::connect_tcp(addr, &node, auth.clone(), bytes).await
+                    {
                         self.client = Client::from_endpoint(ep, &node, Route::Tcp(addr.clone()));
                     }
                 }

@@ -51,6 +51,7 @@ pub use stream::ReplyStream;
 use crate::error::{RemoteError, WellKnown};
 use crate::framing::{Incoming, StreamCodec};
 use crate::message::{self, Message, Path, PathElem};
+use crate::msgpack;
 use crate::seq::{self, Seq};
 use crate::value::Value;
 use table::{Delivery, Outcome, RequestTable, ServingTable};
@@ -118,6 +119,10 @@ struct State {
     serving: ServingTable<AbortHandle>,
     /// Set once the link is gone; everything fails with this from then on.
     down: Option<RemoteError>,
+    /// The largest request the peer takes, in encoded bytes, and who it is
+    /// for the error (e.g. "node `pump`"): a bigger one fails here instead
+    /// of being skipped there.
+    peer_limit: Option<(usize, String)>,
 }
 
 #[derive(Default)]
@@ -223,6 +228,7 @@ impl Endpoint {
                 requests: RequestTable::new(),
                 serving: ServingTable::default(),
                 down: None,
+                peer_limit: None,
             }),
             out,
             notices: OnceLock::new(),
@@ -279,6 +285,13 @@ impl Endpoint {
                 name: name.to_owned(),
             },
         )
+    }
+
+    /// Refuses requests bigger than `bytes` encoded (a node's `m`) with an
+    /// error naming both sizes and `who` (e.g. "node `pump`"), before
+    /// anything is sent.
+    pub fn set_peer_limit(&self, bytes: usize, who: &str) {
+        self.shared.lock().peer_limit = Some((bytes, who.to_owned()));
     }
 
     /// The name given in [`EndpointConfig`].
@@ -535,7 +548,18 @@ impl Shared {
                 self.name
             ))
         })?;
-        self.send(&build(seq));
+        let msg = build(seq);
+        if let Some((limit, who)) = &state.peer_limit {
+            let size = msgpack::to_vec(&msg.to_value()).len();
+            if size > *limit {
+                let e = format!(
+                    "request is {size} bytes; {who} accepts {limit}: raise `m` on its link, or send less"
+                );
+                state.requests.cancel(seq);
+                return Err(RemoteError::generic(e));
+            }
+        }
+        self.send(&msg);
         Ok(seq)
     }
 
