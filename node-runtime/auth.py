@@ -3,6 +3,9 @@
 # A mutual challenge-response with the node key K (HMAC-SHA256), then every
 # message sealed as {s: bin(C4 | T16 | B)}: C a per-direction counter, T the
 # first 16 bytes of HMAC(KS, D | C | B), B the message's MsgPack bytes.
+# An encrypted link (`e` true) sends {x: bin(C4 | T16 | X)} instead: X = B
+# XORed with the keystream HMAC(KE, D | C | J) (J = 0, 1, ... per 32 bytes),
+# T over X. hashlib's SHA-256 is on every port; cryptolib (AES) is not.
 #
 # Imported only when a link has `a` true. Heap: MicroPython's hashlib has no
 # `hmac` and its sha256 objects no copy(), so what can be precomputed is the
@@ -38,6 +41,7 @@ N = [0, 0, 0]
 _LR = b"moat/1 R"
 _LI = b"moat/1 I"
 _LS = b"moat/1 S"
+_LE = b"moat/1 E"
 _DI = b"I"  # direction bytes D
 _DR = b"R"
 _ZERO = b"\x00"
@@ -146,28 +150,29 @@ def _bin(m, k, n):
 
 
 class Conf:
-    # the node's key and identity for its links (one per run, shared)
-    def __init__(self, k, n, p, q):
+    # the node's key and identity for one link, and whether it encrypts
+    def __init__(self, k, n, p, q, e=False):
         self.key = Key(k)
         self.n = n
         self.p = p
         self.q = q  # the project's name: informative (not in TR)
         self.nb = n.encode()
         self.pb = p.encode()
+        self.e = e  # the link's `e`: a responder encrypts, an initiator insists
 
     def guard(self, link, initiator=False, peer=""):
         return Guard(self, link, initiator, peer)
 
 
-def conf(cfg, kind):
-    # -> the Conf for a link with `a` true, or None: then the console has
-    # said why and the link does not start
+def conf(cfg, kind, e=False):
+    # -> the Conf for a link with `a` true (`e`: it encrypts), or None: then
+    # the console has said why and the link does not start
     a = cfg.get("auth")
     k = a.get("k") if isinstance(a, dict) else None
     if not isinstance(k, (bytes, bytearray)) or not 16 <= len(k) <= 64:
         err.log("link %s: auth on and no auth.k in moat.cfg: run moat cfg upload" % kind)
         return None
-    return Conf(k, _str(a, "n"), _str(a, "p"), _str(a, "q"))
+    return Conf(k, _str(a, "n"), _str(a, "p"), _str(a, "q"), bool(e))
 
 
 def _str(a, k):
@@ -188,6 +193,9 @@ class Guard:
         self.ni = None
         self.nr = None
         self.ks = Key()  # session key blocks, filled by the handshake
+        self.ke = None  # encryption key blocks (encrypted session), made once
+        self.enc = False  # whether this session encrypts
+        self.jb = None  # J of the keystream, 4 bytes, made once
         self.tx = 0  # last counter sent
         self.rc = 0  # last counter accepted
         self.din = _DR if initiator else _DI  # D of what we receive
@@ -209,8 +217,14 @@ class Guard:
         self.ni = _nonce()
         return _map(("h", 1, "c", self.ni))
 
-    def _session(self):
+    def _session(self, enc):
         self.ks.set(self.cf.key.mac(_LS, self.ni, self.nr))
+        self.enc = enc
+        if enc:
+            if self.ke is None:
+                self.ke = Key()
+                self.jb = bytearray(4)
+            self.ke.set(self.cf.key.mac(_LE, self.ni, self.nr))
         self.tx = 0
         self.rc = 0
         self.st = _OK
@@ -222,8 +236,9 @@ class Guard:
             if m is self.pm:
                 return self.pv
             if isinstance(m, dict):
-                if len(m) == 1 and "s" in m:
-                    v = self._open(m["s"])
+                sk = "x" if self.enc else "s"  # the other kind is dropped
+                if len(m) == 1 and sk in m:
+                    v = self._open(m[sk])
                     if v is not None:
                         self.pm = m
                         self.pv = v
@@ -257,8 +272,11 @@ class Guard:
                 self.nr = nr = _nonce()
                 cf = self.cf
                 t = cf.key.mac(_LR, ni, nr, cf.nb, _ZERO, cf.pb)
+                kv = ("h", 2, "c", nr, "n", cf.n, "p", cf.p, "q", cf.q, "m", self.l.m, "t", t)
+                if cf.e:
+                    kv += ("e", True)
                 # hs() first: a MemoryError there leaves the state as it was
-                self.l.hs(_map(("h", 2, "c", nr, "n", cf.n, "p", cf.p, "q", cf.q, "m", self.l.m, "t", t)), None)
+                self.l.hs(_map(kv), None)
                 self.st = _PROOF
                 return None
         elif st == _PROOF and h == 3 and len(m) == 2:
@@ -266,7 +284,7 @@ class Guard:
             if t is not None:
                 if same(t, self.cf.key.mac(_LI, self.nr, self.ni), 32):
                     self.l.hs(None, True)  # its task runs after the session is set
-                    self._session()
+                    self._session(self.cf.e)
                 else:
                     self._fail("wrong key")
                 return None
@@ -303,13 +321,17 @@ class Guard:
         if not same(t, cf.key.mac(_LR, self.ni, nr, n.encode(), _ZERO, p.encode()), 32):
             self._fail("node %r rejected: wrong key" % n)
             return
+        enc = m.get("e") is True  # the responder decides; we may insist
+        if cf.e and not enc:
+            self._fail("node %r does not encrypt this link (e): run moat cfg upload on it" % n)
+            return
         mm = m.get("m")
         if isinstance(mm, int) and 0 < mm < self.l.m:
             self.l.pk.lim = mm + OVER  # never send more than the peer takes
         self.nr = nr
         b = _map(("h", 3, "t", cf.key.mac(_LI, nr, self.ni)))
         self.l.hs(b, True)
-        self._session()
+        self._session(enc)
 
     def late(self):
         # the handshake did not finish in time: count it, say it, no message
@@ -366,6 +388,8 @@ class Guard:
         mv = self.mv
         # D | C in one piece for the MAC: D where the header's last byte goes
         struct.pack_into(">BI", b, q - 1, self.dout[0], c)
+        if self.enc:  # encrypt-then-MAC, in place
+            self._xor(b, OVER, n, mv[q - 1 : q + 4])
         t = self.ks.mac2(mv[q - 1 : q + 4], mv[OVER:n])
         mv[q + 4 : OVER] = memoryview(t)[0:16]
         self.tx = c  # only now: a MemoryError above used no counter
@@ -385,8 +409,25 @@ class Guard:
             struct.pack_into(">I", b, 4, k)
         b[s] = 0x81
         b[s + 1] = 0xA1
-        b[s + 2] = 0x73
+        b[s + 2] = 0x78 if self.enc else 0x73  # x or s
         return mv[s:n]
+
+    def _xor(self, b, o, n, dc):
+        # b[o:n] ^= the keystream of the message D | C (dc): one HMAC per 32
+        # bytes, XORed in place (no copy of the message)
+        ke = self.ke
+        jb = self.jb
+        j = 0
+        while o < n:
+            struct.pack_into(">I", jb, 0, j)
+            k = ke.mac2(dc, jb)
+            e = o + 32
+            if e > n:
+                e = n
+            for i in range(o, e):
+                b[i] ^= k[i - o]
+            o = e
+            j += 1
 
     def _open(self, s):
         # s: C | T | B -> the message B holds, or None (drop it)
@@ -400,6 +441,10 @@ class Guard:
         mv = memoryview(s)
         if not _same16(self.ks.mac2(ci, mv[20:]), s):
             return None
+        if self.enc:  # authentic: decrypt a copy (s is immutable)
+            s = bytearray(s)
+            self._xor(s, 20, len(s), ci)
+            mv = memoryview(s)
         # the body, decoded in place (unpackb would copy nothing either, but
         # makes a Decoder each time)
         d = self.dec

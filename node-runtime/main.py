@@ -87,16 +87,21 @@ def _loopback(h):
 async def _serve(root, kind, c):
     # `a` (docs/auth.md): on by default on TCP (server and client), off on
     # stdio and uart. auth is imported only when a link authenticates.
+    # `e` (encryption): on by default on a TCP server beyond loopback.
     au = None
+    h = c.get("h", "0.0.0.0")
+    wide = kind == "tcp" and not (isinstance(h, str) and _loopback(h))
     if c.get("a", kind == "tcp" or kind == "client"):
         import auth
 
-        au = auth.conf(root.cfg, kind)
+        au = auth.conf(root.cfg, kind, c.get("e", wide))
         if au is None:
             return  # it said why: the link does not start
+    elif c.get("e"):
+        err.log("link %s: e (encrypt) needs a (auth): turn auth on for it in moat.toml, then moat cfg upload" % kind)
+        return
     elif kind == "tcp":
-        h = c.get("h", "0.0.0.0")
-        if not (isinstance(h, str) and _loopback(h)):
+        if wide:
             err.log(
                 "link tcp: auth off (a: false) but listening on %s, beyond loopback: "
                 "listen on 127.0.0.1, or turn auth on (auth = true on the link in moat.toml, then moat cfg upload)" % (h,)

@@ -611,12 +611,17 @@ type Plan = Arc<Mutex<std::collections::VecDeque<Fault>>>;
 
 /// A message-level TCP proxy between the mux and a node: it forwards
 /// whole MsgPack messages and applies the planned faults to sealed ones
-/// (`{s: …}`), one fault a message.
+/// (`{s: …}` or encrypted `{x: …}`), one fault a message.
 struct AuthProxy {
     port: u16,
     to_node: Plan,
     to_host: Plan,
+    /// Every byte forwarded, both directions.
+    wire: Wire,
 }
+
+/// What went over the proxy.
+type Wire = Arc<Mutex<Vec<u8>>>;
 
 impl AuthProxy {
     fn start(upstream: u16) -> AuthProxy {
@@ -624,6 +629,8 @@ impl AuthProxy {
         let port = listener.local_addr().unwrap().port();
         let (to_node, to_host) = (Plan::default(), Plan::default());
         let (tn, th) = (to_node.clone(), to_host.clone());
+        let wire = Wire::default();
+        let w = wire.clone();
         // Threads end when either side closes (the test's processes end).
         std::thread::spawn(move || {
             for host in listener.incoming().flatten() {
@@ -637,14 +644,16 @@ impl AuthProxy {
                     node.try_clone().unwrap(),
                     tn.clone(),
                     injected,
+                    w.clone(),
                 );
-                pump(node, host, th.clone(), spoofed);
+                pump(node, host, th.clone(), spoofed, w.clone());
             }
         });
         AuthProxy {
             port,
             to_node,
             to_host,
+            wire,
         }
     }
 
@@ -654,9 +663,9 @@ impl AuthProxy {
     }
 }
 
-/// Copies messages `from` → `to`, applying `plan`; `inject` is the
-/// unsealed message an injection sends.
-fn pump(mut from: TcpStream, mut to: TcpStream, plan: Plan, inject: Value) {
+/// Copies messages `from` → `to`, applying `plan`, recording them in
+/// `wire`; `inject` is the unsealed message an injection sends.
+fn pump(mut from: TcpStream, mut to: TcpStream, plan: Plan, inject: Value, wire: Wire) {
     std::thread::spawn(move || {
         let mut buf = Vec::new();
         let mut held: Option<Vec<u8>> = None;
@@ -669,7 +678,8 @@ fn pump(mut from: TcpStream, mut to: TcpStream, plan: Plan, inject: Value) {
             buf.extend_from_slice(&chunk[..n]);
             while let Ok(Some((v, used))) = msgpack::decode(&buf, &Limits::default()) {
                 let msg: Vec<u8> = buf.drain(..used).collect();
-                let sealed = v.get("s").is_some();
+                wire.lock().unwrap().extend_from_slice(&msg);
+                let sealed = v.get("s").is_some() || v.get("x").is_some();
                 let fault = if sealed {
                     plan.lock().unwrap().pop_front()
                 } else {
@@ -781,4 +791,39 @@ fn a_process_link_with_auth_on_authenticates_through_the_mux() {
     assert!(ls["auth_ok"].as_u64().unwrap() > 0, "{ls}");
     assert_eq!(ls["auth_dropped"], 0, "{ls}");
     assert!(ls["m"].as_u64().is_some(), "the node's m is kept: {ls}");
+}
+
+#[test]
+fn an_encrypted_link_hides_what_it_carries_and_still_drops_forgeries() {
+    let runtime = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let link = format!("{{ kind = \"tcp\", host = \"127.0.0.1\", port = {port}, encrypt = true }}");
+    let mut p = Project::with_link("enc", 1, runtime.path(), &link);
+    let node = start_node(&p, port);
+    let proxy = AuthProxy::start(port);
+    let file = p.root.join("moat.toml");
+    let toml = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace(&format!("port = {port}"), &format!("port = {}", proxy.port));
+    std::fs::write(&file, toml).unwrap();
+    p.start_mux();
+    let ls = mux_ls(&p);
+    assert_eq!(ls["encrypted"], true, "{ls}");
+    let [_, bad_before, _] = node_au(&p);
+    // One forged message each way; the pings still answer.
+    proxy.plan(&[Fault::Flip], &[Fault::Flip]);
+    for m in ["plainly-visible-marker", "another-visible-marker"] {
+        let o = run_ok(&mut p.moat(&["cmd", "ping", &format!("m={m}")])).unwrap();
+        assert_eq!(stdout(&o).trim(), format!("{{m: {m}}}"));
+    }
+    let [_, bad, _] = node_au(&p);
+    assert_eq!(bad - bad_before, 1, "node drops:\n{}", node_log(&p));
+    let wire = proxy.wire.lock().unwrap().clone();
+    let seen = String::from_utf8_lossy(&wire);
+    assert!(!seen.contains("visible-marker"), "readable on the wire");
+    assert!(!seen.contains("ping"), "request paths readable on the wire");
+    // The node's name travels in the clear in step 2 only.
+    assert!(seen.contains("demo"), "the proxy saw no handshake");
+    drop(p);
+    drop(node);
 }

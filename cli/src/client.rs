@@ -521,12 +521,10 @@ pub fn auth_config(project: &Project, node: &Node) -> anyhow::Result<Option<Auth
         // Unreadable now: the keys it started with.
         _ => first.clone(),
     };
-    Ok(Some(AuthConfig::new(
-        keys,
-        &auth.node,
-        &auth.project_id,
-        &auth.project_name,
-    )))
+    Ok(Some(
+        AuthConfig::new(keys, &auth.node, &auth.project_id, &auth.project_name)
+            .encrypted(node.link_encrypt),
+    ))
 }
 
 /// One TCP connection to node `name` at `addr`, authenticated with `auth`

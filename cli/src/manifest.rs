@@ -99,6 +99,10 @@ pub struct Node {
     /// Whether the link authenticates (`auth = true|false`; default true
     /// on tcp, false on process, serial and usb links).
     pub link_auth: bool,
+    /// Whether the link is encrypted (`encrypt = true|false`; default true
+    /// on a tcp link whose node listens beyond loopback, else false; needs
+    /// `link_auth`).
+    pub link_encrypt: bool,
     /// `[nodes.NAME.config]` converted to a value, keys in file order;
     /// `Value::Map(vec![])` when absent. Does not yet include the derived
     /// `link` section: see [`Node::config`]. A secret (`{ secret = "x" }`)
@@ -199,10 +203,11 @@ impl Link {
     }
 
     /// The node's side of this link, as it goes into the node's config
-    /// under `link`: tcp → `{tcp: {h: LISTEN, p: PORT, a: AUTH}}`, process
-    /// and usb → `{stdio: {}}`, serial → `{uart: {b, m, t, w, r, …extra}}`;
-    /// `a: true` on those when `auth` (their node-side default is off).
-    pub fn node_side(&self, auth: bool) -> Value {
+    /// under `link`: tcp → `{tcp: {h: LISTEN, p: PORT, a: AUTH, e: ENCRYPT}}`,
+    /// process and usb → `{stdio: {}}`, serial → `{uart: {b, m, t, w, r,
+    /// …extra}}`; `a: true` and `e: true` on those when set (their
+    /// node-side default is off).
+    pub fn node_side(&self, auth: bool, encrypt: bool) -> Value {
         let mut side = match self {
             Link::Tcp { port, listen, .. } => {
                 return Value::map([(
@@ -211,6 +216,7 @@ impl Link {
                         ("h", Value::from(listen.as_str())),
                         ("p", Value::from(*port)),
                         ("a", Value::from(auth)),
+                        ("e", Value::from(encrypt)),
                     ]),
                 )])
             }
@@ -227,11 +233,14 @@ impl Link {
                 Value::map([("uart", Value::map(uart))])
             }
         };
-        if auth {
+        for (key, on) in [("a", auth), ("e", encrypt)] {
+            if !on {
+                continue;
+            }
             if let Value::Map(kinds) = &mut side {
                 for (_, v) in kinds.iter_mut() {
                     if let Value::Map(settings) = v {
-                        settings.push((Value::from("a"), Value::from(true)));
+                        settings.push((Value::from(key), Value::from(true)));
                     }
                 }
             }
@@ -257,7 +266,7 @@ impl Node {
     /// `auth: {k, n, p, q}` when the node's key is known.
     pub fn config(&self) -> Value {
         let mut cfg = self.user_config.clone();
-        let derived = self.link.node_side(self.link_auth);
+        let derived = self.link.node_side(self.link_auth, self.link_encrypt);
         let Value::Map(pairs) = &mut cfg else {
             return cfg;
         };
@@ -426,12 +435,12 @@ const MICROPYTHON_KEYS: &[&str] = &["version", "path", "git", "rev"];
 const APPS_KEYS: &[&str] = &["paths"];
 const DEFAULTS_KEYS: &[&str] = &["link"];
 const NODE_KEYS: &[&str] = &["board", "port", "link", "config"];
-const TCP_KEYS: &[&str] = &["kind", "host", "port", "auth"];
-const PROCESS_KEYS: &[&str] = &["kind", "auth"];
+const TCP_KEYS: &[&str] = &["kind", "host", "port", "auth", "encrypt"];
+const PROCESS_KEYS: &[&str] = &["kind", "auth", "encrypt"];
 const SERIAL_KEYS: &[&str] = &[
-    "kind", "baud", "max", "timeout", "window", "retries", "uart", "tx", "rx", "auth",
+    "kind", "baud", "max", "timeout", "window", "retries", "uart", "tx", "rx", "auth", "encrypt",
 ];
-const USB_KEYS: &[&str] = &["kind", "auth"];
+const USB_KEYS: &[&str] = &["kind", "auth", "encrypt"];
 
 /// Integer link settings and their valid ranges (everything but `kind` and
 /// `host`, which are strings, and `auth`, a boolean).
@@ -860,7 +869,7 @@ impl<'t> Parser<'t> {
         }
         let port = self.string(t, "port")?;
         let local = board.flash == crate::board::Flash::Local;
-        let (link, link_auth) = self.link(t, board.link, defaults, local)?;
+        let (link, link_auth, link_encrypt) = self.link(t, board.link, defaults, local)?;
         let mut secrets = Vec::new();
         let user_config = match self.table(t, "config")? {
             Some(c) => self.config(&c, &mut secrets)?,
@@ -872,6 +881,7 @@ impl<'t> Parser<'t> {
             port,
             link,
             link_auth,
+            link_encrypt,
             user_config,
             secrets,
             auth: None,
@@ -931,8 +941,8 @@ impl<'t> Parser<'t> {
     }
 
     /// A node's link: `link = "kind"` or `link = { kind = …, … }`, over
-    /// `[defaults.link]`, over the board's default kind; and whether it
-    /// authenticates. `local`: the board runs on this machine (its TCP
+    /// `[defaults.link]`, over the board's default kind; whether it
+    /// authenticates, and whether it is encrypted. `local`: the board runs on this machine (its TCP
     /// server listens where the manifest's `host` says).
     fn link(
         &self,
@@ -940,7 +950,7 @@ impl<'t> Parser<'t> {
         board_kind: LinkKind,
         defaults: Option<&Table>,
         local: bool,
-    ) -> Res<(Link, bool)> {
+    ) -> Res<(Link, bool, bool)> {
         let own: Option<Table> = match node.get("link") {
             None => None,
             Some(item) if item.is_str() => None,
@@ -1052,7 +1062,24 @@ impl<'t> Parser<'t> {
                 })
             }
         };
-        Ok((link, link_auth))
+        // Encryption: on by default where the node listens beyond loopback
+        // (anyone on that network reads the traffic otherwise).
+        let wide = matches!(&link, Link::Tcp { listen, .. } if !is_loopback(listen));
+        let link_encrypt = match pick("encrypt") {
+            Some(t) => {
+                let on = self.bool(t, "encrypt")?.unwrap_or(wide);
+                if on && !link_auth {
+                    return Err(self.err(
+                        t.span_of("encrypt"),
+                        t.key_path("encrypt"),
+                        "`encrypt = true` needs the authenticated handshake (its keys come from it): remove `auth = false`".to_owned(),
+                    ));
+                }
+                on
+            }
+            None => wide && link_auth,
+        };
+        Ok((link, link_auth, link_encrypt))
     }
 
     /// `[nodes.N.config]` as a value; `apps` entries must read `module.Class`;
@@ -1258,7 +1285,8 @@ mod tests {
                     Value::map([
                         ("h", Value::from("127.0.0.1")),
                         ("p", Value::from(4000)),
-                        ("a", Value::from(true))
+                        ("a", Value::from(true)),
+                        ("e", Value::from(false))
                     ])
                 )])
             )])
@@ -1309,6 +1337,43 @@ mod tests {
         assert!(
             e.starts_with("moat.toml:5:49: nodes.a.link.auth: `auth = false` on a tcp link whose node listens on 0.0.0.0")
                 && e.contains("host = \"127.0.0.1\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn encryption_defaults_on_beyond_loopback_and_needs_auth() {
+        let e_of = |link: &str| {
+            let m = parse_ok(&format!(
+                "{HEAD}[nodes.a]\nboard = \"unix\"\nlink = {link}\n"
+            ));
+            let cfg = m.nodes[0].config();
+            let side = cfg.get("link").unwrap();
+            let kind = side.get("tcp").or(side.get("uart")).or(side.get("stdio"));
+            (m.nodes[0].link_encrypt, kind.unwrap().get("e").cloned())
+        };
+        assert_eq!(
+            e_of("{ kind = \"tcp\", host = \"0.0.0.0\" }"),
+            (true, Some(Value::from(true)))
+        );
+        assert_eq!(
+            e_of("{ kind = \"tcp\", host = \"127.0.0.1\" }"),
+            (false, Some(Value::from(false)))
+        );
+        assert_eq!(
+            e_of("{ kind = \"tcp\", host = \"0.0.0.0\", encrypt = false }"),
+            (false, Some(Value::from(false)))
+        );
+        assert_eq!(
+            e_of("{ kind = \"process\", auth = true, encrypt = true }"),
+            (true, Some(Value::from(true)))
+        );
+        assert_eq!(e_of("\"process\""), (false, None));
+        let e = parse_err(&format!(
+            "{HEAD}[nodes.a]\nboard = \"unix\"\nlink = {{ kind = \"tcp\", host = \"127.0.0.1\", auth = false, encrypt = true }}\n"
+        ));
+        assert!(
+            e.contains("nodes.a.link.encrypt: `encrypt = true` needs the authenticated handshake"),
             "{e}"
         );
     }
@@ -1503,7 +1568,8 @@ mod tests {
                     Value::map([
                         ("h", Value::from("127.0.0.1")),
                         ("p", Value::from(1)),
-                        ("a", Value::from(true))
+                        ("a", Value::from(true)),
+                        ("e", Value::from(false))
                     ])
                 ),
                 ("x", Value::from(2)),

@@ -178,6 +178,77 @@ fn every_rejected_vector_is_dropped_and_the_link_goes_on() {
     }
 }
 
+#[test]
+fn encrypted_messages_match_the_vectors_and_the_encrypting_responder_says_so() {
+    let v = vectors();
+    let (k, ni, nr) = (hex(&v, "key"), hex(&v, "ni"), hex(&v, "nr"));
+    let ke: [u8; 32] = arr(&v, "encryption_key");
+    assert_eq!(mac::encryption_key(&k, &ni, &nr), ke);
+    let ks: [u8; 32] = arr(&v, "session_key");
+    // Step 2 of a responder whose link encrypts.
+    let key: Key = arr(&v, "key");
+    let mut r = Responder::new(
+        key,
+        v["name"].as_str().unwrap(),
+        v["project"].as_str().unwrap(),
+        v["project_name"].as_str().unwrap(),
+        v["m"].as_u64().unwrap() as u32,
+        arr(&v, "nr"),
+    )
+    .encrypting();
+    let hello = decode(&hex(&v["handshake"][0], "hex"));
+    let Step::Reply(challenge) = r.on_message(&hello) else {
+        panic!("no challenge")
+    };
+    assert_eq!(
+        hex::encode(msgpack::to_vec(&challenge)),
+        v["challenge_encrypted"]["hex"].as_str().unwrap()
+    );
+    let est = sides(&v)
+        .initiator
+        .on_challenge(&challenge)
+        .expect("the challenge checks");
+    assert!(est.session.is_encrypted() && est.peer.encrypted);
+    for e in v["encrypted"].as_array().unwrap() {
+        let name = e["name"].as_str().unwrap();
+        let counter = e["counter"].as_u64().unwrap() as u32;
+        let (from, to) = role(e["dir"].as_str().unwrap());
+        let message = notation::from_json(&e["message"]).expect("notation");
+        let mut x = hex(e, "body");
+        mac::keystream_xor(
+            &ke,
+            e["dir"].as_str().unwrap().as_bytes()[0],
+            counter.to_be_bytes(),
+            &mut x,
+        );
+        assert_eq!(
+            hex::encode(&x),
+            e["cipher"].as_str().unwrap(),
+            "{name}: cipher"
+        );
+        let (sealer, _) = Session::new(ks, from).encrypted(ke).split();
+        let sealed = sealer.with_counter(counter - 1).seal(&message).unwrap();
+        assert_eq!(
+            hex::encode(msgpack::to_vec(&sealed)),
+            e["hex"].as_str().unwrap(),
+            "{name}: sealed bytes"
+        );
+        let (_, opener) = Session::new(ks, to).encrypted(ke).split();
+        let mut opener = opener.with_last(counter - 1);
+        assert_eq!(opener.open(&decode(&hex(e, "hex"))), Ok(message), "{name}");
+    }
+    for e in v["encrypted_rejected"].as_array().unwrap() {
+        let name = e["name"].as_str().unwrap();
+        let last = e["last"].as_u64().unwrap() as u32;
+        let (_, to) = role(e["dir"].as_str().unwrap());
+        let (_, opener) = Session::new(ks, to).encrypted(ke).split();
+        let mut opener = opener.with_last(last);
+        let got = opener.open(&decode(&hex(e, "hex")));
+        assert!(got.is_err(), "{name}: accepted {got:?}");
+        assert_eq!(opener.last(), last, "{name}: the counter moved");
+    }
+}
+
 // ---- links: a NodeLink to a fake node that authenticates ----
 
 mod link {

@@ -229,6 +229,57 @@ async def main():
             v = g.rx(unpackb(hx(e["hex"])))
             check(v is None and auth.N[1] == n1 + 1 and g.rc == e["last"], "rejected: %s" % e["name"])
 
+        # --- encrypted sessions: the vectors' bytes both ways, and drops
+        KE = hx(V["encryption_key"])
+        check(hm(K, b"moat/1 E", hx(V["ni"]), hx(V["nr"])) == KE, "KE")
+        ce = auth.conf(CFG, "mem", True)
+        for e in V["encrypted"]:
+            g = auth.Guard(ce, l, e["dir"] == "I", "")
+            g.ni = hx(V["ni"])
+            g.nr = hx(V["nr"])
+            g._session(True)
+            g.tx = e["counter"] - 1
+            pk = Packer(1024 + 28, 1024 + 28)
+            pk.o = 28
+            mm = conv(e["message"])
+            pk.msg(mm.get("a", NONE), mm.get("d", NONE), mm.get("i", NONE))
+            check(bytes(g.seal(pk)) == hx(e["hex"]), "seal encrypted %s" % e["name"])
+            o = auth.Guard(ce, l, e["dir"] == "R", "")
+            o.ni = g.ni
+            o.nr = g.nr
+            o._session(True)
+            o.st = 3
+            o.rc = e["counter"] - 1
+            v = o.rx(unpackb(hx(e["hex"])))
+            check(v == conv(e["message"]), "open encrypted %s: %r" % (e["name"], v))
+        for e in V["encrypted_rejected"]:
+            g = auth.Guard(ce, l, e["dir"] == "R", "")
+            g.ni = hx(V["ni"])
+            g.nr = hx(V["nr"])
+            g._session(True)
+            g.rc = e["last"]
+            n1 = auth.N[1]
+            v = g.rx(unpackb(hx(e["hex"])))
+            check(v is None and auth.N[1] == n1 + 1 and g.rc == e["last"], "encrypted rejected: %s" % e["name"])
+        # a responder that encrypts says so in step 2 (the vector's bytes)
+        auth._nonce = lambda: hx(V["nr"])
+        le = Tcp(root, ce)
+        le.rx(unpackb(HELLO))
+        await until(lambda: le.raw)
+        check(le.raw == [hx(V["challenge_encrypted"]["hex"])], "encrypted challenge bytes")
+        auth._nonce = real
+        le.detach()
+        # an initiator that insists refuses a responder that does not offer it
+        auth._nonce = lambda: NI
+        le = Tcp(root, ce, True)
+        le.au.hello()
+        f0 = auth.N[2]
+        le.rx(unpackb(CHAL))
+        await asyncio.sleep_ms(10)
+        check(le.closed and auth.N[2] == f0 + 1 and not le.up, "initiator insists on encryption")
+        auth._nonce = real
+        le.detach()
+
         # --- initiator: hello and proof bytes of the vector
         auth._nonce = lambda: NI
         l = Tcp(root, cf, True)

@@ -1,10 +1,12 @@
-//! Benchmark (not a test): what authenticated links cost, in one run. Two
-//! unix-port satellites (256 KiB heap) on TCP, one with `a: false`
-//! (loopback), one authenticating with a node key (docs/auth.md); the host
-//! side is mux-runtime's link code, as `moat` uses it.
+//! Benchmark (not a test): what authenticated and encrypted links cost, in
+//! one run. Three unix-port satellites (256 KiB heap) on TCP: one with `a:
+//! false` (loopback), one authenticating with a node key, one also
+//! encrypting (`e: true`; docs/auth.md); the host side is mux-runtime's
+//! link code, as `moat` uses it.
 //!
-//! - round trips/s: `ping` one at a time for 2 s, alternating plain and
-//!   authenticated, 3 rounds each; the median round.
+//! - round trips/s: `ping` one at a time for 2 s, alternating the three
+//!   nodes, 3 rounds each; the median round. Once with a 2-byte `m`, once
+//!   with 512 bytes (encryption costs per 32 bytes).
 //! - connect time: TCP connect to the endpoint being ready (with the
 //!   handshake when authenticating), median of 15.
 //!
@@ -23,10 +25,20 @@ const KEY: [u8; 32] = [7; 32];
 const PROJECT: &str = "00112233aabbccdd";
 const ROUND: Duration = Duration::from_secs(2);
 
-fn node(auth: bool) -> Node {
+/// How a bench node's link is secured.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Plain,
+    Auth,
+    Encrypted,
+}
+
+fn node(mode: Mode) -> Node {
+    let auth = mode != Mode::Plain;
     let mut n = Node::new(256);
     let mut link = vec![("h", "127.0.0.1".into()), ("p", n.port.into())];
     link.push(("a", auth.into()));
+    link.push(("e", (mode == Mode::Encrypted).into()));
     let mut cfg = vec![("link", kw([("tcp", Value::map(link))]))];
     if auth {
         cfg.push((
@@ -45,24 +57,26 @@ fn node(auth: bool) -> Node {
     n
 }
 
-async fn connect(n: &Node, auth: bool) -> mux_runtime::endpoint::Endpoint {
-    let cfg = auth.then(|| AuthConfig::new(vec![KEY], "bench", PROJECT, "bench"));
+async fn connect(n: &Node, mode: Mode) -> mux_runtime::endpoint::Endpoint {
+    let cfg = (mode != Mode::Plain).then(|| {
+        AuthConfig::new(vec![KEY], "bench", PROJECT, "bench").encrypted(mode == Mode::Encrypted)
+    });
     let ctx = ConnectCtx::new("bench", cfg, Duration::from_secs(10));
     let spec = LinkSpec::Tcp {
         addr: format!("127.0.0.1:{}", n.port),
     };
     link::connect_once(&spec, &ctx)
         .await
-        .unwrap_or_else(|e| panic!("connect (auth {auth}): {e}"))
+        .unwrap_or_else(|e| panic!("connect: {e}"))
         .endpoint
 }
 
-async fn rate(n: &Node, auth: bool) -> f64 {
-    let ep = connect(n, auth).await;
+async fn rate(n: &Node, mode: Mode, m: &str) -> f64 {
+    let ep = connect(n, mode).await;
     let t = Instant::now();
     let mut k = 0u64;
     while t.elapsed() < ROUND {
-        ep.call(["ping"], kw([("m", "hi".into())]))
+        ep.call(["ping"], kw([("m", m.into())]))
             .await
             .expect("ping");
         k += 1;
@@ -71,11 +85,11 @@ async fn rate(n: &Node, auth: bool) -> f64 {
     k as f64 / t.elapsed().as_secs_f64()
 }
 
-async fn connect_ms(n: &Node, auth: bool) -> f64 {
+async fn connect_ms(n: &Node, mode: Mode) -> f64 {
     let mut times = Vec::new();
     for _ in 0..15 {
         let t = Instant::now();
-        let ep = connect(n, auth).await;
+        let ep = connect(n, mode).await;
         ep.call(["ping"], Value::Nil).await.expect("first ping");
         times.push(t.elapsed().as_secs_f64() * 1000.0);
         ep.close();
@@ -91,17 +105,33 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let plain = node(false);
-    let sealed = node(true);
-    let (mut p, mut s) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
-        p.push(rate(&plain, false).await);
-        s.push(rate(&sealed, true).await);
+    let nodes = [
+        ("plain", node(Mode::Plain), Mode::Plain),
+        ("auth", node(Mode::Auth), Mode::Auth),
+        ("enc", node(Mode::Encrypted), Mode::Encrypted),
+    ];
+    let big = "x".repeat(512);
+    for (size, m) in [("", "hi"), ("_512", big.as_str())] {
+        let mut rounds: Vec<Vec<f64>> = vec![Vec::new(); nodes.len()];
+        for _ in 0..3 {
+            for (k, (_, n, mode)) in nodes.iter().enumerate() {
+                rounds[k].push(rate(n, *mode, m).await);
+            }
+        }
+        let rates: Vec<f64> = rounds.into_iter().map(median).collect();
+        for (k, (name, _, _)) in nodes.iter().enumerate() {
+            println!("{name}{size}_rt_per_s={:.0}", rates[k]);
+        }
+        println!(
+            "auth{size}_cost_percent={:.1}",
+            100.0 * (1.0 - rates[1] / rates[0])
+        );
+        println!(
+            "enc{size}_cost_percent={:.1}",
+            100.0 * (1.0 - rates[2] / rates[0])
+        );
     }
-    let (p, s) = (median(p), median(s));
-    println!("plain_rt_per_s={p:.0}");
-    println!("auth_rt_per_s={s:.0}");
-    println!("auth_cost_percent={:.1}", 100.0 * (1.0 - s / p));
-    println!("plain_connect_ms={:.2}", connect_ms(&plain, false).await);
-    println!("auth_connect_ms={:.2}", connect_ms(&sealed, true).await);
+    for (name, n, mode) in &nodes {
+        println!("{name}_connect_ms={:.2}", connect_ms(n, *mode).await);
+    }
 }

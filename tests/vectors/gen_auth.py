@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes tests/vectors/auth.json: the authenticated-link handshake and
-sealed messages of docs/auth.md computed from fixed inputs.
+sealed (and encrypted) messages of docs/auth.md computed from fixed inputs.
 
 Run with CPython (python3 tests/vectors/gen_auth.py); it uses only the
 standard library, with a tiny MsgPack encoder for the few types involved,
@@ -67,10 +67,13 @@ M = 1024
 TR = mac(K, b"moat/1 R", NI, NR, NAME.encode(), b"\x00", PROJECT.encode())
 TI = mac(K, b"moat/1 I", NR, NI)
 KS = mac(K, b"moat/1 S", NI, NR)
+KE = mac(K, b"moat/1 E", NI, NR)
 
 hello = {"h": 1, "c": NI}
 challenge = {"h": 2, "c": NR, "n": NAME, "p": PROJECT, "q": PROJECT_NAME, "m": M, "t": TR}
 proof = {"h": 3, "t": TI}
+# a responder whose link encrypts says so last (not in TR)
+challenge_e = dict(challenge, e=True)
 
 
 def seal(direction, counter, body):
@@ -93,6 +96,32 @@ def entry(name, direction, counter, message):
     }
 
 
+def keystream(direction, counter, n):
+    c = struct.pack(">I", counter)
+    out = b""
+    j = 0
+    while len(out) < n:
+        out += mac(KE, direction.encode(), c, struct.pack(">I", j))
+        j += 1
+    return out[:n]
+
+
+def encrypted_entry(name, direction, counter, message):
+    body = pack(message)
+    x = bytes(a ^ b for a, b in zip(body, keystream(direction, counter, len(body))))
+    blob, tag = seal(direction, counter, x)  # encrypt-then-MAC: T over X
+    return {
+        "name": name,
+        "dir": direction,
+        "counter": counter,
+        "message": note(message),
+        "body": body.hex(),
+        "cipher": x.hex(),
+        "tag": tag.hex(),
+        "hex": pack({"x": blob}).hex(),
+    }
+
+
 ping = {"a": ["ping"], "d": {"m": "hi"}, "i": 2}
 reply = {"d": {"m": "hi"}, "i": 3}
 sealed = [
@@ -100,6 +129,14 @@ sealed = [
     entry("first reply, responder to initiator", "R", 1, reply),
     entry("second request", "I", 2, {"a": ["sys", "info"], "i": 4}),
     entry("counter past 255", "I", 300, ping),
+]
+
+# a body of more than one keystream block (32 bytes)
+long_cfg = {"a": ["cfg", "w"], "d": {"p": ["wifi"], "d": {"ssid": "home", "pw": "correct horse battery staple"}}, "i": 6}
+encrypted = [
+    encrypted_entry("first request, encrypted, initiator to responder", "I", 1, ping),
+    encrypted_entry("first reply, encrypted, responder to initiator", "R", 1, reply),
+    encrypted_entry("a body over two keystream blocks", "I", 2, long_cfg),
 ]
 
 first = bytes.fromhex(sealed[0]["hex"])
@@ -117,6 +154,15 @@ rejected = [
     {"name": "shorter than counter and tag", "dir": "I", "last": 0, "hex": short.hex()},
     {"name": "unsealed message", "dir": "I", "last": 0, "hex": pack(ping).hex()},
 ]
+# dropped by an encrypted session: a plain seal (s) under the right KS,
+# and ciphertext with a bit flipped (the tag fails before decryption)
+eflip = bytearray(bytes.fromhex(encrypted[0]["hex"]))
+eflip[-1] ^= 0x01
+encrypted_rejected = [
+    {"name": "a plain sealed message in an encrypted session", "dir": "I", "last": 0, "hex": first.hex()},
+    {"name": "a bit flipped in the ciphertext", "dir": "I", "last": 0, "hex": bytes(eflip).hex()},
+    {"name": "replayed encrypted message", "dir": "I", "last": 1, "hex": encrypted[0]["hex"]},
+]
 
 doc = {
     "about": "docs/auth.md: handshake and sealed messages from fixed inputs (written by gen_auth.py)",
@@ -130,13 +176,17 @@ doc = {
     "tr": TR.hex(),
     "ti": TI.hex(),
     "session_key": KS.hex(),
+    "encryption_key": KE.hex(),
     "handshake": [
         {"name": "hello (I to R)", "value": note(hello), "hex": pack(hello).hex()},
         {"name": "challenge (R to I)", "value": note(challenge), "hex": pack(challenge).hex()},
         {"name": "proof (I to R)", "value": note(proof), "hex": pack(proof).hex()},
     ],
+    "challenge_encrypted": {"name": "challenge of a responder that encrypts", "value": note(challenge_e), "hex": pack(challenge_e).hex()},
     "sealed": sealed,
     "rejected": rejected,
+    "encrypted": encrypted,
+    "encrypted_rejected": encrypted_rejected,
 }
 
 out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "auth.json")

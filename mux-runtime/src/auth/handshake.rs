@@ -2,7 +2,8 @@
 //! sides hold the session key.
 //!
 //! 1. I → R `{h: 1, c: NI}`
-//! 2. R → I `{h: 2, c: NR, n, p, q, m, t: TR}`
+//! 2. R → I `{h: 2, c: NR, n, p, q, m, t: TR}` (+ `e: true` when R's link
+//!    encrypts)
 //! 3. I → R `{h: 3, t: TI}`
 //!
 //! The initiator learns who answered before it proves anything: it checks
@@ -45,6 +46,9 @@ pub enum HandshakeError {
     },
     /// The link closed before step 2.
     Closed { node: String },
+    /// The manifest says `encrypt = true` and the node's step 2 does not
+    /// offer encryption.
+    NotEncrypting { node: String },
 }
 
 impl HandshakeError {
@@ -62,7 +66,9 @@ impl HandshakeError {
     pub fn is_rejection(&self) -> bool {
         matches!(
             self,
-            HandshakeError::WrongIdentity(_) | HandshakeError::WrongKey { .. }
+            HandshakeError::WrongIdentity(_)
+                | HandshakeError::WrongKey { .. }
+                | HandshakeError::NotEncrypting { .. }
         )
     }
 }
@@ -121,6 +127,11 @@ impl fmt::Display for HandshakeError {
                 f,
                 "node '{node}' did not answer the auth handshake within {waited:?}: {OLD_OR_OFF}"
             ),
+            HandshakeError::NotEncrypting { node } => write!(
+                f,
+                "node '{node}' does not encrypt this link and moat.toml says it must (encrypt = true, the default for a tcp node listening beyond loopback): \
+                 its moat.cfg predates that, run `moat cfg upload` (or `moat cfg upload --repl`)"
+            ),
             HandshakeError::Closed { node } => write!(
                 f,
                 "node '{node}' closed the link during the auth handshake: {OLD_OR_OFF}, or it has no key (run `moat cfg upload`)"
@@ -143,6 +154,7 @@ pub struct Established {
 pub struct Initiator {
     ni: [u8; 16],
     keys: Vec<Key>,
+    encrypt: bool,
     node: String,
     project_id: String,
     project_name: String,
@@ -155,6 +167,7 @@ impl Initiator {
         Initiator {
             ni,
             keys: config.keys.keys(),
+            encrypt: config.encrypt,
             node: config.node.clone(),
             project_id: config.project_id.clone(),
             project_name: config.project_name.clone(),
@@ -219,6 +232,20 @@ impl Initiator {
             });
         };
         let key = &self.keys[key_index];
+        // The responder decides (its link's `e`); we only insist. Nothing
+        // is gained by an attacker who strips `e`: we refuse, or the
+        // responder drops our plain seals; one who adds it gets our
+        // encrypted seals dropped by a plain responder.
+        let encrypted = matches!(msg.get("e"), Some(Value::Bool(true)));
+        if self.encrypt && !encrypted {
+            return Err(HandshakeError::NotEncrypting {
+                node: self.node.clone(),
+            });
+        }
+        let mut session = Session::new(mac::session_key(key, &self.ni, nr), Role::Initiator);
+        if encrypted {
+            session = session.encrypted(mac::encryption_key(key, &self.ni, nr));
+        }
         let ti = mac::initiator_proof(key, &self.ni, nr);
         let max_message = msg
             .get("m")
@@ -226,7 +253,7 @@ impl Initiator {
             .and_then(|m| u32::try_from(m).ok());
         Ok(Established {
             proof: Value::map([("h", Value::from(3)), ("t", Value::Bin(ti.to_vec()))]),
-            session: Session::new(mac::session_key(key, &self.ni, nr), Role::Initiator),
+            session,
             peer: Peer {
                 node: name.to_owned(),
                 project_id: project.to_owned(),
@@ -237,6 +264,7 @@ impl Initiator {
                     .to_owned(),
                 max_message,
                 key_index,
+                encrypted,
             },
         })
     }
@@ -310,6 +338,7 @@ pub struct Responder {
     project_name: String,
     max_message: u32,
     nr: [u8; 16],
+    encrypt: bool,
     waiting: Waiting,
 }
 
@@ -330,8 +359,16 @@ impl Responder {
             project_name: project_name.to_owned(),
             max_message,
             nr,
+            encrypt: false,
             waiting: Waiting::Hello,
         }
+    }
+
+    /// Offers (and then uses) an encrypted session, as a node whose link
+    /// has `e` true.
+    pub fn encrypting(mut self) -> Responder {
+        self.encrypt = true;
+        self
     }
 
     /// The next message from the initiator.
@@ -350,10 +387,16 @@ impl Responder {
             (Waiting::Proof { ni }, Some(3)) => {
                 let expect = mac::initiator_proof(&self.key, &ni, &self.nr);
                 match bin(msg, "t", 32) {
-                    Some(t) if mac::ct_eq(&expect, t) => Step::Done(SessionBox(Session::new(
-                        mac::session_key(&self.key, &ni, &self.nr),
-                        Role::Responder,
-                    ))),
+                    Some(t) if mac::ct_eq(&expect, t) => {
+                        let mut s = Session::new(
+                            mac::session_key(&self.key, &ni, &self.nr),
+                            Role::Responder,
+                        );
+                        if self.encrypt {
+                            s = s.encrypted(mac::encryption_key(&self.key, &ni, &self.nr));
+                        }
+                        Step::Done(SessionBox(s))
+                    }
                     _ => Step::Fail(auth_error_message("wrong key")),
                 }
             }
@@ -370,7 +413,7 @@ impl Responder {
 
     fn challenge(&self, ni: &[u8]) -> Value {
         let tr = mac::responder_proof(&self.key, ni, &self.nr, &self.name, &self.project_id);
-        Value::map([
+        let mut m = vec![
             ("h", Value::from(2)),
             ("c", Value::Bin(self.nr.to_vec())),
             ("n", Value::from(self.name.as_str())),
@@ -378,7 +421,11 @@ impl Responder {
             ("q", Value::from(self.project_name.as_str())),
             ("m", Value::from(self.max_message)),
             ("t", Value::Bin(tr.to_vec())),
-        ])
+        ];
+        if self.encrypt {
+            m.push(("e", Value::Bool(true)));
+        }
+        Value::map(m)
     }
 }
 
@@ -411,6 +458,34 @@ mod tests {
         let (_, mut open) = rs.split();
         let msg = Value::map([("i", Value::from(2))]);
         assert_eq!(open.open(&seal.seal(&msg).unwrap()).unwrap(), msg);
+    }
+
+    #[test]
+    fn encryption_is_the_responders_choice_and_the_initiator_can_insist() {
+        // The node encrypts: a host that did not ask goes along.
+        let i = Initiator::new(&config(vec![[1; 32]]), [2; 16]);
+        let mut r = Responder::new([1; 32], "demo", "9a", "q", 1024, [3; 16]).encrypting();
+        let est = run(&i, &mut r).unwrap();
+        assert!(est.session.is_encrypted());
+        let Step::Done(SessionBox(rs)) = r.on_message(&est.proof) else {
+            panic!()
+        };
+        assert!(rs.is_encrypted());
+        let (mut seal, _) = est.session.split();
+        let (_, mut open) = rs.split();
+        let msg = Value::map([("i", Value::from(2))]);
+        assert_eq!(open.open(&seal.seal(&msg).unwrap()).unwrap(), msg);
+        // A host that insists refuses a node that does not offer it.
+        let i = Initiator::new(&config(vec![[1; 32]]).encrypted(true), [2; 16]);
+        let mut r = Responder::new([1; 32], "demo", "9a", "q", 1024, [3; 16]);
+        let e = run(&i, &mut r).err().unwrap();
+        assert_eq!(
+            e,
+            HandshakeError::NotEncrypting {
+                node: "demo".into()
+            }
+        );
+        assert!(e.to_string().contains("moat cfg upload"), "{e}");
     }
 
     #[test]

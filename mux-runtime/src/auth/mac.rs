@@ -12,6 +12,8 @@ pub const LABEL_R: &[u8] = b"moat/1 R";
 pub const LABEL_I: &[u8] = b"moat/1 I";
 /// Label of the session key `KS`.
 pub const LABEL_S: &[u8] = b"moat/1 S";
+/// Label of the encryption key `KE`.
+pub const LABEL_E: &[u8] = b"moat/1 E";
 
 /// `HMAC(key, parts[0] | parts[1] | …)`.
 pub fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
@@ -41,6 +43,25 @@ pub fn session_key(key: &[u8], ni: &[u8], nr: &[u8]) -> [u8; 32] {
     hmac(key, &[LABEL_S, ni, nr])
 }
 
+/// `KE = HMAC(K, "moat/1 E" | NI | NR)`: the key of an encrypted
+/// session's keystream (a key of its own, not `KS`: the MAC key never
+/// doubles as a cipher key).
+pub fn encryption_key(key: &[u8], ni: &[u8], nr: &[u8]) -> [u8; 32] {
+    hmac(key, &[LABEL_E, ni, nr])
+}
+
+/// XORs `data` with the keystream of the message `dir | counter`: block
+/// `j` (32 bytes) is `HMAC(KE, D | C | J)`, `J` 4 bytes big-endian from 0.
+/// The same call encrypts and decrypts.
+pub fn keystream_xor(ke: &[u8; 32], dir: u8, counter: [u8; 4], data: &mut [u8]) {
+    for (j, chunk) in data.chunks_mut(32).enumerate() {
+        let block = hmac(ke, &[&[dir], &counter, &(j as u32).to_be_bytes()]);
+        for (d, k) in chunk.iter_mut().zip(block) {
+            *d ^= k;
+        }
+    }
+}
+
 /// Equal bytes, in time independent of where they differ.
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -67,6 +88,23 @@ mod tests {
             hex::encode(t),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    #[test]
+    fn the_keystream_is_its_own_inverse_and_differs_per_counter_and_direction() {
+        let ke = [5u8; 32];
+        let plain: Vec<u8> = (0..70).collect();
+        let mut x = plain.clone();
+        keystream_xor(&ke, b'I', [0, 0, 0, 1], &mut x);
+        assert_ne!(x, plain);
+        let mut y = plain.clone();
+        keystream_xor(&ke, b'I', [0, 0, 0, 2], &mut y);
+        assert_ne!(x, y);
+        let mut z = plain.clone();
+        keystream_xor(&ke, b'R', [0, 0, 0, 1], &mut z);
+        assert_ne!(x, z);
+        keystream_xor(&ke, b'I', [0, 0, 0, 1], &mut x);
+        assert_eq!(x, plain);
     }
 
     #[test]

@@ -52,6 +52,9 @@ pub struct AuthConfig {
     /// The project's id (`auth.p`) and name (for messages).
     pub project_id: String,
     pub project_name: String,
+    /// Whether the link must be encrypted (`encrypt` in the manifest): a
+    /// node that does not offer it is refused. Without it the node decides.
+    pub encrypt: bool,
 }
 
 impl AuthConfig {
@@ -66,7 +69,14 @@ impl AuthConfig {
             node: node.to_owned(),
             project_id: project_id.to_owned(),
             project_name: project_name.to_owned(),
+            encrypt: false,
         }
+    }
+
+    /// The same, insisting on encryption when `encrypt`.
+    pub fn encrypted(mut self, encrypt: bool) -> AuthConfig {
+        self.encrypt = encrypt;
+        self
     }
 }
 
@@ -77,6 +87,7 @@ impl fmt::Debug for AuthConfig {
             .field("node", &self.node)
             .field("project_id", &self.project_id)
             .field("project_name", &self.project_name)
+            .field("encrypt", &self.encrypt)
             .finish_non_exhaustive()
     }
 }
@@ -87,6 +98,7 @@ impl PartialEq for AuthConfig {
         self.node == other.node
             && self.project_id == other.project_id
             && self.project_name == other.project_name
+            && self.encrypt == other.encrypt
             && mac::keys_eq(&self.keys.keys(), &other.keys.keys())
     }
 }
@@ -105,6 +117,8 @@ pub struct Peer {
     /// Which of the [`AuthConfig`] keys it has (0: the first, the current
     /// one; 1: the next, a pending one from an unfinished rotation).
     pub key_index: usize,
+    /// Whether the session is encrypted.
+    pub encrypted: bool,
 }
 
 /// A link's authentication counters over its whole life.

@@ -4,6 +4,12 @@
 //! 16 bytes of `HMAC(KS, D | C | B)`, `D` the direction (`I` from the
 //! initiator, `R` from the responder).
 //!
+//! An encrypted session (docs/auth.md §Encryption) sends `{x: bin(C | T |
+//! X)}` instead: `X` the body XORed with the keystream of `D | C` under
+//! `KE`, `T` over `X` (encrypt-then-MAC: a forgery is dropped before any
+//! decryption). The map key differs so neither kind is ever taken for the
+//! other: a plain session drops `x`, an encrypted one drops `s`.
+//!
 //! The direction byte is in the MAC so a message cannot be reflected back
 //! to its sender (both directions share `KS`); the counter so it cannot be
 //! replayed or reordered: a receiver accepts only counters above the last
@@ -45,30 +51,64 @@ impl Role {
     }
 }
 
-/// The session key and this side's role: split into the two halves.
+/// The map key of a plain sealed message.
+pub const SEALED: &str = "s";
+/// The map key of an encrypted sealed message.
+pub const ENCRYPTED: &str = "x";
+
+/// The session key, the encryption key of an encrypted session, and this
+/// side's role: split into the two halves.
 pub struct Session {
     key: [u8; 32],
+    cipher: Option<[u8; 32]>,
     role: Role,
 }
 
 impl Session {
     pub fn new(key: [u8; 32], role: Role) -> Session {
-        Session { key, role }
+        Session {
+            key,
+            cipher: None,
+            role,
+        }
+    }
+
+    /// The same session, encrypted under `ke`.
+    pub fn encrypted(mut self, ke: [u8; 32]) -> Session {
+        self.cipher = Some(ke);
+        self
+    }
+
+    /// Whether messages are encrypted.
+    pub fn is_encrypted(&self) -> bool {
+        self.cipher.is_some()
     }
 
     pub fn split(self) -> (Sealer, Opener) {
         (
             Sealer {
                 key: self.key,
+                cipher: self.cipher,
                 dir: self.role.sends(),
                 sent: 0,
             },
             Opener {
                 key: self.key,
+                cipher: self.cipher,
                 dir: self.role.other().sends(),
                 last: 0,
             },
         )
+    }
+}
+
+impl Session {
+    fn map_key(cipher: &Option<[u8; 32]>) -> &'static str {
+        if cipher.is_some() {
+            ENCRYPTED
+        } else {
+            SEALED
+        }
     }
 }
 
@@ -86,25 +126,32 @@ impl fmt::Display for CounterExhausted {
 /// Seals outgoing messages.
 pub struct Sealer {
     key: [u8; 32],
+    cipher: Option<[u8; 32]>,
     dir: u8,
     sent: u32,
 }
 
 impl Sealer {
-    /// `{s: bin(C | T | B)}` for `msg` under the next counter.
+    /// `{s: bin(C | T | B)}` (encrypted: `{x: bin(C | T | X)}`) for `msg`
+    /// under the next counter.
     pub fn seal(&mut self, msg: &Value) -> Result<Value, CounterExhausted> {
         let mut blob = Vec::with_capacity(HEADER + 64);
         blob.resize(HEADER, 0);
         msgpack::encode(msg, &mut blob);
+        let key = Session::map_key(&self.cipher);
         self.seal_body(blob)
-            .map(|b| Value::map([("s", Value::Bin(b))]))
+            .map(|b| Value::map([(key, Value::Bin(b))]))
     }
 
-    /// Fills in counter and tag of `blob` (`HEADER` bytes, then the body).
+    /// Fills in counter and tag of `blob` (`HEADER` bytes, then the body),
+    /// encrypting the body first in an encrypted session.
     fn seal_body(&mut self, mut blob: Vec<u8>) -> Result<Vec<u8>, CounterExhausted> {
         let counter = self.sent.checked_add(1).ok_or(CounterExhausted)?;
         self.sent = counter;
         let c = counter.to_be_bytes();
+        if let Some(ke) = &self.cipher {
+            mac::keystream_xor(ke, self.dir, c, &mut blob[HEADER..]);
+        }
         let tag = mac::hmac(&self.key, &[&[self.dir], &c, &blob[HEADER..]]);
         blob[..4].copy_from_slice(&c);
         blob[4..HEADER].copy_from_slice(&tag[..TAG]);
@@ -120,7 +167,7 @@ impl Sealer {
 /// Why a received message was dropped.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Rejected {
-    /// Not a `{s: bin}` map.
+    /// Not a `{s: bin}` map (encrypted session: `{x: bin}`).
     Unsealed,
     /// Shorter than counter and tag.
     Short,
@@ -152,6 +199,7 @@ impl fmt::Display for Rejected {
 /// Opens incoming messages.
 pub struct Opener {
     key: [u8; 32],
+    cipher: Option<[u8; 32]>,
     dir: u8,
     last: u32,
 }
@@ -160,16 +208,24 @@ impl Opener {
     /// The message inside `sealed`, or why it is dropped. Only an accepted
     /// message moves the counter on.
     pub fn open(&mut self, sealed: &Value) -> Result<Value, Rejected> {
+        let want = Session::map_key(&self.cipher);
         let blob = match sealed {
             Value::Map(pairs) => match pairs.as_slice() {
-                [(Value::Str(k), Value::Bin(b))] if k == "s" => b,
+                [(Value::Str(k), Value::Bin(b))] if k == want => b,
                 _ => return Err(Rejected::Unsealed),
             },
             _ => return Err(Rejected::Unsealed),
         };
         let (counter, body) = self.check(blob)?;
-        let msg = msgpack::decode_exact(body, &Limits::default())
-            .map_err(|e| Rejected::Undecodable(e.to_string()))?;
+        let decoded = match &self.cipher {
+            Some(ke) => {
+                let mut plain = body.to_vec();
+                mac::keystream_xor(ke, self.dir, counter.to_be_bytes(), &mut plain);
+                msgpack::decode_exact(&plain, &Limits::default())
+            }
+            None => msgpack::decode_exact(body, &Limits::default()),
+        };
+        let msg = decoded.map_err(|e| Rejected::Undecodable(e.to_string()))?;
         self.last = counter;
         Ok(msg)
     }
@@ -266,6 +322,38 @@ mod tests {
         assert_eq!(ro.open(&ping(4)), Err(Rejected::Unsealed));
         // The link goes on.
         assert_eq!(ro.open(&is.seal(&ping(5)).unwrap()).unwrap(), ping(5));
+    }
+
+    #[test]
+    fn an_encrypted_session_hides_the_body_and_drops_plain_seals() {
+        let (mut is, _) = Session::new([7; 32], Role::Initiator)
+            .encrypted([9; 32])
+            .split();
+        let (_, mut ro) = Session::new([7; 32], Role::Responder)
+            .encrypted([9; 32])
+            .split();
+        let (mut plain, ..) = pair();
+        let msg = Value::map([("d", Value::from("wifi password"))]);
+        let x = is.seal(&msg).unwrap();
+        let Value::Map(pairs) = &x else { panic!() };
+        assert_eq!(pairs[0].0, Value::from("x"));
+        let Value::Bin(b) = &pairs[0].1 else { panic!() };
+        assert!(
+            !b.windows(4).any(|w| w == b"wifi"),
+            "the body travels in clear"
+        );
+        assert_eq!(ro.open(&x).unwrap(), msg);
+        // A plain seal under the same session key (a stripped `e`) is
+        // dropped, not read.
+        assert_eq!(ro.open(&plain.seal(&msg).unwrap()), Err(Rejected::Unsealed));
+        // Altered ciphertext: the tag fails before anything is decrypted.
+        let Value::Map(mut pairs) = is.seal(&msg).unwrap() else {
+            panic!()
+        };
+        if let Value::Bin(b) = &mut pairs[0].1 {
+            b[HEADER] ^= 1;
+        }
+        assert_eq!(ro.open(&Value::Map(pairs)), Err(Rejected::BadTag));
     }
 
     #[test]

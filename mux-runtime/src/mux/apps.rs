@@ -110,6 +110,7 @@ fn ls(core: &Core) -> Value {
                 if let Some(m) = peer.max_message {
                     info.push(("m", Value::from(m)));
                 }
+                info.push(("encrypted", Value::from(peer.encrypted)));
                 if peer.key_index > 0 {
                     // A rotation was interrupted after the node got its new key.
                     info.push(("auth_key", Value::from("pending")));
