@@ -59,6 +59,28 @@ pub struct Manifest {
     pub app_paths: Vec<PathBuf>,
     /// `[nodes.NAME]` in file order.
     pub nodes: Vec<Node>,
+    /// `[mqtt]`: the broker the project's muxes join (docs/mqtt.md).
+    pub mqtt: Option<Mqtt>,
+}
+
+/// `[mqtt]`: every key optional (`moat mux --mqtt URL` can give the URL).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Mqtt {
+    /// `mqtt://[user[:password]@]host[:port]`.
+    pub url: Option<String>,
+    pub client_id: Option<String>,
+    /// Default `moat/<project>`.
+    pub prefix: Option<String>,
+    /// `"auto"` (default), `"5"` or `"3.1.1"`.
+    pub version: Option<String>,
+    /// Seconds.
+    pub keep_alive: Option<u32>,
+    /// Bytes.
+    pub max_message: Option<u32>,
+    pub user: Option<String>,
+    /// The name of the secret holding the password (`password = { secret
+    /// = "mqtt_pw" }`: secrets.toml or `MOAT_SECRET_MQTT_PW`).
+    pub password_secret: Option<String>,
 }
 
 /// `[project]`.
@@ -99,6 +121,9 @@ pub struct Node {
     /// Whether the link authenticates (`auth = true|false`; default true
     /// on tcp, false on process, serial and usb links).
     pub link_auth: bool,
+    /// `mux = "NAME"`: the mux that holds the node (`moat mux --name
+    /// NAME` holds the nodes naming it); `None`: any mux without `--node`.
+    pub mux: Option<String>,
     /// `[nodes.NAME.config]` converted to a value, keys in file order;
     /// `Value::Map(vec![])` when absent. Does not yet include the derived
     /// `link` section: see [`Node::config`]. A secret (`{ secret = "x" }`)
@@ -420,12 +445,23 @@ const TOP_KEYS: &[&str] = &[
     "defaults",
     "nodes",
     "toolchains",
+    "mqtt",
+];
+const MQTT_KEYS: &[&str] = &[
+    "url",
+    "client_id",
+    "prefix",
+    "version",
+    "keep_alive",
+    "max_message",
+    "user",
+    "password",
 ];
 const PROJECT_KEYS: &[&str] = &["name", "id"];
 const MICROPYTHON_KEYS: &[&str] = &["version", "path", "git", "rev"];
 const APPS_KEYS: &[&str] = &["paths"];
 const DEFAULTS_KEYS: &[&str] = &["link"];
-const NODE_KEYS: &[&str] = &["board", "port", "link", "config"];
+const NODE_KEYS: &[&str] = &["board", "port", "link", "config", "mux"];
 const TCP_KEYS: &[&str] = &["kind", "host", "port", "auth"];
 const PROCESS_KEYS: &[&str] = &["kind", "auth"];
 const SERIAL_KEYS: &[&str] = &[
@@ -678,12 +714,65 @@ impl<'t> Parser<'t> {
             None => None,
         };
         let nodes = self.nodes(&top, boards, defaults.as_ref())?;
+        let mqtt = self.mqtt(&top)?;
         Ok(Manifest {
             project: Project { name, id },
             micropython,
             app_paths,
             nodes,
+            mqtt,
         })
+    }
+
+    /// `[mqtt]`.
+    fn mqtt(&self, top: &Table) -> Res<Option<Mqtt>> {
+        let Some(t) = self.table(top, "mqtt")? else {
+            return Ok(None);
+        };
+        self.only_keys(&t, MQTT_KEYS)?;
+        let version = self.string(&t, "version")?;
+        if let Some(v) = &version {
+            if !["auto", "5", "3.1.1"].contains(&v.as_str()) {
+                return Err(self.err(
+                    t.span_of("version"),
+                    t.key_path("version"),
+                    format!("`{v}` is not an MQTT version; valid: \"auto\", \"5\", \"3.1.1\""),
+                ));
+            }
+        }
+        let password_secret = match t.get("password") {
+            None => None,
+            Some(item) => {
+                let secret = item
+                    .as_table_like()
+                    .and_then(|p| p.get("secret"))
+                    .and_then(|s| s.as_str());
+                match secret {
+                    Some(name) => Some(name.to_owned()),
+                    None => {
+                        return Err(self.err(
+                            t.span_of("password"),
+                            t.key_path("password"),
+                            "write the password's secret name, `password = { secret = \"mqtt_pw\" }`, \
+                             and the password into secrets.toml (or MOAT_SECRET_MQTT_PW)"
+                                .into(),
+                        ))
+                    }
+                }
+            }
+        };
+        Ok(Some(Mqtt {
+            url: self.string(&t, "url")?,
+            client_id: self.string(&t, "client_id")?,
+            prefix: self.string(&t, "prefix")?,
+            version,
+            keep_alive: self.int(&t, "keep_alive", 1, 65535)?.map(|v| v as u32),
+            max_message: self
+                .int(&t, "max_message", 64, 256 * 1024 * 1024)?
+                .map(|v| v as u32),
+            user: self.string(&t, "user")?,
+            password_secret,
+        }))
     }
 
     fn micropython(&self, top: &Table, root: Option<&Path>) -> Res<MicroPython> {
@@ -859,6 +948,16 @@ impl<'t> Parser<'t> {
             ));
         }
         let port = self.string(t, "port")?;
+        let mux = self.string(t, "mux")?;
+        if let Some(m) = &mux {
+            if !is_identifier(m) {
+                return Err(self.err(
+                    t.span_of("mux"),
+                    t.key_path("mux"),
+                    format!("`{m}` is not a valid mux name; use letters, digits, `-` and `_`"),
+                ));
+            }
+        }
         let local = board.flash == crate::board::Flash::Local;
         let (link, link_auth) = self.link(t, board.link, defaults, local)?;
         let mut secrets = Vec::new();
@@ -872,6 +971,7 @@ impl<'t> Parser<'t> {
             port,
             link,
             link_auth,
+            mux,
             user_config,
             secrets,
             auth: None,
