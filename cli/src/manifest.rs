@@ -766,7 +766,7 @@ impl<'t> Parser<'t> {
             client_id: self.string(&t, "client_id")?,
             prefix: self.string(&t, "prefix")?,
             version,
-            keep_alive: self.int(&t, "keep_alive", 1, 65535)?.map(|v| v as u32),
+            keep_alive: self.int(&t, "keep_alive", 5, 65535)?.map(|v| v as u32),
             max_message: self
                 .int(&t, "max_message", 64, 256 * 1024 * 1024)?
                 .map(|v| v as u32),

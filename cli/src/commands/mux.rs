@@ -24,10 +24,10 @@ pub struct Args {
     /// The socket to serve on (default: $MOAT_SOCKET, else
     /// $XDG_RUNTIME_DIR/moat/<project>-<id>.sock, else
     /// /tmp/moat-$UID/<project>-<id>.sock).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", global = true)]
     pub socket: Option<PathBuf>,
     /// Print link changes as JSON lines on stdout.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub json: bool,
     /// Hold only this node (repeatable); the others are reached through
     /// the broker. Default: the nodes whose `mux` is this mux's name, and

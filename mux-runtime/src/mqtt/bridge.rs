@@ -139,6 +139,7 @@ impl Setup {
             forward: Mutex::default(),
             served: Mutex::default(),
             stop: CancellationToken::new(),
+            leaving: Default::default(),
             counters: Counters::default(),
         });
         tokio::spawn(run(inner.clone()));
@@ -194,6 +195,8 @@ struct Inner {
     /// Keyed by reply topic.
     served: Mutex<HashMap<String, Served>>,
     stop: CancellationToken,
+    /// Set by [`Bridge::shutdown`]: the connection's end is ours.
+    leaving: std::sync::atomic::AtomicBool,
     counters: Counters,
 }
 
@@ -341,6 +344,7 @@ impl Bridge {
     /// Marks this mux's nodes down, says goodbye and disconnects.
     pub async fn shutdown(&self) {
         let inner = &self.inner;
+        inner.leaving.store(true, Ordering::Relaxed);
         let client = lock(&inner.client).clone();
         if let (Some(client), true) = (client, self.is_connected()) {
             let states: Vec<(String, NodeState)> = lock(&inner.local_states)
@@ -469,8 +473,11 @@ impl Inner {
         let Some(client) = lock(&self.client).clone() else {
             return;
         };
-        if !*self.connected.borrow() {
-            // Published again on reconnect where it matters (states).
+        if !retain && !*self.connected.borrow() {
+            // A notice nobody could get. Retained states are queued even
+            // before the connection is up (rumqttc sends them once it
+            // is, before what the reconnect republishes), so none is
+            // lost between the reconnect's snapshot and `connected`.
             return;
         }
         self.counters.published.fetch_add(1, Ordering::Relaxed);
@@ -791,7 +798,7 @@ impl Inner {
     }
 
     fn on_lost(&self, why: &str) {
-        if self.connected.send_replace(false) {
+        if self.connected.send_replace(false) && !self.leaving.load(Ordering::Relaxed) {
             self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("lost the MQTT broker at {}: {why}", self.setup.url);
         }

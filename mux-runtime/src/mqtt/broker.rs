@@ -84,14 +84,19 @@ pub enum Connection {
     V311(Box<rumqttc::EventLoop>),
 }
 
+/// The shortest keep-alive rumqttc's MQTT 5 client takes (it panics on
+/// less).
+pub const MIN_KEEP_ALIVE: Duration = Duration::from_secs(5);
+
 /// Requests rumqttc queues before `publish` waits.
 const QUEUE: usize = 1024;
 
 pub fn open(o: &Options, version: Version) -> (Client, Connection) {
+    let keep_alive = o.keep_alive.max(MIN_KEEP_ALIVE);
     match version {
         Version::V5 => {
             let mut m = v5::MqttOptions::new(&o.client_id, &o.host, o.port);
-            m.set_keep_alive(o.keep_alive)
+            m.set_keep_alive(keep_alive)
                 .set_clean_start(true)
                 .set_max_packet_size(Some(o.max_incoming))
                 .set_last_will(p5::LastWill::new(
@@ -109,7 +114,7 @@ pub fn open(o: &Options, version: Version) -> (Client, Connection) {
         }
         Version::V311 => {
             let mut m = rumqttc::MqttOptions::new(&o.client_id, &o.host, o.port);
-            m.set_keep_alive(o.keep_alive)
+            m.set_keep_alive(keep_alive)
                 .set_clean_session(true)
                 .set_max_packet_size(o.max_incoming as usize, usize::MAX)
                 .set_last_will(rumqttc::LastWill::new(

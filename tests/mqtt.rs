@@ -1,0 +1,370 @@
+//! Muxes on "several hosts" joined through a real broker (mosquitto, started
+//! by the test on a free loopback port): one project with unix nodes `a`
+//! and `b` on TCP links (`moat run`), `moat mux --node a --mqtt URL` and
+//! `moat mux --node b --mqtt URL` on their own sockets; clients of one mux
+//! reach the node the other holds.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::StreamExt;
+use moat_e2e::broker::{mosquitto_present, Broker};
+use moat_e2e::{copy_tree, moat, run_ok};
+use mux_runtime::endpoint::Endpoint;
+use mux_runtime::error::WellKnown;
+use mux_runtime::Value;
+use tokio::time::timeout;
+
+/// Bounds a failure; a working setup never comes near it.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A test app in each node: echo, a long call, and a call up the node's
+/// link (resolved from its mux's root: node to node across hosts).
+const TAPP: &str = r#"
+import asyncio
+from app import App
+
+
+class T(App):
+    def cmd_who(self):
+        return self.root.cfg.get("who")
+
+    async def cmd_nap(self, ms=60000):
+        await asyncio.sleep_ms(ms)
+        return ms
+
+    async def cmd_ask(self, p):
+        return await self.root.call(p)
+"#;
+
+fn kw(pairs: &[(&str, Value)]) -> Value {
+    Value::map(pairs.iter().map(|(k, v)| (*k, v.clone())))
+}
+
+/// Two nodes, two muxes, one broker.
+struct Hosts {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    broker: Broker,
+    /// `moat mux` holding `a` (index 0) and `b` (index 1).
+    muxes: Vec<Option<Child>>,
+    sockets: Vec<PathBuf>,
+    runners: Vec<Child>,
+}
+
+const NODES: [&str; 2] = ["a", "b"];
+
+impl Hosts {
+    /// `None` (the test returns, said on stderr) when mosquitto or the
+    /// build tools are missing outside CI.
+    fn start(broker_config: &str) -> Option<Hosts> {
+        if !mosquitto_present() || !moat_e2e::build_tools_present() {
+            return None;
+        }
+        Some(Hosts::try_start(broker_config).unwrap())
+    }
+
+    fn try_start(broker_config: &str) -> anyhow::Result<Hosts> {
+        moat_e2e::unix_satellite()?;
+        let sat = moat_e2e::satellite_project()?;
+        let broker = Broker::start(broker_config)?;
+        let dir = tempfile::Builder::new().prefix("moat-mqtt-").tempdir()?;
+        let root = dir.path().join("proj");
+        copy_tree(&sat.join("apps"), &root.join("apps"))?;
+        // keep_alive 5 (rumqttc's least): a killed mux's last will comes within 7.5 s.
+        let mut toml = String::from(
+            "[project]\nname = \"mqtte2e\"\n[micropython]\nversion = \"1.25.0\"\n\
+             [apps]\npaths = [\"apps\"]\n[mqtt]\nkeep_alive = 5\n",
+        );
+        for name in NODES {
+            let port = moat_e2e::node::free_port();
+            toml.push_str(&format!(
+                "[nodes.{name}]\nboard = \"unix\"\n\
+                 link = {{ kind = \"tcp\", host = \"127.0.0.1\", port = {port} }}\n\
+                 [nodes.{name}.config]\napps = {{ fs = \"fs.Files\", c = \"counter.Counter\", t = \"tapp.T\" }}\n\
+                 c = {{ step = 1, ms = 20 }}\nwho = \"{name}\"\n"
+            ));
+        }
+        std::fs::write(root.join("moat.toml"), toml)?;
+        let built = sat.join(".moat/build/demo");
+        for name in NODES {
+            let to = root.join(".moat/build").join(name);
+            copy_tree(&built.join("firmware"), &to.join("firmware"))?;
+            std::fs::copy(built.join("record.json"), to.join("record.json"))?;
+        }
+        run_ok(moat(&root).arg("flash"))?;
+        for name in NODES {
+            std::fs::write(root.join(".moat/nodes").join(name).join("tapp.py"), TAPP)?;
+        }
+        let mut hosts = Hosts {
+            _dir: dir,
+            root,
+            broker,
+            muxes: Vec::new(),
+            sockets: Vec::new(),
+            runners: Vec::new(),
+        };
+        for name in NODES {
+            let runner = moat(&hosts.root)
+                .args(["run", "--node", name])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting moat run")?;
+            hosts.runners.push(runner);
+        }
+        for (i, name) in NODES.iter().enumerate() {
+            let socket = hosts._dir.path().join(format!("mux-{name}.sock"));
+            hosts.sockets.push(socket);
+            hosts.muxes.push(None);
+            hosts.start_mux(i)?;
+        }
+        Ok(hosts)
+    }
+
+    /// Starts the mux holding `NODES[i]` (named `m<node>` on the broker).
+    fn start_mux(&mut self, i: usize) -> anyhow::Result<()> {
+        let node = NODES[i];
+        let mux = moat(&self.root)
+            .args(["mux", "--node", node, "--name", &format!("m{node}")])
+            .args(["--mqtt", &self.broker.url(), "--socket"])
+            .arg(&self.sockets[i])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting moat mux")?;
+        self.muxes[i] = Some(mux);
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while std::os::unix::net::UnixStream::connect(&self.sockets[i]).is_err() {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "moat mux did not open {}",
+                self.sockets[i].display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    async fn client(&self, i: usize) -> Endpoint {
+        Endpoint::connect_unix(&self.sockets[i]).await.unwrap()
+    }
+
+    /// Waits until `mux.ls` of `client` shows `node` in `state`; returns
+    /// its entry.
+    async fn wait_state(&self, client: &Endpoint, node: &str, state: &str) -> Value {
+        timeout(PATIENCE, async {
+            loop {
+                let ls = client.call(["mux", "ls"], Value::Nil).await.unwrap();
+                if let Some(entry) = ls.get(node) {
+                    if entry.get("state") == Some(&state.into()) {
+                        return entry.clone();
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("node `{node}` never became {state}"))
+    }
+
+    /// Both muxes see both nodes up.
+    async fn wait_all_up(&self) -> (Endpoint, Endpoint) {
+        let (ca, cb) = (self.client(0).await, self.client(1).await);
+        for c in [&ca, &cb] {
+            for n in NODES {
+                self.wait_state(c, n, "up").await;
+            }
+        }
+        (ca, cb)
+    }
+
+    fn signal_mux(&mut self, i: usize, sig: i32) {
+        if let Some(mut mux) = self.muxes[i].take() {
+            // SAFETY: kill(2) of our own child.
+            unsafe { libc::kill(mux.id() as i32, sig) };
+            let _ = mux.wait();
+        }
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for i in 0..self.muxes.len() {
+            self.signal_mux(i, libc::SIGTERM);
+        }
+        for runner in &mut self.runners {
+            // SAFETY: kill(2) of our own child; `moat run` passes it on.
+            unsafe { libc::kill(runner.id() as i32, libc::SIGTERM) };
+            let _ = runner.wait();
+        }
+        self.broker.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_of_one_mux_call_and_stream_from_the_node_another_mux_holds() {
+    let Some(h) = Hosts::start("") else { return };
+    let (ca, _cb) = h.wait_all_up().await;
+
+    // `moat cmd` through mux A reaches b, held by mux B.
+    let out = run_ok(
+        moat(&h.root)
+            .args(["cmd", "--socket"])
+            .arg(&h.sockets[0])
+            .args(["b", "t.who", "--json"]),
+    )
+    .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "\"b\"");
+
+    // mux.ls on A lists b with the mux holding it.
+    let b = h.wait_state(&ca, "b", "up").await;
+    assert_eq!(b.get("mux"), Some(&"mb".into()));
+    assert_eq!(b.get("kind"), Some(&"mqtt".into()));
+    // What the node says of itself (`sys.info`, `sys.hash`).
+    assert!(b.get("board").and_then(Value::as_str).is_some(), "{b:?}");
+    let fw = b.get("fw").and_then(Value::as_str).unwrap_or_default();
+    assert!(fw.len() == 16 && fw.chars().all(|c| c.is_ascii_hexdigit()), "{b:?}");
+    let a = h.wait_state(&ca, "a", "up").await;
+    assert_eq!(a.get("mux"), Some(&"ma".into()));
+
+    // Calls and streams across the bridge; errors are the node's own.
+    let hi = kw(&[("m", "hi".into())]);
+    assert_eq!(ca.call(["b", "ping"], hi.clone()).await.unwrap(), hi);
+    let e = ca.call(["b", "nope"], Value::Nil).await.unwrap_err();
+    assert_eq!(e.kind(), Some(WellKnown::NoPath), "{e}");
+    let items: Vec<_> = timeout(PATIENCE, ca.stream(["b", "c", "get"], Value::Nil, 10).take(5).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert_eq!(items.len(), 5);
+    let counts: Vec<i64> = items
+        .into_iter()
+        .map(|i| i.unwrap().as_int().expect("the counter is an int") as i64)
+        .collect();
+    assert!(counts.windows(2).all(|w| w[0] < w[1]), "{counts:?}");
+
+    // Node to node across hosts: a asks its mux for b's name.
+    let asked = ca
+        .call(["a", "t", "ask"], kw(&[("p", Value::Array(vec!["b".into(), "t".into(), "who".into()]))]))
+        .await
+        .unwrap();
+    assert_eq!(asked, "b".into());
+
+    // A client that never reads its fast stream does not stall the others.
+    let stalled = h.client(0).await;
+    let _unread = stalled.stream(["b", "c", "get"], Value::Nil, 1);
+    // 1 000 requests across the bridge, 16 in flight: every answer comes
+    // back once, to the request that asked.
+    let sent: BTreeSet<i64> = (0..1000).collect();
+    let got: Vec<i64> = futures::stream::iter(sent.iter().copied())
+        .map(|i| {
+            let ca = ca.clone();
+            async move {
+                let m = kw(&[("m", i.into())]);
+                let answer = timeout(PATIENCE, ca.call(["b", "ping"], m)).await.unwrap().unwrap();
+                answer.get("m").and_then(Value::as_int).unwrap() as i64
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    assert_eq!(got.len(), 1000);
+    assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), sent);
+
+    // Without a local mux: `moat cmd --mqtt URL NODE PATH`.
+    let out = run_ok(
+        moat(&h.root)
+            .args(["cmd", "--mqtt", &h.broker.url(), "a", "t.who", "--json"]),
+    )
+    .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "\"a\"");
+    let out = run_ok(moat(&h.root).args(["mux", "ls", "--socket"]).arg(&h.sockets[1])).unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.lines().any(|l| l.starts_with('a') && l.contains("ma") && l.contains("up")),
+        "{table}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_mux_turns_its_nodes_down_and_a_restarted_broker_is_rejoined() {
+    let Some(mut h) = Hosts::start("") else { return };
+    let (ca, _cb) = h.wait_all_up().await;
+
+    // A call in flight when the broker dies fails with a clear error.
+    let napping = tokio::spawn({
+        let ca = ca.clone();
+        async move { ca.call(["b", "t", "nap"], kw(&[("ms", 60_000.into())])).await }
+    });
+    // The nap is open on b once b's link carries it: wait for mux B to
+    // serve it rather than sleeping.
+    let cb = h.client(1).await;
+    timeout(PATIENCE, async {
+        loop {
+            let info = cb.call(["mux", "info"], Value::Nil).await.unwrap();
+            let received = info.get("mqtt").and_then(|m| m.get("received")).and_then(Value::as_int);
+            if received.is_some_and(|r| r > 0) {
+                let ls = cb.call(["mux", "ls"], Value::Nil).await.unwrap();
+                let out = ls.get("b").and_then(|b| b.get("messages_out")).and_then(Value::as_int);
+                if out.is_some_and(|n| n > 0) {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    drop(cb);
+    h.broker.restart().unwrap();
+    let e = timeout(PATIENCE, napping).await.unwrap().unwrap().unwrap_err();
+    assert_eq!(e.kind(), Some(WellKnown::LinkDown), "{e}");
+    assert!(e.to_string().contains("MQTT broker"), "{e}");
+    // Both muxes come back; new requests work.
+    h.wait_state(&ca, "b", "up").await;
+    let hi = kw(&[("m", "again".into())]);
+    let back = timeout(PATIENCE, async {
+        loop {
+            match ca.call(["b", "ping"], hi.clone()).await {
+                Ok(v) => return v,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(back, hi);
+
+    // Mux B killed outright: its last will marks b down for mux A, and
+    // requests to b fail with _LnkErr naming why.
+    h.signal_mux(1, libc::SIGKILL);
+    let b = h.wait_state(&ca, "b", "down").await;
+    assert!(
+        b.get("why").and_then(Value::as_str).is_some_and(|w| w.contains("mb")),
+        "{b:?}"
+    );
+    let e = ca.call(["b", "ping"], hi.clone()).await.unwrap_err();
+    assert_eq!(e.kind(), Some(WellKnown::LinkDown), "{e}");
+    // Restarted, it holds b again.
+    h.start_mux(1).unwrap();
+    h.wait_state(&ca, "b", "up").await;
+    assert_eq!(ca.call(["b", "ping"], hi.clone()).await.unwrap(), hi);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_over_the_brokers_packet_limit_gets_a_clear_error() {
+    let Some(h) = Hosts::start("max_packet_size 2048") else { return };
+    let (ca, _cb) = h.wait_all_up().await;
+    let big = kw(&[("m", "x".repeat(4000).into())]);
+    let e = ca.call(["b", "ping"], big).await.unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("MQTT") && text.contains("limit"), "{text}");
+    // The bridge is still fine.
+    let hi = kw(&[("m", "hi".into())]);
+    assert_eq!(ca.call(["b", "ping"], hi.clone()).await.unwrap(), hi);
+}
