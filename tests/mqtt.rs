@@ -229,7 +229,10 @@ async fn clients_of_one_mux_call_and_stream_from_the_node_another_mux_holds() {
     // What the node says of itself (`sys.info`, `sys.hash`).
     assert!(b.get("board").and_then(Value::as_str).is_some(), "{b:?}");
     let fw = b.get("fw").and_then(Value::as_str).unwrap_or_default();
-    assert!(fw.len() == 16 && fw.chars().all(|c| c.is_ascii_hexdigit()), "{b:?}");
+    assert!(
+        fw.len() == 16 && fw.chars().all(|c| c.is_ascii_hexdigit()),
+        "{b:?}"
+    );
     let a = h.wait_state(&ca, "a", "up").await;
     assert_eq!(a.get("mux"), Some(&"ma".into()));
 
@@ -238,9 +241,14 @@ async fn clients_of_one_mux_call_and_stream_from_the_node_another_mux_holds() {
     assert_eq!(ca.call(["b", "ping"], hi.clone()).await.unwrap(), hi);
     let e = ca.call(["b", "nope"], Value::Nil).await.unwrap_err();
     assert_eq!(e.kind(), Some(WellKnown::NoPath), "{e}");
-    let items: Vec<_> = timeout(PATIENCE, ca.stream(["b", "c", "get"], Value::Nil, 10).take(5).collect::<Vec<_>>())
-        .await
-        .unwrap();
+    let items: Vec<_> = timeout(
+        PATIENCE,
+        ca.stream(["b", "c", "get"], Value::Nil, 10)
+            .take(5)
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
     assert_eq!(items.len(), 5);
     let counts: Vec<i64> = items
         .into_iter()
@@ -250,7 +258,13 @@ async fn clients_of_one_mux_call_and_stream_from_the_node_another_mux_holds() {
 
     // Node to node across hosts: a asks its mux for b's name.
     let asked = ca
-        .call(["a", "t", "ask"], kw(&[("p", Value::Array(vec!["b".into(), "t".into(), "who".into()]))]))
+        .call(
+            ["a", "t", "ask"],
+            kw(&[(
+                "p",
+                Value::Array(vec!["b".into(), "t".into(), "who".into()]),
+            )]),
+        )
         .await
         .unwrap();
     assert_eq!(asked, "b".into());
@@ -266,7 +280,10 @@ async fn clients_of_one_mux_call_and_stream_from_the_node_another_mux_holds() {
             let ca = ca.clone();
             async move {
                 let m = kw(&[("m", i.into())]);
-                let answer = timeout(PATIENCE, ca.call(["b", "ping"], m)).await.unwrap().unwrap();
+                let answer = timeout(PATIENCE, ca.call(["b", "ping"], m))
+                    .await
+                    .unwrap()
+                    .unwrap();
                 answer.get("m").and_then(Value::as_int).unwrap() as i64
             }
         })
@@ -277,29 +294,39 @@ async fn clients_of_one_mux_call_and_stream_from_the_node_another_mux_holds() {
     assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), sent);
 
     // Without a local mux: `moat cmd --mqtt URL NODE PATH`.
+    let out =
+        run_ok(moat(&h.root).args(["cmd", "--mqtt", &h.broker.url(), "a", "t.who", "--json"]))
+            .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "\"a\"");
     let out = run_ok(
         moat(&h.root)
-            .args(["cmd", "--mqtt", &h.broker.url(), "a", "t.who", "--json"]),
+            .args(["mux", "ls", "--socket"])
+            .arg(&h.sockets[1]),
     )
     .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "\"a\"");
-    let out = run_ok(moat(&h.root).args(["mux", "ls", "--socket"]).arg(&h.sockets[1])).unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
-        table.lines().any(|l| l.starts_with('a') && l.contains("ma") && l.contains("up")),
+        table
+            .lines()
+            .any(|l| l.starts_with('a') && l.contains("ma") && l.contains("up")),
         "{table}"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_mux_turns_its_nodes_down_and_a_restarted_broker_is_rejoined() {
-    let Some(mut h) = Hosts::start("") else { return };
+    let Some(mut h) = Hosts::start("") else {
+        return;
+    };
     let (ca, _cb) = h.wait_all_up().await;
 
     // A call in flight when the broker dies fails with a clear error.
     let napping = tokio::spawn({
         let ca = ca.clone();
-        async move { ca.call(["b", "t", "nap"], kw(&[("ms", 60_000.into())])).await }
+        async move {
+            ca.call(["b", "t", "nap"], kw(&[("ms", 60_000.into())]))
+                .await
+        }
     });
     // The nap is open on b once b's link carries it: wait for mux B to
     // serve it rather than sleeping.
@@ -307,10 +334,16 @@ async fn a_killed_mux_turns_its_nodes_down_and_a_restarted_broker_is_rejoined() 
     timeout(PATIENCE, async {
         loop {
             let info = cb.call(["mux", "info"], Value::Nil).await.unwrap();
-            let received = info.get("mqtt").and_then(|m| m.get("received")).and_then(Value::as_int);
+            let received = info
+                .get("mqtt")
+                .and_then(|m| m.get("received"))
+                .and_then(Value::as_int);
             if received.is_some_and(|r| r > 0) {
                 let ls = cb.call(["mux", "ls"], Value::Nil).await.unwrap();
-                let out = ls.get("b").and_then(|b| b.get("messages_out")).and_then(Value::as_int);
+                let out = ls
+                    .get("b")
+                    .and_then(|b| b.get("messages_out"))
+                    .and_then(Value::as_int);
                 if out.is_some_and(|n| n > 0) {
                     return;
                 }
@@ -322,7 +355,11 @@ async fn a_killed_mux_turns_its_nodes_down_and_a_restarted_broker_is_rejoined() 
     .unwrap();
     drop(cb);
     h.broker.restart().unwrap();
-    let e = timeout(PATIENCE, napping).await.unwrap().unwrap().unwrap_err();
+    let e = timeout(PATIENCE, napping)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
     assert_eq!(e.kind(), Some(WellKnown::LinkDown), "{e}");
     assert!(e.to_string().contains("MQTT broker"), "{e}");
     // Both muxes come back; new requests work.
@@ -345,7 +382,9 @@ async fn a_killed_mux_turns_its_nodes_down_and_a_restarted_broker_is_rejoined() 
     h.signal_mux(1, libc::SIGKILL);
     let b = h.wait_state(&ca, "b", "down").await;
     assert!(
-        b.get("why").and_then(Value::as_str).is_some_and(|w| w.contains("mb")),
+        b.get("why")
+            .and_then(Value::as_str)
+            .is_some_and(|w| w.contains("mb")),
         "{b:?}"
     );
     let e = ca.call(["b", "ping"], hi.clone()).await.unwrap_err();
@@ -358,7 +397,9 @@ async fn a_killed_mux_turns_its_nodes_down_and_a_restarted_broker_is_rejoined() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_over_the_brokers_packet_limit_gets_a_clear_error() {
-    let Some(h) = Hosts::start("max_packet_size 2048") else { return };
+    let Some(h) = Hosts::start("max_packet_size 2048") else {
+        return;
+    };
     let (ca, _cb) = h.wait_all_up().await;
     let big = kw(&[("m", "x".repeat(4000).into())]);
     let e = ca.call(["b", "ping"], big).await.unwrap_err();

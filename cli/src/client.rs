@@ -535,7 +535,9 @@ pub fn mqtt_config(
     config.client_id = section.client_id;
     config.prefix = section.prefix;
     if let Some(v) = &section.version {
-        config.version = v.parse().map_err(|e: String| anyhow::anyhow!("[mqtt] version: {e}"))?;
+        config.version = v
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("[mqtt] version: {e}"))?;
     }
     if let Some(k) = section.keep_alive {
         config.keep_alive = Duration::from_secs(u64::from(k));

@@ -749,15 +749,13 @@ impl<'t> Parser<'t> {
                     .and_then(|s| s.as_str());
                 match secret {
                     Some(name) => Some(name.to_owned()),
-                    None => {
-                        return Err(self.err(
-                            t.span_of("password"),
-                            t.key_path("password"),
-                            "write the password's secret name, `password = { secret = \"mqtt_pw\" }`, \
+                    None => return Err(self.err(
+                        t.span_of("password"),
+                        t.key_path("password"),
+                        "write the password's secret name, `password = { secret = \"mqtt_pw\" }`, \
                              and the password into secrets.toml (or MOAT_SECRET_MQTT_PW)"
-                                .into(),
-                        ))
-                    }
+                            .into(),
+                    )),
                 }
             }
         };

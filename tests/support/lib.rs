@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-pub mod esp_rom_sim;
 pub mod broker;
+pub mod esp_rom_sim;
 pub mod fault_proxy;
 pub mod node;
 

@@ -107,7 +107,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 
 /// The nodes this mux holds: those named with `--node`, else those whose
 /// `mux` is `name` and those naming no mux.
-pub fn held_nodes<'a>(all: &'a [Node], named: &[String], name: &str) -> anyhow::Result<Vec<&'a Node>> {
+pub fn held_nodes<'a>(
+    all: &'a [Node],
+    named: &[String],
+    name: &str,
+) -> anyhow::Result<Vec<&'a Node>> {
     if named.is_empty() {
         let held: Vec<&Node> = all
             .iter()
@@ -126,7 +130,10 @@ pub fn held_nodes<'a>(all: &'a [Node], named: &[String], name: &str) -> anyhow::
         .map(|wanted| {
             all.iter().find(|n| &n.name == wanted).with_context(|| {
                 let names: Vec<&str> = all.iter().map(|n| n.name.as_str()).collect();
-                format!("--node {wanted}: no such node; the project's nodes: {}", names.join(", "))
+                format!(
+                    "--node {wanted}: no such node; the project's nodes: {}",
+                    names.join(", ")
+                )
             })
         })
         .collect()
@@ -152,9 +159,17 @@ fn ls(socket: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
         let Value::Map(nodes) = ls else {
             bail!("mux.ls answered {} instead of a map", ls.type_name());
         };
-        println!("{:<16} {:<8} {:<12} {:<10} WHERE", "NODE", "STATE", "MUX", "KIND");
+        println!(
+            "{:<16} {:<8} {:<12} {:<10} WHERE",
+            "NODE", "STATE", "MUX", "KIND"
+        );
         for (name, info) in nodes {
-            let text = |k: &str| info.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
+            let text = |k: &str| {
+                info.get(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or("-")
+                    .to_owned()
+            };
             println!(
                 "{:<16} {:<8} {:<12} {:<10} {}",
                 name.as_str().unwrap_or("?"),
@@ -231,7 +246,11 @@ async fn serve(config: MuxConfig, json: bool) -> anyhow::Result<()> {
                             serde_json::json!({"event": "mqtt", "state": state, "session": bridge.session(), "prefix": bridge.topics().prefix()})
                         );
                     } else {
-                        eprintln!("mqtt: {state} as `{}` under {}", bridge.session(), bridge.topics().prefix());
+                        eprintln!(
+                            "mqtt: {state} as `{}` under {}",
+                            bridge.session(),
+                            bridge.topics().prefix()
+                        );
                     }
                 }
                 if up {

@@ -358,7 +358,9 @@ impl Bridge {
                 .collect();
             for (node, state) in states {
                 let topic = inner.setup.topics.state(&node);
-                let _ = client.publish(topic, state.encode(), true, Props::default()).await;
+                let _ = client
+                    .publish(topic, state.encode(), true, Props::default())
+                    .await;
             }
             let bye = inner.presence(false);
             let topic = inner.setup.topics.session(&inner.setup.session);
@@ -554,10 +556,7 @@ impl Inner {
             }
             Some(s) if !s.up => {
                 let why = s.why.as_deref().unwrap_or("down");
-                return Err(link_down(
-                    node,
-                    &format!("down on mux `{}`: {why}", s.mux),
-                ));
+                return Err(link_down(node, &format!("down on mux `{}`: {why}", s.mux)));
             }
             Some(_) => {}
         }
@@ -587,14 +586,15 @@ impl Inner {
 
     /// A request for local node `node` from the broker.
     fn serve(self: &Arc<Self>, node: &str, m: Received) {
-        let (reply, message) = match payload::decode_request(&m.payload, m.props.response_topic.as_deref()) {
-            Ok(found) => found,
-            Err(e) => {
-                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(node, "dropping a request from the MQTT broker: {e}");
-                return;
-            }
-        };
+        let (reply, message) =
+            match payload::decode_request(&m.payload, m.props.response_topic.as_deref()) {
+                Ok(found) => found,
+                Err(e) => {
+                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(node, "dropping a request from the MQTT broker: {e}");
+                    return;
+                }
+            };
         let tick = self.counters.tick.fetch_add(1, Ordering::Relaxed);
         let mut served = lock(&self.served);
         if let Some(s) = served.get_mut(&reply).filter(|s| s.pipe.endpoint.is_up()) {
@@ -789,7 +789,9 @@ impl Inner {
                 }
             }
             for (topic, payload, retain) in publishes {
-                let _ = client.publish(topic, payload, retain, Props::default()).await;
+                let _ = client
+                    .publish(topic, payload, retain, Props::default())
+                    .await;
             }
             if let Some(inner) = inner.upgrade() {
                 inner.connected.send_replace(true);
@@ -866,8 +868,7 @@ impl Handler for NodeScope {
     }
 
     fn notify(&self, path: Path, data: Value) {
-        self.uplink
-            .notify(route::prefixed(&self.node, &path), data)
+        self.uplink.notify(route::prefixed(&self.node, &path), data)
     }
 }
 

@@ -60,7 +60,9 @@ pub struct Received {
 pub enum Event {
     /// Connected (again): subscriptions must be made anew. `max_packet`:
     /// the broker's limit on packets it takes (MQTT 5 CONNACK).
-    Connected { max_packet: Option<u32> },
+    Connected {
+        max_packet: Option<u32>,
+    },
     Message(Received),
     Other,
 }
@@ -179,10 +181,12 @@ impl Client {
     pub async fn subscribe(&self, filter: String) -> Result<(), String> {
         match self {
             Client::V5(c) => c.subscribe(filter, QoS5::AtLeastOnce).await,
-            Client::V311(c) => return c
-                .subscribe(filter, rumqttc::QoS::AtLeastOnce)
-                .await
-                .map_err(|e| e.to_string()),
+            Client::V311(c) => {
+                return c
+                    .subscribe(filter, rumqttc::QoS::AtLeastOnce)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
         }
         .map_err(|e| e.to_string())
     }

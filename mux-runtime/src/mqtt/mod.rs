@@ -91,7 +91,9 @@ impl MqttConfig {
 /// Why the bridge cannot start.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum MqttError {
-    #[error("`{url}` is not a broker URL: {why} (write mqtt://HOST[:PORT], e.g. mqtt://localhost:1883)")]
+    #[error(
+        "`{url}` is not a broker URL: {why} (write mqtt://HOST[:PORT], e.g. mqtt://localhost:1883)"
+    )]
     BadUrl { url: String, why: String },
     #[error(
         "`{0}`: TLS to the broker is not built into moat yet; use mqtt:// to a broker on \
@@ -122,8 +124,14 @@ impl BrokerAddr {
             "mqtts" | "ssl" | "tls" => return Err(MqttError::NoTls(text.to_owned())),
             other => return Err(bad(&format!("unknown scheme `{other}`"))),
         }
-        let host = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| bad("no host"))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| bad("no host"))?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         if !matches!(url.path(), "" | "/") {
             return Err(bad("a broker URL has no path"));
         }

@@ -54,7 +54,10 @@ fn opt_str(v: &Value, key: &str) -> Option<String> {
 
 impl NodeState {
     pub fn to_value(&self) -> Value {
-        let mut m = vec![("s", up_down(self.up)), ("mux", Value::from(self.mux.as_str()))];
+        let mut m = vec![
+            ("s", up_down(self.up)),
+            ("mux", Value::from(self.mux.as_str())),
+        ];
         let extra = [
             ("board", &self.board),
             ("fw", &self.fw),
@@ -205,7 +208,10 @@ mod tests {
             decode_request(&plain, Some("r/1")),
             Ok(("r/1".to_owned(), req.clone()))
         );
-        assert_eq!(decode_request(&plain, None), Err(PayloadError::NoReplyTopic));
+        assert_eq!(
+            decode_request(&plain, None),
+            Err(PayloadError::NoReplyTopic)
+        );
         let wrapped = encode_wrapped_request("r/2", &req);
         assert_eq!(decode_request(&wrapped, None), Ok(("r/2".to_owned(), req)));
         assert_eq!(

@@ -52,9 +52,7 @@ pub struct Topics {
 
 /// Whether `name` can be one topic level of ours.
 pub fn check_name(name: &str) -> Result<(), TopicError> {
-    let bad = name.is_empty()
-        || name.starts_with('_')
-        || name.contains(['/', '+', '#', '\0']);
+    let bad = name.is_empty() || name.starts_with('_') || name.contains(['/', '+', '#', '\0']);
     if bad {
         Err(TopicError::BadName(name.to_owned()))
     } else {
@@ -157,9 +155,24 @@ mod tests {
     fn every_topic_parses_back_to_what_it_carries() {
         let t = t();
         let cases = [
-            (t.state("pump"), Inbound::State { node: "pump".into() }),
-            (t.request("pump"), Inbound::Request { node: "pump".into() }),
-            (t.notice("pump"), Inbound::Notice { node: "pump".into() }),
+            (
+                t.state("pump"),
+                Inbound::State {
+                    node: "pump".into(),
+                },
+            ),
+            (
+                t.request("pump"),
+                Inbound::Request {
+                    node: "pump".into(),
+                },
+            ),
+            (
+                t.notice("pump"),
+                Inbound::Notice {
+                    node: "pump".into(),
+                },
+            ),
             (
                 t.reply("mux-a", "pump"),
                 Inbound::Reply {

@@ -75,10 +75,7 @@ pub fn call(
             ("clients", Value::from(core.client_count() as u64)),
             ("nodes", Value::from(core.nodes().len() as u64)),
             ("v", Value::from(env!("CARGO_PKG_VERSION"))),
-            (
-                "mqtt",
-                core.bridge().map_or(Value::Nil, |b| b.info()),
-            ),
+            ("mqtt", core.bridge().map_or(Value::Nil, |b| b.info())),
         ])),
         "ping" => Ok(ping(data)),
         "console" => console_node(core, data).map(|n| {

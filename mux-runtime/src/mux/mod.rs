@@ -117,7 +117,13 @@ pub fn host_name() -> String {
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     let name: String = String::from_utf8_lossy(&buf[..end])
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     if ok && !name.is_empty() {
         name
@@ -169,7 +175,10 @@ impl Core {
             .as_ref()
             .map(|b| b.remote_names())
             .unwrap_or_default();
-        route::route(path, self.node_names().chain(remote.iter().map(String::as_str)))
+        route::route(
+            path,
+            self.node_names().chain(remote.iter().map(String::as_str)),
+        )
     }
 
     /// The bridge's endpoint for a node another mux holds, or `_LnkErr`.
@@ -337,7 +346,9 @@ impl Mux {
             }
             if let Some(bridge) = &core.bridge {
                 tasks.push(tokio::spawn(
-                    bridge.clone().track_link(node.name.clone(), node.link.clone()),
+                    bridge
+                        .clone()
+                        .track_link(node.name.clone(), node.link.clone()),
                 ));
             }
         }
