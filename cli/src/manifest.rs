@@ -1339,6 +1339,34 @@ mod tests {
 
     const HEAD: &str = "[project]\nname = \"t\"\n";
 
+    #[test]
+    fn mqtt_section_and_per_node_mux_are_read() {
+        let m = parse_ok(&format!(
+            "{HEAD}[mqtt]\nurl = \"mqtt://broker.lan\"\nversion = \"3.1.1\"\nkeep_alive = 30\n\
+             user = \"moat\"\npassword = {{ secret = \"mqtt_pw\" }}\n\
+             [nodes.a]\nboard = \"unix\"\nmux = \"hall\"\n"
+        ));
+        let mqtt = m.mqtt.unwrap();
+        assert_eq!(mqtt.url.as_deref(), Some("mqtt://broker.lan"));
+        assert_eq!(mqtt.version.as_deref(), Some("3.1.1"));
+        assert_eq!(mqtt.keep_alive, Some(30));
+        assert_eq!(mqtt.password_secret.as_deref(), Some("mqtt_pw"));
+        assert_eq!(m.nodes[0].mux.as_deref(), Some("hall"));
+        assert_eq!(parse_ok(HEAD).mqtt, None);
+    }
+
+    #[test]
+    fn mqtt_mistakes_say_the_fix() {
+        let e = parse_err(&format!("{HEAD}[mqtt]\npassword = \"hunter2\"\n"));
+        assert!(e.contains("secret = "), "{e}");
+        let e = parse_err(&format!("{HEAD}[mqtt]\nversion = \"4\"\n"));
+        assert!(e.contains("\"3.1.1\""), "{e}");
+        let e = parse_err(&format!("{HEAD}[mqtt]\nkeep_alive = 1\n"));
+        assert!(e.contains("5 to 65535"), "{e}");
+        let e = parse_err(&format!("{HEAD}[mqtt]\nbroker = \"x\"\n"));
+        assert!(e.contains("unknown key `broker`"), "{e}");
+    }
+
     fn node_cfg(body: &str) -> Value {
         let m = parse_ok(&format!("{HEAD}{body}"));
         m.nodes[0].config()
