@@ -1352,18 +1352,20 @@ mod tests {
         assert_eq!(mqtt.keep_alive, Some(30));
         assert_eq!(mqtt.password_secret.as_deref(), Some("mqtt_pw"));
         assert_eq!(m.nodes[0].mux.as_deref(), Some("hall"));
-        assert_eq!(parse_ok(HEAD).mqtt, None);
+        let plain = format!("{HEAD}[nodes.a]\nboard = \"unix\"\n");
+        assert_eq!(parse_ok(&plain).mqtt, None);
     }
 
     #[test]
     fn mqtt_mistakes_say_the_fix() {
-        let e = parse_err(&format!("{HEAD}[mqtt]\npassword = \"hunter2\"\n"));
+        let node = "[nodes.a]\nboard = \"unix\"\n";
+        let e = parse_err(&format!("{HEAD}{node}[mqtt]\npassword = \"hunter2\"\n"));
         assert!(e.contains("secret = "), "{e}");
-        let e = parse_err(&format!("{HEAD}[mqtt]\nversion = \"4\"\n"));
+        let e = parse_err(&format!("{HEAD}{node}[mqtt]\nversion = \"4\"\n"));
         assert!(e.contains("\"3.1.1\""), "{e}");
-        let e = parse_err(&format!("{HEAD}[mqtt]\nkeep_alive = 1\n"));
+        let e = parse_err(&format!("{HEAD}{node}[mqtt]\nkeep_alive = 1\n"));
         assert!(e.contains("5 to 65535"), "{e}");
-        let e = parse_err(&format!("{HEAD}[mqtt]\nbroker = \"x\"\n"));
+        let e = parse_err(&format!("{HEAD}{node}[mqtt]\nbroker = \"x\"\n"));
         assert!(e.contains("unknown key `broker`"), "{e}");
     }
 
