@@ -61,13 +61,18 @@ impl Hosts {
     /// `None` (the test returns, said on stderr) when mosquitto or the
     /// build tools are missing outside CI.
     fn start(broker_config: &str) -> Option<Hosts> {
+        Hosts::start_with(broker_config, "")
+    }
+
+    /// `mqtt_toml`: extra lines of the project's `[mqtt]`.
+    fn start_with(broker_config: &str, mqtt_toml: &str) -> Option<Hosts> {
         if !mosquitto_present() || !moat_e2e::build_tools_present() {
             return None;
         }
-        Some(Hosts::try_start(broker_config).unwrap())
+        Some(Hosts::try_start(broker_config, mqtt_toml).unwrap())
     }
 
-    fn try_start(broker_config: &str) -> anyhow::Result<Hosts> {
+    fn try_start(broker_config: &str, mqtt_toml: &str) -> anyhow::Result<Hosts> {
         moat_e2e::unix_satellite()?;
         let sat = moat_e2e::satellite_project()?;
         let broker = Broker::start(broker_config)?;
@@ -79,6 +84,7 @@ impl Hosts {
             "[project]\nname = \"mqtte2e\"\n[micropython]\nversion = \"1.25.0\"\n\
              [apps]\npaths = [\"apps\"]\n[mqtt]\nkeep_alive = 5\n",
         );
+        toml.push_str(mqtt_toml);
         for name in NODES {
             let port = moat_e2e::node::free_port();
             toml.push_str(&format!(
@@ -408,4 +414,32 @@ async fn a_request_over_the_brokers_packet_limit_gets_a_clear_error() {
     // The bridge is still fine.
     let hi = kw(&[("m", "hi".into())]);
     assert_eq!(ca.call(["b", "ping"], hi.clone()).await.unwrap(), hi);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn muxes_speaking_mqtt_3_1_1_wrap_their_requests_and_still_reach_each_other() {
+    let Some(h) = Hosts::start_with("", "version = \"3.1.1\"\n") else {
+        return;
+    };
+    let (ca, _cb) = h.wait_all_up().await;
+    let info = ca.call(["mux", "info"], Value::Nil).await.unwrap();
+    assert_eq!(
+        info.get("mqtt").and_then(|m| m.get("version")),
+        Some(&"MQTT 3.1.1".into())
+    );
+    let hi = kw(&[("m", "hi".into())]);
+    assert_eq!(ca.call(["b", "ping"], hi.clone()).await.unwrap(), hi);
+    let items: Vec<_> = timeout(
+        PATIENCE,
+        ca.stream(["b", "c", "get"], Value::Nil, 10)
+            .take(3)
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    assert!(items.iter().all(Result::is_ok), "{items:?}");
+    let out =
+        run_ok(moat(&h.root).args(["cmd", "--mqtt", &h.broker.url(), "b", "t.who", "--json"]))
+            .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "\"b\"");
 }
