@@ -64,7 +64,7 @@ impl Broker {
             &conf,
             format!(
                 "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-                 log_dest stderr\nlog_type error\nlog_type warning\n{}\n",
+                 log_dest stderr\nlog_type error\nlog_type warning\nset_tcp_nodelay true\n{}\n",
                 self.port, self.extra
             ),
         )?;
@@ -93,6 +93,11 @@ impl Broker {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
+    }
+
+    /// The broker's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Kills the broker (as a crash would: no goodbyes).

@@ -303,7 +303,15 @@ impl Bridge {
             why: Some(why),
             ..NodeState::default()
         };
-        self.set_local_state(&node, down("connecting".into()));
+        // Subscribed first, then looked: a link that came up before this
+        // task ran is seen here, one that comes up later in `events`.
+        match link.endpoint() {
+            Some(ep) => {
+                let state = describe(&ep, self.session()).await;
+                self.set_local_state(&node, state);
+            }
+            None => self.set_local_state(&node, down("connecting".into())),
+        }
         loop {
             match events.recv().await {
                 Ok(LinkEvent::Up(ep)) => {

@@ -93,6 +93,14 @@ pub const MIN_KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// Requests rumqttc queues before `publish` waits.
 const QUEUE: usize = 1024;
 
+/// TCP_NODELAY: requests and answers are small and each is waited for;
+/// Nagle's algorithm with delayed ACKs would hold each for ~40 ms.
+fn network() -> rumqttc::NetworkOptions {
+    let mut n = rumqttc::NetworkOptions::new();
+    n.set_tcp_nodelay(true);
+    n
+}
+
 pub fn open(o: &Options, version: Version) -> (Client, Connection) {
     let keep_alive = o.keep_alive.max(MIN_KEEP_ALIVE);
     match version {
@@ -111,6 +119,7 @@ pub fn open(o: &Options, version: Version) -> (Client, Connection) {
             if let Some((user, pass)) = &o.credentials {
                 m.set_credentials(user, pass);
             }
+            m.set_network_options(network());
             let (c, e) = v5::AsyncClient::new(m, QUEUE);
             (Client::V5(c), Connection::V5(Box::new(e)))
         }
@@ -128,7 +137,8 @@ pub fn open(o: &Options, version: Version) -> (Client, Connection) {
             if let Some((user, pass)) = &o.credentials {
                 m.set_credentials(user, pass);
             }
-            let (c, e) = rumqttc::AsyncClient::new(m, QUEUE);
+            let (c, mut e) = rumqttc::AsyncClient::new(m, QUEUE);
+            e.set_network_options(network());
             (Client::V311(c), Connection::V311(Box::new(e)))
         }
     }
