@@ -214,6 +214,7 @@ async fn a_request_over_the_brokers_packet_limit_gets_a_clear_error() {
     let big = kw(&[("m", "x".repeat(4000).into())]);
     let e = ca.call(["b", "ping"], big).await.unwrap_err();
     let text = e.to_string();
+    eprintln!("over the limit: {text}");
     assert!(text.contains("MQTT") && text.contains("limit"), "{text}");
     // The bridge is still fine.
     let hi = kw(&[("m", "hi".into())]);

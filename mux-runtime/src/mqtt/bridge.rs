@@ -353,6 +353,7 @@ impl Bridge {
     pub async fn shutdown(&self) {
         let inner = &self.inner;
         inner.leaving.store(true, Ordering::Relaxed);
+        inner.close_all(None);
         let client = lock(&inner.client).clone();
         if let (Some(client), true) = (client, self.is_connected()) {
             let states: Vec<(String, NodeState)> = lock(&inner.local_states)
@@ -381,7 +382,6 @@ impl Bridge {
             let _ = tokio::time::timeout(Duration::from_secs(2), rx.wait_for(|up| !*up)).await;
         }
         inner.stop.cancel();
-        inner.close_all("the bridge stopped");
     }
 }
 
@@ -583,9 +583,11 @@ impl Inner {
             format!("{node} (over MQTT)"),
         );
         let limit = self.limit.load(Ordering::Relaxed);
-        p.endpoint.set_peer_limit(
+        p.endpoint.set_peer_limit_fix(
             limit,
-            &format!("the MQTT bridge to {} (its message limit)", self.setup.url),
+            &format!("the MQTT bridge to {}", self.setup.url),
+            "send less, or raise the broker's packet limit (mosquitto: max_packet_size) \
+             and [mqtt] max_message",
         );
         let ep = p.endpoint.clone();
         forward.insert(node.to_owned(), p);
@@ -750,9 +752,14 @@ impl Inner {
         }
     }
 
-    fn close_all(&self, why: &str) {
+    /// Ends every endpoint: with `why` their pending requests fail with
+    /// it, without they are closed (the bridge is stopping).
+    fn close_all(&self, why: Option<&str>) {
         for (_, p) in lock(&self.forward).drain() {
-            p.fail(why);
+            match why {
+                Some(why) => p.fail(why),
+                None => p.endpoint.close(),
+            }
         }
         for (_, s) in lock(&self.served).drain() {
             s.pipe.endpoint.close();
@@ -812,10 +819,13 @@ impl Inner {
             self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("lost the MQTT broker at {}: {why}", self.setup.url);
         }
-        self.close_all(&format!(
+        if self.leaving.load(Ordering::Relaxed) {
+            return;
+        }
+        self.close_all(Some(&format!(
             "the connection to the MQTT broker at {} was lost ({why}); retrying",
             self.setup.url
-        ));
+        )));
     }
 }
 
