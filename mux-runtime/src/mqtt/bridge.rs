@@ -900,6 +900,8 @@ async fn run(inner: Arc<Inner>) {
     };
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut ever_connected = false;
+    // One line per outage, not one per retry.
+    let mut complained = false;
     loop {
         let (client, mut conn) = broker::open(&inner.setup.options, version);
         *lock(&inner.client) = Some(client.clone());
@@ -911,6 +913,7 @@ async fn run(inner: Arc<Inner>) {
             match polled {
                 Ok(Event::Connected { max_packet }) => {
                     ever_connected = true;
+                    complained = false;
                     backoff.reset();
                     tracing::info!(
                         "connected to the MQTT broker at {} ({version})",
@@ -921,6 +924,15 @@ async fn run(inner: Arc<Inner>) {
                 Ok(Event::Message(m)) => inner.dispatch(m),
                 Ok(Event::Other) => {}
                 Err(e) => {
+                    // A loss is told by `on_lost`; a failed attempt here.
+                    if !complained && !*inner.connected.borrow() {
+                        tracing::warn!(
+                            "cannot reach the MQTT broker at {}: {}; retrying",
+                            inner.setup.url,
+                            e.why
+                        );
+                    }
+                    complained = true;
                     inner.on_lost(&e.why);
                     let fall_back = inner.setup.choice == VersionChoice::Auto
                         && version == Version::V5
