@@ -137,7 +137,7 @@ fn unknown_key_lists_the_valid_keys() {
     let (e, _) = load_err(&text);
     assert!(
         e.contains(
-            "node: unknown key `node`; valid keys: project, micropython, apps, defaults, nodes, toolchains \
+            "node: unknown key `node`; valid keys: project, micropython, apps, defaults, nodes, toolchains, mqtt \
              (did you mean `nodes`?)"
         ),
         "{e}"
