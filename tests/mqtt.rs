@@ -248,3 +248,88 @@ async fn muxes_speaking_mqtt_3_1_1_wrap_their_requests_and_still_reach_each_othe
             .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "\"b\"");
 }
+
+/// The latest payload of every topic a test subscriber (standing in for
+/// Home Assistant) saw, polled until `done` holds.
+async fn watch_until(
+    events: &mut rumqttc::EventLoop,
+    seen: &mut std::collections::HashMap<String, Vec<u8>>,
+    done: impl Fn(&std::collections::HashMap<String, Vec<u8>>) -> bool,
+) {
+    timeout(PATIENCE, async {
+        while !done(seen) {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) =
+                events.poll().await.expect("the broker is up")
+            {
+                seen.insert(p.topic, p.payload.to_vec());
+            }
+        }
+    })
+    .await
+    .expect("Home Assistant's topics arrive");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn home_assistant_sees_discovery_configs_states_availability_and_commands() {
+    let entities = "[mqtt.ha.count]\nnode = \"b\"\nkind = \"sensor\"\npath = \"c.get\"\n\
+                    every = 50\nunit = \"ticks\"\n\
+                    [mqtt.ha.flag]\nnode = \"b\"\nkind = \"switch\"\npath = \"t.flag\"\n\
+                    [mqtt.ha.poke]\nnode = \"a\"\nkind = \"button\"\npath = \"t.who\"\n";
+    let Some(h) = Hosts::start_with("", entities) else {
+        return;
+    };
+    h.wait_all_up().await;
+    let mut opts = rumqttc::MqttOptions::new("ha-test", "127.0.0.1", h.broker.port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, mut events) = rumqttc::AsyncClient::new(opts, 64);
+    for filter in ["homeassistant/#", "moat/mqtte2e/#"] {
+        client
+            .subscribe(filter, rumqttc::QoS::AtLeastOnce)
+            .await
+            .unwrap();
+    }
+    let mut seen = std::collections::HashMap::new();
+    let config = |seen: &std::collections::HashMap<String, Vec<u8>>, kind: &str, id: &str| {
+        seen.get(&format!("homeassistant/{kind}/moat_mqtte2e_{id}/config"))
+            .map(|p| serde_json::from_slice::<serde_json::Value>(p).expect("configs are JSON"))
+    };
+    let count_topic = "moat/mqtte2e/b/ha/count/state";
+    watch_until(&mut events, &mut seen, |s| {
+        config(s, "sensor", "b_count").is_some()
+            && config(s, "switch", "b_flag").is_some()
+            && config(s, "button", "a_poke").is_some()
+            && s.get("moat/mqtte2e/b/availability").map(Vec::as_slice) == Some(b"online")
+            && s.contains_key(count_topic)
+    })
+    .await;
+    let sensor = config(&seen, "sensor", "b_count").unwrap();
+    assert_eq!(sensor["state_topic"], count_topic);
+    assert_eq!(sensor["unit_of_measurement"], "ticks");
+    assert_eq!(sensor["availability_topic"], "moat/mqtte2e/b/availability");
+    assert_eq!(sensor["device"]["name"], "b");
+    let count: i64 = String::from_utf8_lossy(&seen[count_topic])
+        .parse()
+        .expect("a number");
+    assert!(count >= 0);
+    let button = config(&seen, "button", "a_poke").unwrap();
+    assert!(button["command_topic"].is_string() && button.get("state_topic").is_none());
+
+    // A command from Home Assistant reaches the node; its answer is the
+    // switch's state.
+    let switch = config(&seen, "switch", "b_flag").unwrap();
+    let command = switch["command_topic"].as_str().unwrap().to_owned();
+    let state = switch["state_topic"].as_str().unwrap().to_owned();
+    client
+        .publish(command, rumqttc::QoS::AtLeastOnce, false, "ON")
+        .await
+        .unwrap();
+    watch_until(&mut events, &mut seen, |s| {
+        s.get(&state).map(Vec::as_slice) == Some(b"ON")
+    })
+    .await;
+    let (_, cb) = (h.client(0).await, h.client(1).await);
+    assert_eq!(
+        cb.call(["b", "t", "flag"], Value::Nil).await.unwrap(),
+        Value::Bool(true)
+    );
+}

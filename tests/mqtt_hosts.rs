@@ -34,6 +34,11 @@ class T(App):
 
     async def cmd_ask(self, p):
         return await self.root.call(p)
+
+    def cmd_flag(self, v=None):
+        if v is not None:
+            self.f = v
+        return getattr(self, "f", False)
 "#;
 
 pub fn kw(pairs: &[(&str, Value)]) -> Value {

@@ -545,6 +545,23 @@ pub fn mqtt_config(
     if let Some(m) = section.max_message {
         config.max_message = m as usize;
     }
+    config.entities = section
+        .ha
+        .iter()
+        .map(|e| {
+            use mux_runtime::mqtt::ha;
+            ha::Entity {
+                id: e.id.clone(),
+                node: e.node.clone(),
+                kind: ha::Kind::parse(&e.kind).expect("the manifest checked the kind"),
+                path: ha::dotted(&e.path),
+                name: e.name.clone(),
+                every_ms: e.every.unwrap_or(10_000),
+                unit: e.unit.clone(),
+                device_class: e.device_class.clone(),
+            }
+        })
+        .collect();
     if let Some(user) = section.user {
         let password = match &section.password_secret {
             Some(name) => {

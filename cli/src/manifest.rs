@@ -81,6 +81,24 @@ pub struct Mqtt {
     /// The name of the secret holding the password (`password = { secret
     /// = "mqtt_pw" }`: secrets.toml or `MOAT_SECRET_MQTT_PW`).
     pub password_secret: Option<String>,
+    /// `[mqtt.ha.ID]`: Home Assistant entities, in file order.
+    pub ha: Vec<HaEntity>,
+}
+
+/// `[mqtt.ha.ID]`: one Home Assistant entity backed by a node's command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HaEntity {
+    pub id: String,
+    pub node: String,
+    /// `sensor`, `switch` or `button`.
+    pub kind: String,
+    /// The command, dotted (`t.temp`).
+    pub path: String,
+    pub name: Option<String>,
+    /// A sensor's stream interval (ms).
+    pub every: Option<u32>,
+    pub unit: Option<String>,
+    pub device_class: Option<String>,
 }
 
 /// `[project]`.
@@ -456,7 +474,18 @@ const MQTT_KEYS: &[&str] = &[
     "max_message",
     "user",
     "password",
+    "ha",
 ];
+const HA_KEYS: &[&str] = &[
+    "node",
+    "kind",
+    "path",
+    "name",
+    "every",
+    "unit",
+    "device_class",
+];
+const HA_KINDS: &[&str] = &["sensor", "switch", "button"];
 const PROJECT_KEYS: &[&str] = &["name", "id"];
 const MICROPYTHON_KEYS: &[&str] = &["version", "path", "git", "rev"];
 const APPS_KEYS: &[&str] = &["paths"];
@@ -714,7 +743,7 @@ impl<'t> Parser<'t> {
             None => None,
         };
         let nodes = self.nodes(&top, boards, defaults.as_ref())?;
-        let mqtt = self.mqtt(&top)?;
+        let mqtt = self.mqtt(&top, &nodes)?;
         Ok(Manifest {
             project: Project { name, id },
             micropython,
@@ -725,7 +754,7 @@ impl<'t> Parser<'t> {
     }
 
     /// `[mqtt]`.
-    fn mqtt(&self, top: &Table) -> Res<Option<Mqtt>> {
+    fn mqtt(&self, top: &Table, nodes: &[Node]) -> Res<Option<Mqtt>> {
         let Some(t) = self.table(top, "mqtt")? else {
             return Ok(None);
         };
@@ -770,7 +799,61 @@ impl<'t> Parser<'t> {
                 .map(|v| v as u32),
             user: self.string(&t, "user")?,
             password_secret,
+            ha: self.ha_entities(&t, nodes)?,
         }))
+    }
+
+    /// `[mqtt.ha.ID]` tables.
+    fn ha_entities(&self, mqtt: &Table, nodes: &[Node]) -> Res<Vec<HaEntity>> {
+        let Some(t) = self.table(mqtt, "ha")? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for (id, _) in t.table.iter() {
+            if !is_identifier(id) {
+                return Err(self.err(
+                    t.key_span(id),
+                    t.key_path(id),
+                    format!("`{id}` is not a valid entity id; use letters, digits, `-` and `_`"),
+                ));
+            }
+            let e = self.table(&t, id)?.expect("iterated keys exist");
+            self.only_keys(&e, HA_KEYS)?;
+            let node = self.required_string(&e, "node", "\"pump\"")?;
+            if !nodes.iter().any(|n| n.name == node) {
+                let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+                return Err(self.err(
+                    e.span_of("node"),
+                    e.key_path("node"),
+                    format!(
+                        "no node `{node}`; the project's nodes: {}",
+                        names.join(", ")
+                    ),
+                ));
+            }
+            let kind = self.required_string(&e, "kind", "\"sensor\"")?;
+            if !HA_KINDS.contains(&kind.as_str()) {
+                return Err(self.err(
+                    e.span_of("kind"),
+                    e.key_path("kind"),
+                    format!(
+                        "unknown entity kind `{kind}`; valid: {}",
+                        HA_KINDS.join(", ")
+                    ),
+                ));
+            }
+            out.push(HaEntity {
+                id: id.to_owned(),
+                node,
+                kind,
+                path: self.required_string(&e, "path", "\"t.temp\"")?,
+                name: self.string(&e, "name")?,
+                every: self.int(&e, "every", 10, 86_400_000)?.map(|v| v as u32),
+                unit: self.string(&e, "unit")?,
+                device_class: self.string(&e, "device_class")?,
+            });
+        }
+        Ok(out)
     }
 
     fn micropython(&self, top: &Table, root: Option<&Path>) -> Res<MicroPython> {
@@ -1352,6 +1435,16 @@ mod tests {
         assert_eq!(mqtt.keep_alive, Some(30));
         assert_eq!(mqtt.password_secret.as_deref(), Some("mqtt_pw"));
         assert_eq!(m.nodes[0].mux.as_deref(), Some("hall"));
+        let ha = parse_ok(&format!(
+            "{HEAD}[nodes.a]\nboard = \"unix\"\n[mqtt.ha.temp]\nnode = \"a\"\nkind = \"sensor\"\n\
+             path = \"t.temp\"\nunit = \"°C\"\ndevice_class = \"temperature\"\n"
+        ))
+        .mqtt
+        .unwrap()
+        .ha;
+        assert_eq!(ha.len(), 1);
+        assert_eq!((ha[0].id.as_str(), ha[0].kind.as_str()), ("temp", "sensor"));
+        assert_eq!(ha[0].unit.as_deref(), Some("°C"));
         let plain = format!("{HEAD}[nodes.a]\nboard = \"unix\"\n");
         assert_eq!(parse_ok(&plain).mqtt, None);
     }
@@ -1365,6 +1458,14 @@ mod tests {
         assert!(e.contains("\"3.1.1\""), "{e}");
         let e = parse_err(&format!("{HEAD}{node}[mqtt]\nkeep_alive = 1\n"));
         assert!(e.contains("5 to 65535"), "{e}");
+        let e = parse_err(&format!(
+            "{HEAD}{node}[mqtt.ha.x]\nnode = \"zz\"\nkind = \"sensor\"\npath = \"p\"\n"
+        ));
+        assert!(e.contains("no node `zz`"), "{e}");
+        let e = parse_err(&format!(
+            "{HEAD}{node}[mqtt.ha.x]\nnode = \"a\"\nkind = \"light\"\npath = \"p\"\n"
+        ));
+        assert!(e.contains("valid: sensor, switch, button"), "{e}");
         let e = parse_err(&format!("{HEAD}{node}[mqtt]\nbroker = \"x\"\n"));
         assert!(e.contains("unknown key `broker`"), "{e}");
     }

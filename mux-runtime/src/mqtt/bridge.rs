@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::broker::{self, Client, Event, Props, Received, Version};
+use super::ha;
 use super::payload::{self, NodeState, Presence};
 use super::topic::{check_name, Inbound, Topics};
 use super::{BrokerAddr, MqttConfig, MqttError, VersionChoice};
@@ -66,6 +67,9 @@ pub struct Setup {
     choice: VersionChoice,
     max_message: usize,
     mux: bool,
+    project: String,
+    /// Home Assistant entities of the nodes held here.
+    entities: Vec<ha::Entity>,
 }
 
 impl Setup {
@@ -106,10 +110,18 @@ impl Setup {
             will: (topics.session(&session), will.encode(), mux),
             max_incoming: (config.max_message + PACKET_OVERHEAD) as u32,
         };
+        let entities = config
+            .entities
+            .iter()
+            .filter(|e| local.contains(&e.node))
+            .cloned()
+            .collect();
         Ok(Setup {
             topics,
             session,
             url: config.url.clone(),
+            project: project.to_owned(),
+            entities,
             local,
             options,
             choice: config.version,
@@ -325,6 +337,46 @@ impl Bridge {
         }
     }
 
+    /// The Home Assistant sensors of node `node` (held here).
+    pub fn sensors(&self, node: &str) -> Vec<ha::Entity> {
+        self.inner
+            .setup
+            .entities
+            .iter()
+            .filter(|e| e.node == node && e.kind == ha::Kind::Sensor)
+            .cloned()
+            .collect()
+    }
+
+    /// Feeds a Home Assistant sensor: while the node's link is up, streams
+    /// its command and publishes each value (retained) as the state.
+    pub async fn feed_sensor(self, sensor: ha::Entity, link: NodeLink) {
+        let topic = self.topics().ha_state(&sensor.node, &sensor.id);
+        while let Some(ep) = link.wait_up().await {
+            let mut items = ep.stream(sensor.path.clone(), Value::Nil, sensor.every_ms);
+            while let Some(item) = items.next().await {
+                match item {
+                    Ok(v) => self.inner.spawn_publish(
+                        topic.clone(),
+                        ha::state(sensor.kind, &v, None).into_bytes(),
+                        true,
+                        Props::default(),
+                    ),
+                    Err(e) => {
+                        tracing::warn!(node = %sensor.node, sensor = %sensor.id, "sensor stream ended: {e}");
+                        break;
+                    }
+                }
+            }
+            // The stream ended on an error or a lost link: wait a moment
+            // (or the next connection) before streaming again.
+            tokio::select! {
+                _ = ep.closed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(u64::from(sensor.every_ms).max(1000))) => {}
+            }
+        }
+    }
+
     /// Counters and settings for `mux.info`.
     pub fn info(&self) -> Value {
         let c = &self.inner.counters;
@@ -498,6 +550,8 @@ impl Inner {
         });
     }
 
+    /// The node's state, and its Home Assistant availability (a JSON
+    /// mirror: `online`/`offline`).
     fn publish_state(&self, node: &str, state: &NodeState) {
         self.spawn_publish(
             self.setup.topics.state(node),
@@ -505,6 +559,60 @@ impl Inner {
             true,
             Props::default(),
         );
+        self.spawn_publish(
+            self.setup.topics.availability(node),
+            availability(state.up),
+            true,
+            Props::default(),
+        );
+    }
+
+    /// A command from Home Assistant for an entity of a node held here:
+    /// called on the node, its answer published as the entity's state.
+    fn ha_command(self: &Arc<Self>, node: &str, entity: &str, payload: &[u8]) {
+        let Some(e) = self
+            .setup
+            .entities
+            .iter()
+            .find(|e| e.node == node && e.id == entity)
+            .cloned()
+        else {
+            return;
+        };
+        let Some(args) = ha::command_args(e.kind, payload) else {
+            tracing::warn!(
+                node,
+                entity,
+                "ignoring a Home Assistant command it does not take"
+            );
+            return;
+        };
+        let asked = args.get("v").and_then(|v| match v {
+            Value::Bool(b) => Some(*b),
+            _ => None,
+        });
+        let Some(core) = self.core.upgrade() else {
+            return;
+        };
+        let inner = self.clone();
+        tokio::spawn(async move {
+            let result = match core.endpoint_of(&e.node) {
+                Ok(ep) => ep.call(e.path.clone(), args).await,
+                Err(err) => Err(err),
+            };
+            match result {
+                Ok(v) if e.kind == ha::Kind::Switch => inner.spawn_publish(
+                    inner.setup.topics.ha_state(&e.node, &e.id),
+                    ha::state(e.kind, &v, asked).into_bytes(),
+                    true,
+                    Props::default(),
+                ),
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(node = %e.node, entity = %e.id, "Home Assistant command failed: {err}")
+                }
+            }
+        });
     }
 
     /// Publishes one message of an endpoint: a request or an answer.
@@ -683,6 +791,10 @@ impl Inner {
                 }
             }
             Inbound::Notice { .. } => {}
+            Inbound::HaCommand { node, entity } if local(&node) => {
+                self.ha_command(&node, &entity, &m.payload)
+            }
+            Inbound::HaCommand { .. } => {}
             Inbound::Session { session } => {
                 if session != self.setup.session && !payload::Presence::is_up(&m.payload) {
                     self.session_gone(&session);
@@ -785,6 +897,13 @@ impl Inner {
             filters.push(topics.all_notices());
         }
         filters.extend(self.setup.local.iter().map(|n| topics.request(n)));
+        filters.extend(
+            self.setup
+                .entities
+                .iter()
+                .filter(|e| e.kind != ha::Kind::Sensor)
+                .map(|e| topics.ha_command(&e.node, &e.id)),
+        );
         let mut publishes = vec![(
             topics.session(&self.setup.session),
             self.presence(true),
@@ -792,6 +911,11 @@ impl Inner {
         )];
         for (node, state) in lock(&self.local_states).iter() {
             publishes.push((topics.state(node), state.encode(), true));
+            publishes.push((topics.availability(node), availability(state.up), true));
+        }
+        for e in &self.setup.entities {
+            let (topic, config) = ha::discovery(topics, &self.setup.project, e);
+            publishes.push((topic, config.into_bytes(), true));
         }
         let client = client.clone();
         let inner = Arc::downgrade(self);
@@ -827,6 +951,10 @@ impl Inner {
             self.setup.url
         )));
     }
+}
+
+fn availability(up: bool) -> Vec<u8> {
+    (if up { "online" } else { "offline" }).as_bytes().to_vec()
 }
 
 fn evict_idlest(served: &mut HashMap<String, Served>) {

@@ -9,11 +9,13 @@
 //! - [`topic`]: the topic layout, pure.
 //! - [`payload`]: what the messages carry (MsgPack), pure.
 //! - [`broker`]: one rumqttc connection, MQTT 5 or 3.1.1.
+//! - [`ha`]: Home Assistant discovery configs and states, pure.
 //! - [`bridge`]: the running bridge: its connection supervisor, the
 //!   endpoints it serves and forwards through.
 
 pub mod bridge;
 pub mod broker;
+pub mod ha;
 pub mod payload;
 pub mod topic;
 
@@ -72,6 +74,8 @@ pub struct MqttConfig {
     /// packet.
     pub keep_alive: Duration,
     pub max_message: usize,
+    /// Home Assistant entities (published by the mux holding their node).
+    pub entities: Vec<ha::Entity>,
 }
 
 impl MqttConfig {
@@ -84,6 +88,7 @@ impl MqttConfig {
             version: VersionChoice::Auto,
             keep_alive: Duration::from_secs(10),
             max_message: MAX_MESSAGE,
+            entities: Vec::new(),
         }
     }
 }

@@ -7,6 +7,8 @@
 //! <prefix>/<node>/msg          the node's unsolicited messages
 //! <prefix>/_r/<session>/<node> answers for one session's requests to one node
 //! <prefix>/_s/<session>        a session's presence: up, or down (last will)
+//! <prefix>/<node>/availability online|offline (Home Assistant)
+//! <prefix>/<node>/ha/<id>/state|set  a Home Assistant entity's state, command
 //! ```
 //!
 //! Names that start with `_` are the bridge's own, so node names cannot
@@ -42,6 +44,7 @@ pub enum Inbound {
     Notice { node: String },
     Reply { session: String, node: String },
     Session { session: String },
+    HaCommand { node: String, entity: String },
 }
 
 /// The topics under one prefix.
@@ -102,6 +105,18 @@ impl Topics {
         format!("{}/{SESSIONS}/{session}", self.prefix)
     }
 
+    pub fn availability(&self, node: &str) -> String {
+        format!("{}/{node}/availability", self.prefix)
+    }
+
+    pub fn ha_state(&self, node: &str, entity: &str) -> String {
+        format!("{}/{node}/ha/{entity}/state", self.prefix)
+    }
+
+    pub fn ha_command(&self, node: &str, entity: &str) -> String {
+        format!("{}/{node}/ha/{entity}/set", self.prefix)
+    }
+
     /// Every node's state.
     pub fn all_states(&self) -> String {
         format!("{}/+/state", self.prefix)
@@ -138,6 +153,10 @@ impl Topics {
             [node, "state"] => Some(Inbound::State { node: name(node)? }),
             [node, "req"] => Some(Inbound::Request { node: name(node)? }),
             [node, "msg"] => Some(Inbound::Notice { node: name(node)? }),
+            [node, "ha", entity, "set"] => Some(Inbound::HaCommand {
+                node: name(node)?,
+                entity: name(entity)?,
+            }),
             _ => None,
         }
     }

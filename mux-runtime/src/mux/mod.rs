@@ -350,6 +350,11 @@ impl Mux {
                         .clone()
                         .track_link(node.name.clone(), node.link.clone()),
                 ));
+                for sensor in bridge.sensors(&node.name) {
+                    tasks.push(tokio::spawn(
+                        bridge.clone().feed_sensor(sensor, node.link.clone()),
+                    ));
+                }
             }
         }
         tasks.push(tokio::spawn(accept(
