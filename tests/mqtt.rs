@@ -79,9 +79,24 @@ async fn clients_of_one_mux_call_and_stream_from_the_node_another_mux_holds() {
         .unwrap();
     assert_eq!(asked, "b".into());
 
-    // A client that never reads its fast stream does not stall the others.
+    // A client that never reads its fast stream, and an MQTT subscriber
+    // to everything that never reads after subscribing, stall no one.
     let stalled = h.client(0).await;
     let _unread = stalled.stream(["b", "c", "get"], Value::Nil, 1);
+    let opts = rumqttc::MqttOptions::new("sloth", "127.0.0.1", h.broker.port);
+    let (sloth, mut sloth_events) = rumqttc::AsyncClient::new(opts, 8);
+    sloth
+        .subscribe("moat/#", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    timeout(PATIENCE, async {
+        while !matches!(
+            sloth_events.poll().await,
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)))
+        ) {}
+    })
+    .await
+    .expect("the slow subscriber is subscribed");
     // 1 000 requests across the bridge, 16 in flight: every answer comes
     // back once, to the request that asked.
     let sent: BTreeSet<i64> = (0..1000).collect();
@@ -186,6 +201,20 @@ async fn a_killed_mux_turns_its_nodes_down_and_a_restarted_broker_is_rejoined() 
     .await
     .unwrap();
     assert_eq!(back, hi);
+
+    // Mux B hangs: the broker hears nothing from it for 1.5 keep-alives
+    // (7.5 s) and publishes its last will; mux A marks b down. Thawed, B
+    // reconnects and holds b again.
+    h.freeze_mux(1, true);
+    let b = h.wait_state(&ca, "b", "down").await;
+    assert!(
+        b.get("why")
+            .and_then(Value::as_str)
+            .is_some_and(|w| w.contains("last will")),
+        "{b:?}"
+    );
+    h.freeze_mux(1, false);
+    h.wait_state(&ca, "b", "up").await;
 
     // Mux B killed outright: its last will marks b down for mux A, and
     // requests to b fail with _LnkErr naming why.

@@ -191,6 +191,15 @@ impl Hosts {
         (ca, cb)
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) mux `i`: a host that hangs.
+    pub fn freeze_mux(&self, i: usize, frozen: bool) {
+        if let Some(mux) = &self.muxes[i] {
+            let sig = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+            // SAFETY: kill(2) of our own child.
+            unsafe { libc::kill(mux.id() as i32, sig) };
+        }
+    }
+
     pub fn signal_mux(&mut self, i: usize, sig: i32) {
         if let Some(mut mux) = self.muxes[i].take() {
             // SAFETY: kill(2) of our own child.
@@ -203,6 +212,8 @@ impl Hosts {
 impl Drop for Hosts {
     fn drop(&mut self) {
         for i in 0..self.muxes.len() {
+            // A frozen mux would not act on SIGTERM.
+            self.freeze_mux(i, false);
             self.signal_mux(i, libc::SIGTERM);
         }
         for runner in &mut self.runners {
