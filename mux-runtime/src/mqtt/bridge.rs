@@ -16,27 +16,25 @@
 //! the others.
 
 use std::collections::{BTreeMap, HashMap};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
-use futures::stream::BoxStream;
-use futures::{Sink, StreamExt};
+use futures::future::FutureExt;
+use futures::StreamExt;
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::broker::{self, Client, Event, Props, Received, Version};
 use super::ha;
 use super::payload::{self, NodeState, Presence};
+use super::pipe::{too_big, NodeScope, Pipe};
 use super::topic::{check_name, Inbound, Topics};
 use super::{BrokerAddr, MqttConfig, MqttError, VersionChoice};
-use crate::endpoint::{link_down, Endpoint, EndpointConfig, Handler, NoHandler, Request};
+use crate::endpoint::{link_down, Endpoint, Handler, NoHandler};
 use crate::error::RemoteError;
-use crate::framing::Incoming;
 use crate::link::{Backoff, LinkEvent, NodeLink};
 use crate::message::{Message, Path};
 use crate::mux::{route, Core, Uplink};
@@ -156,23 +154,6 @@ impl Setup {
         });
         tokio::spawn(run(inner.clone()));
         Bridge { inner }
-    }
-}
-
-/// An endpoint whose transport is the broker.
-struct Pipe {
-    endpoint: Endpoint,
-    feed: mpsc::UnboundedSender<Result<Incoming, String>>,
-}
-
-impl Pipe {
-    fn feed(&self, message: Value) {
-        let _ = self.feed.send(Ok(Incoming::Message(message)));
-    }
-
-    /// Fails what is pending on it with `why` and closes it.
-    fn fail(&self, why: &str) {
-        let _ = self.feed.send(Err(why.to_owned()));
     }
 }
 
@@ -470,6 +451,25 @@ async fn describe(ep: &Endpoint, mux: &str) -> NodeState {
     }
 }
 
+/// An endpoint publishing through `inner` as `how` says.
+fn pipe(inner: &Arc<Inner>, how: Outgoing, handler: Arc<dyn Handler>, name: String) -> Pipe {
+    let inner = Arc::downgrade(inner);
+    Pipe::spawn(
+        move |message| {
+            let (inner, how) = (inner.clone(), how.clone());
+            async move {
+                let inner = inner
+                    .upgrade()
+                    .ok_or_else(|| "the bridge stopped".to_owned())?;
+                inner.send(&how, message).await
+            }
+            .boxed()
+        },
+        handler,
+        name,
+    )
+}
+
 /// What a publishing endpoint does with each message it sends.
 #[derive(Clone)]
 enum Outgoing {
@@ -481,37 +481,6 @@ enum Outgoing {
         topic: String,
         correlation: Option<Bytes>,
     },
-}
-
-type PublishSink = Pin<Box<dyn Sink<Value, Error = String> + Send>>;
-
-fn publish_sink(inner: Weak<Inner>, how: Outgoing) -> PublishSink {
-    Box::pin(futures::sink::unfold(
-        (inner, how),
-        |(inner, how), message: Value| async move {
-            let strong = inner
-                .upgrade()
-                .ok_or_else(|| "the bridge stopped".to_owned())?;
-            strong.send(&how, message).await?;
-            drop(strong);
-            Ok((inner, how))
-        },
-    ))
-}
-
-fn pipe(inner: &Arc<Inner>, how: Outgoing, handler: Arc<dyn Handler>, name: String) -> Pipe {
-    let (feed, rx) = mpsc::unbounded_channel();
-    let source = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    })
-    .boxed();
-    let endpoint = Endpoint::spawn_parts(
-        source,
-        publish_sink(Arc::downgrade(inner), how),
-        handler,
-        EndpointConfig { name },
-    );
-    Pipe { endpoint, feed }
 }
 
 impl Inner {
@@ -966,55 +935,6 @@ fn evict_idlest(served: &mut HashMap<String, Served>) {
         .map(|(k, _)| k.clone());
     if let Some(k) = idlest.and_then(|k| served.remove(&k)) {
         k.pipe.endpoint.close();
-    }
-}
-
-/// An answer over the broker's limit, replaced by an error for the same
-/// request so the requester learns why.
-fn too_big(message: &Value, size: usize, limit: usize, url: &str) -> Vec<u8> {
-    let seq = match Message::from_value(message.clone()) {
-        Ok(Message::Reply { seq, .. } | Message::StreamItem { seq, .. }) => seq,
-        // Anything else is small; send it as it is and let the broker say.
-        _ => return crate::msgpack::to_vec(message),
-    };
-    let error = RemoteError::generic(format!(
-        "size: the answer is {size} bytes, over the {limit}-byte message limit of the MQTT \
-         bridge to {url}; ask for less (or raise the broker's max_packet_size and \
-         [mqtt] max_message)"
-    ));
-    Message::Error { seq, error }.to_bytes()
-}
-
-/// Serves requests to one local node arriving from the broker: the path
-/// is relative to the node, the rest is the mux's handler.
-struct NodeScope {
-    node: String,
-    uplink: Arc<Uplink>,
-}
-
-impl NodeScope {
-    fn scoped(&self, mut req: Request) -> Request {
-        req.path = route::prefixed(&self.node, &req.path);
-        req
-    }
-}
-
-impl Handler for NodeScope {
-    fn call(&self, req: Request) -> BoxFuture<'static, Result<Value, RemoteError>> {
-        self.uplink.call(self.scoped(req))
-    }
-
-    fn stream(
-        self: Arc<Self>,
-        req: Request,
-        every_ms: u32,
-    ) -> BoxStream<'static, Result<Value, RemoteError>> {
-        let req = self.scoped(req);
-        self.uplink.clone().stream(req, every_ms)
-    }
-
-    fn notify(&self, path: Path, data: Value) {
-        self.uplink.notify(route::prefixed(&self.node, &path), data)
     }
 }
 

@@ -10,6 +10,7 @@
 //! - [`payload`]: what the messages carry (MsgPack), pure.
 //! - [`broker`]: one rumqttc connection, MQTT 5 or 3.1.1.
 //! - [`ha`]: Home Assistant discovery configs and states, pure.
+//! - `pipe`: endpoints whose transport is the broker.
 //! - [`bridge`]: the running bridge: its connection supervisor, the
 //!   endpoints it serves and forwards through.
 
@@ -17,6 +18,7 @@ pub mod bridge;
 pub mod broker;
 pub mod ha;
 pub mod payload;
+mod pipe;
 pub mod topic;
 
 use std::time::Duration;
