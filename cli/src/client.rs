@@ -150,6 +150,9 @@ pub enum Route {
     Tcp(String),
     /// Directly over a serial or USB device (`serial /dev/ttyUSB0`).
     Device(String),
+    /// Through an MQTT broker (`moat cmd --mqtt URL`) to the mux holding
+    /// the node.
+    Mqtt(String),
 }
 
 impl std::fmt::Display for Route {
@@ -158,6 +161,7 @@ impl std::fmt::Display for Route {
             Route::Mux(p) => write!(f, "mux at {}", p.display()),
             Route::Tcp(a) => write!(f, "tcp {a}"),
             Route::Device(d) => f.write_str(d),
+            Route::Mqtt(url) => write!(f, "MQTT broker {url}"),
         }
     }
 }
@@ -179,6 +183,8 @@ pub struct Client {
     timeout: Duration,
     /// Who answered an authenticated direct link's handshake.
     peer: Option<Peer>,
+    /// The broker session of a client over MQTT (closed with the client).
+    bridge: Option<mux_runtime::mqtt::Bridge>,
 }
 
 /// Message size assumed when the node's config names none (the node
@@ -271,6 +277,7 @@ impl Client {
                 link: None,
                 timeout: CALL_TIMEOUT,
                 peer: None,
+                bridge: None,
             })),
             Err(e) if choice.explicit => Err(anyhow::Error::new(e).context(format!(
                 "the mux socket {} was named explicitly (--socket or ${SOCKET_ENV}); start `moat mux` or drop it to talk to the node directly",
@@ -334,7 +341,7 @@ impl Client {
     pub fn from_endpoint(endpoint: Endpoint, node: &str, route: Route) -> Client {
         let prefix = match route {
             Route::Mux(_) => vec![PathElem::Name(node.to_owned())],
-            Route::Tcp(_) | Route::Device(_) => Vec::new(),
+            Route::Tcp(_) | Route::Device(_) | Route::Mqtt(_) => Vec::new(),
         };
         Client {
             endpoint,
@@ -345,7 +352,43 @@ impl Client {
             link: None,
             timeout: CALL_TIMEOUT,
             peer: None,
+            bridge: None,
         }
+    }
+
+    /// Through the MQTT broker at `url`, without a local mux: a client
+    /// session of its own on the broker, requests to the node's request
+    /// topic, answered by the mux holding it (docs/mqtt.md).
+    pub async fn via_mqtt(project: &Project, node: &str, url: &str) -> anyhow::Result<Client> {
+        let config = mqtt_config(project, Some(url))?.expect("a URL was given");
+        let session = format!("cmd-{}-{:08x}", std::process::id(), rand_u32());
+        let bridge = mux_runtime::mqtt::bridge::Setup::new(
+            &config,
+            project.name(),
+            &session,
+            Vec::new(),
+            false,
+        )?
+        .start(std::sync::Weak::new());
+        if !bridge.wait_connected(MQTT_WAIT).await {
+            bridge.shutdown().await;
+            bail!(
+                "cannot reach the MQTT broker at {url} within {} s: is it running, and is the URL right?",
+                MQTT_WAIT.as_secs()
+            );
+        }
+        if bridge.wait_node(node, MQTT_WAIT).await.is_none() {
+            bridge.shutdown().await;
+            bail!(
+                "no mux has announced node `{node}` on the broker at {url} (topic prefix {}): \
+                 start `moat mux --mqtt {url}` on the host the node is wired to",
+                bridge.topics().prefix()
+            );
+        }
+        let endpoint = bridge.endpoint(node).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut client = Client::from_endpoint(endpoint, node, Route::Mqtt(url.to_owned()));
+        client.bridge = Some(bridge);
+        Ok(client)
     }
 
     /// Who answered the handshake of a direct authenticated link: the
@@ -454,10 +497,90 @@ impl Client {
     /// Closes the connection (and a direct device link).
     pub async fn close(&self) {
         self.endpoint.close();
+        if let Some(bridge) = &self.bridge {
+            bridge.shutdown().await;
+        }
         if let Some(link) = &self.link {
             link.stop().await;
         }
     }
+}
+
+/// How long a client over MQTT waits for the broker, and then for the
+/// node's retained state.
+pub const MQTT_WAIT: Duration = Duration::from_secs(10);
+
+fn rand_u32() -> u32 {
+    let mut b = [0u8; 4];
+    // A client id unique enough among one broker's sessions; getrandom
+    // cannot fail on Linux for 4 bytes.
+    // SAFETY: the buffer is valid for its length.
+    unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    u32::from_le_bytes(b)
+}
+
+/// The broker the project's muxes join: `[mqtt]` in moat.toml, its URL
+/// replaced by `url` (`--mqtt URL`) when given; `None` when neither names
+/// a broker. The password comes from the secret `[mqtt] password` names.
+pub fn mqtt_config(
+    project: &Project,
+    url: Option<&str>,
+) -> anyhow::Result<Option<mux_runtime::mqtt::MqttConfig>> {
+    use mux_runtime::mqtt::MqttConfig;
+    let section = project.manifest.mqtt.clone().unwrap_or_default();
+    let Some(url) = url.map(str::to_owned).or(section.url.clone()) else {
+        return Ok(None);
+    };
+    let mut config = MqttConfig::new(&url);
+    config.client_id = section.client_id;
+    config.prefix = section.prefix;
+    if let Some(v) = &section.version {
+        config.version = v
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("[mqtt] version: {e}"))?;
+    }
+    if let Some(k) = section.keep_alive {
+        config.keep_alive = Duration::from_secs(u64::from(k));
+    }
+    if let Some(m) = section.max_message {
+        config.max_message = m as usize;
+    }
+    config.entities = section
+        .ha
+        .iter()
+        .map(|e| {
+            use mux_runtime::mqtt::ha;
+            ha::Entity {
+                id: e.id.clone(),
+                node: e.node.clone(),
+                kind: ha::Kind::parse(&e.kind).expect("the manifest checked the kind"),
+                path: ha::dotted(&e.path),
+                name: e.name.clone(),
+                every_ms: e.every.unwrap_or(10_000),
+                unit: e.unit.clone(),
+                device_class: e.device_class.clone(),
+            }
+        })
+        .collect();
+    if let Some(user) = section.user {
+        let password = match &section.password_secret {
+            Some(name) => {
+                let secrets = crate::secrets::Secrets::load(&project.root)?;
+                match secrets.get(name)? {
+                    Some(Value::Str(p)) => p,
+                    Some(_) => bail!("the secret `{name}` ([mqtt] password) must be a string"),
+                    None => bail!(
+                        "[mqtt] password names the secret `{name}`, which is neither in \
+                         secrets.toml nor in ${}",
+                        crate::secrets::env_name(name)
+                    ),
+                }
+            }
+            None => String::new(),
+        };
+        config.credentials = Some((user, password));
+    }
+    Ok(Some(config))
 }
 
 /// What the host side of an authenticated link needs (docs/auth.md): the

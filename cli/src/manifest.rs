@@ -59,6 +59,46 @@ pub struct Manifest {
     pub app_paths: Vec<PathBuf>,
     /// `[nodes.NAME]` in file order.
     pub nodes: Vec<Node>,
+    /// `[mqtt]`: the broker the project's muxes join (docs/mqtt.md).
+    pub mqtt: Option<Mqtt>,
+}
+
+/// `[mqtt]`: every key optional (`moat mux --mqtt URL` can give the URL).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Mqtt {
+    /// `mqtt://[user[:password]@]host[:port]`.
+    pub url: Option<String>,
+    pub client_id: Option<String>,
+    /// Default `moat/<project>`.
+    pub prefix: Option<String>,
+    /// `"auto"` (default), `"5"` or `"3.1.1"`.
+    pub version: Option<String>,
+    /// Seconds.
+    pub keep_alive: Option<u32>,
+    /// Bytes.
+    pub max_message: Option<u32>,
+    pub user: Option<String>,
+    /// The name of the secret holding the password (`password = { secret
+    /// = "mqtt_pw" }`: secrets.toml or `MOAT_SECRET_MQTT_PW`).
+    pub password_secret: Option<String>,
+    /// `[mqtt.ha.ID]`: Home Assistant entities, in file order.
+    pub ha: Vec<HaEntity>,
+}
+
+/// `[mqtt.ha.ID]`: one Home Assistant entity backed by a node's command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HaEntity {
+    pub id: String,
+    pub node: String,
+    /// `sensor`, `switch` or `button`.
+    pub kind: String,
+    /// The command, dotted (`t.temp`).
+    pub path: String,
+    pub name: Option<String>,
+    /// A sensor's stream interval (ms).
+    pub every: Option<u32>,
+    pub unit: Option<String>,
+    pub device_class: Option<String>,
 }
 
 /// `[project]`.
@@ -103,6 +143,9 @@ pub struct Node {
     /// on a tcp link whose node listens beyond loopback, else false; needs
     /// `link_auth`).
     pub link_encrypt: bool,
+    /// `mux = "NAME"`: the mux that holds the node (`moat mux --name
+    /// NAME` holds the nodes naming it); `None`: any mux without `--node`.
+    pub mux: Option<String>,
     /// `[nodes.NAME.config]` converted to a value, keys in file order;
     /// `Value::Map(vec![])` when absent. Does not yet include the derived
     /// `link` section: see [`Node::config`]. A secret (`{ secret = "x" }`)
@@ -429,12 +472,34 @@ const TOP_KEYS: &[&str] = &[
     "defaults",
     "nodes",
     "toolchains",
+    "mqtt",
 ];
+const MQTT_KEYS: &[&str] = &[
+    "url",
+    "client_id",
+    "prefix",
+    "version",
+    "keep_alive",
+    "max_message",
+    "user",
+    "password",
+    "ha",
+];
+const HA_KEYS: &[&str] = &[
+    "node",
+    "kind",
+    "path",
+    "name",
+    "every",
+    "unit",
+    "device_class",
+];
+const HA_KINDS: &[&str] = &["sensor", "switch", "button"];
 const PROJECT_KEYS: &[&str] = &["name", "id"];
 const MICROPYTHON_KEYS: &[&str] = &["version", "path", "git", "rev"];
 const APPS_KEYS: &[&str] = &["paths"];
 const DEFAULTS_KEYS: &[&str] = &["link"];
-const NODE_KEYS: &[&str] = &["board", "port", "link", "config"];
+const NODE_KEYS: &[&str] = &["board", "port", "link", "config", "mux"];
 const TCP_KEYS: &[&str] = &["kind", "host", "port", "auth", "encrypt"];
 const PROCESS_KEYS: &[&str] = &["kind", "auth", "encrypt"];
 const SERIAL_KEYS: &[&str] = &[
@@ -687,12 +752,117 @@ impl<'t> Parser<'t> {
             None => None,
         };
         let nodes = self.nodes(&top, boards, defaults.as_ref())?;
+        let mqtt = self.mqtt(&top, &nodes)?;
         Ok(Manifest {
             project: Project { name, id },
             micropython,
             app_paths,
             nodes,
+            mqtt,
         })
+    }
+
+    /// `[mqtt]`.
+    fn mqtt(&self, top: &Table, nodes: &[Node]) -> Res<Option<Mqtt>> {
+        let Some(t) = self.table(top, "mqtt")? else {
+            return Ok(None);
+        };
+        self.only_keys(&t, MQTT_KEYS)?;
+        let version = self.string(&t, "version")?;
+        if let Some(v) = &version {
+            if !["auto", "5", "3.1.1"].contains(&v.as_str()) {
+                return Err(self.err(
+                    t.span_of("version"),
+                    t.key_path("version"),
+                    format!("`{v}` is not an MQTT version; valid: \"auto\", \"5\", \"3.1.1\""),
+                ));
+            }
+        }
+        let password_secret = match t.get("password") {
+            None => None,
+            Some(item) => {
+                let secret = item
+                    .as_table_like()
+                    .and_then(|p| p.get("secret"))
+                    .and_then(|s| s.as_str());
+                match secret {
+                    Some(name) => Some(name.to_owned()),
+                    None => return Err(self.err(
+                        t.span_of("password"),
+                        t.key_path("password"),
+                        "write the password's secret name, `password = { secret = \"mqtt_pw\" }`, \
+                             and the password into secrets.toml (or MOAT_SECRET_MQTT_PW)"
+                            .into(),
+                    )),
+                }
+            }
+        };
+        Ok(Some(Mqtt {
+            url: self.string(&t, "url")?,
+            client_id: self.string(&t, "client_id")?,
+            prefix: self.string(&t, "prefix")?,
+            version,
+            keep_alive: self.int(&t, "keep_alive", 5, 65535)?.map(|v| v as u32),
+            max_message: self
+                .int(&t, "max_message", 64, 256 * 1024 * 1024)?
+                .map(|v| v as u32),
+            user: self.string(&t, "user")?,
+            password_secret,
+            ha: self.ha_entities(&t, nodes)?,
+        }))
+    }
+
+    /// `[mqtt.ha.ID]` tables.
+    fn ha_entities(&self, mqtt: &Table, nodes: &[Node]) -> Res<Vec<HaEntity>> {
+        let Some(t) = self.table(mqtt, "ha")? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for (id, _) in t.table.iter() {
+            if !is_identifier(id) {
+                return Err(self.err(
+                    t.key_span(id),
+                    t.key_path(id),
+                    format!("`{id}` is not a valid entity id; use letters, digits, `-` and `_`"),
+                ));
+            }
+            let e = self.table(&t, id)?.expect("iterated keys exist");
+            self.only_keys(&e, HA_KEYS)?;
+            let node = self.required_string(&e, "node", "\"pump\"")?;
+            if !nodes.iter().any(|n| n.name == node) {
+                let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+                return Err(self.err(
+                    e.span_of("node"),
+                    e.key_path("node"),
+                    format!(
+                        "no node `{node}`; the project's nodes: {}",
+                        names.join(", ")
+                    ),
+                ));
+            }
+            let kind = self.required_string(&e, "kind", "\"sensor\"")?;
+            if !HA_KINDS.contains(&kind.as_str()) {
+                return Err(self.err(
+                    e.span_of("kind"),
+                    e.key_path("kind"),
+                    format!(
+                        "unknown entity kind `{kind}`; valid: {}",
+                        HA_KINDS.join(", ")
+                    ),
+                ));
+            }
+            out.push(HaEntity {
+                id: id.to_owned(),
+                node,
+                kind,
+                path: self.required_string(&e, "path", "\"t.temp\"")?,
+                name: self.string(&e, "name")?,
+                every: self.int(&e, "every", 10, 86_400_000)?.map(|v| v as u32),
+                unit: self.string(&e, "unit")?,
+                device_class: self.string(&e, "device_class")?,
+            });
+        }
+        Ok(out)
     }
 
     fn micropython(&self, top: &Table, root: Option<&Path>) -> Res<MicroPython> {
@@ -868,6 +1038,16 @@ impl<'t> Parser<'t> {
             ));
         }
         let port = self.string(t, "port")?;
+        let mux = self.string(t, "mux")?;
+        if let Some(m) = &mux {
+            if !is_identifier(m) {
+                return Err(self.err(
+                    t.span_of("mux"),
+                    t.key_path("mux"),
+                    format!("`{m}` is not a valid mux name; use letters, digits, `-` and `_`"),
+                ));
+            }
+        }
         let local = board.flash == crate::board::Flash::Local;
         let (link, link_auth, link_encrypt) = self.link(t, board.link, defaults, local)?;
         let mut secrets = Vec::new();
@@ -882,6 +1062,7 @@ impl<'t> Parser<'t> {
             link,
             link_auth,
             link_encrypt,
+            mux,
             user_config,
             secrets,
             auth: None,
@@ -899,7 +1080,7 @@ impl<'t> Parser<'t> {
                 "host" => {
                     self.string(t, key)?;
                 }
-                "auth" => {
+                "auth" | "encrypt" => {
                     self.bool(t, key)?;
                 }
                 _ => {
@@ -1267,6 +1448,54 @@ mod tests {
     }
 
     const HEAD: &str = "[project]\nname = \"t\"\n";
+
+    #[test]
+    fn mqtt_section_and_per_node_mux_are_read() {
+        let m = parse_ok(&format!(
+            "{HEAD}[mqtt]\nurl = \"mqtt://broker.lan\"\nversion = \"3.1.1\"\nkeep_alive = 30\n\
+             user = \"moat\"\npassword = {{ secret = \"mqtt_pw\" }}\n\
+             [nodes.a]\nboard = \"unix\"\nmux = \"hall\"\n"
+        ));
+        let mqtt = m.mqtt.unwrap();
+        assert_eq!(mqtt.url.as_deref(), Some("mqtt://broker.lan"));
+        assert_eq!(mqtt.version.as_deref(), Some("3.1.1"));
+        assert_eq!(mqtt.keep_alive, Some(30));
+        assert_eq!(mqtt.password_secret.as_deref(), Some("mqtt_pw"));
+        assert_eq!(m.nodes[0].mux.as_deref(), Some("hall"));
+        let ha = parse_ok(&format!(
+            "{HEAD}[nodes.a]\nboard = \"unix\"\n[mqtt.ha.temp]\nnode = \"a\"\nkind = \"sensor\"\n\
+             path = \"t.temp\"\nunit = \"°C\"\ndevice_class = \"temperature\"\n"
+        ))
+        .mqtt
+        .unwrap()
+        .ha;
+        assert_eq!(ha.len(), 1);
+        assert_eq!((ha[0].id.as_str(), ha[0].kind.as_str()), ("temp", "sensor"));
+        assert_eq!(ha[0].unit.as_deref(), Some("°C"));
+        let plain = format!("{HEAD}[nodes.a]\nboard = \"unix\"\n");
+        assert_eq!(parse_ok(&plain).mqtt, None);
+    }
+
+    #[test]
+    fn mqtt_mistakes_say_the_fix() {
+        let node = "[nodes.a]\nboard = \"unix\"\n";
+        let e = parse_err(&format!("{HEAD}{node}[mqtt]\npassword = \"hunter2\"\n"));
+        assert!(e.contains("secret = "), "{e}");
+        let e = parse_err(&format!("{HEAD}{node}[mqtt]\nversion = \"4\"\n"));
+        assert!(e.contains("\"3.1.1\""), "{e}");
+        let e = parse_err(&format!("{HEAD}{node}[mqtt]\nkeep_alive = 1\n"));
+        assert!(e.contains("5 to 65535"), "{e}");
+        let e = parse_err(&format!(
+            "{HEAD}{node}[mqtt.ha.x]\nnode = \"zz\"\nkind = \"sensor\"\npath = \"p\"\n"
+        ));
+        assert!(e.contains("no node `zz`"), "{e}");
+        let e = parse_err(&format!(
+            "{HEAD}{node}[mqtt.ha.x]\nnode = \"a\"\nkind = \"light\"\npath = \"p\"\n"
+        ));
+        assert!(e.contains("valid: sensor, switch, button"), "{e}");
+        let e = parse_err(&format!("{HEAD}{node}[mqtt]\nbroker = \"x\"\n"));
+        assert!(e.contains("unknown key `broker`"), "{e}");
+    }
 
     fn node_cfg(body: &str) -> Value {
         let m = parse_ok(&format!("{HEAD}{body}"));

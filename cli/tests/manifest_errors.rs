@@ -127,7 +127,7 @@ fn unknown_key_lists_the_valid_keys() {
     assert_eq!(
         e,
         format!(
-            "{}nodes.pump.bord: unknown key `bord`; valid keys: board, port, link, config \
+            "{}nodes.pump.bord: unknown key `bord`; valid keys: board, port, link, config, mux \
              (did you mean `board`?)",
             at(dir.path(), &text, "bord")
         )
@@ -137,7 +137,7 @@ fn unknown_key_lists_the_valid_keys() {
     let (e, _) = load_err(&text);
     assert!(
         e.contains(
-            "node: unknown key `node`; valid keys: project, micropython, apps, defaults, nodes, toolchains \
+            "node: unknown key `node`; valid keys: project, micropython, apps, defaults, nodes, toolchains, mqtt \
              (did you mean `nodes`?)"
         ),
         "{e}"

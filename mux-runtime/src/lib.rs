@@ -11,6 +11,7 @@ pub mod error;
 pub mod framing;
 pub mod link;
 pub mod message;
+pub mod mqtt;
 pub mod msgpack;
 pub mod mux;
 pub mod notation;

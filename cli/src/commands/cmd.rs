@@ -30,6 +30,10 @@ pub struct Args {
     /// With --stream: stop after K items.
     #[arg(long, value_name = "K", requires = "stream")]
     pub count: Option<u64>,
+    /// Reach the node through the MQTT broker at URL (mqtt://HOST[:PORT])
+    /// and the mux holding it, without a local mux (docs/mqtt.md).
+    #[arg(long, value_name = "URL", conflicts_with_all = ["socket", "direct"])]
+    pub mqtt: Option<String>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -39,14 +43,29 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         ..a.target.clone()
     };
     client::block_on(async move {
-        let client = Client::connect(&target).await?;
-        match a.stream {
+        let client = match &a.mqtt {
+            Some(url) => {
+                let project = moat::project::Project::find_from_cwd()?;
+                let node = client::pick_node(&project, target.node.as_deref())?;
+                Client::via_mqtt(&project, &node.name, url)
+                    .await?
+                    .with_timeout(target.timeout.unwrap_or(client::CALL_TIMEOUT))
+            }
+            None => Client::connect(&target).await?,
+        };
+        let outcome = match a.stream {
             None => {
                 let result = client.call(&parsed.path, parsed.kwargs).await;
                 print_result(&parsed.path, result, a.json)
             }
             Some(ms) => stream(&client, &parsed.path, parsed.kwargs, ms, a.count, a.json).await,
+        };
+        if a.mqtt.is_some() {
+            // Says goodbye on the broker: the serving mux cancels what
+            // this session left open.
+            client.close().await;
         }
+        outcome
     })?
 }
 

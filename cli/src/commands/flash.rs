@@ -88,6 +88,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         return super::mux::run(super::mux::Args {
             socket: None,
             json: a.json,
+            ..Default::default()
         });
     }
     Ok(())

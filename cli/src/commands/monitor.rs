@@ -98,6 +98,10 @@ pub async fn monitor(
                 }
             }
         }
+        Route::Mqtt(url) => bail!(
+            "the console of node `{}` does not travel over MQTT ({url}); monitor it on the host whose mux holds it",
+            client.node()
+        ),
         Route::Tcp(addr) => bail!(
             "node `{}` is reached over tcp ({addr}), which carries no console output; \
              its console is the terminal it runs in (`moat run`), or start `moat mux` \

@@ -1,6 +1,12 @@
 //! `moat mux`: the multiplexer for every node of the project, serving
 //! clients (`moat cmd`, `cfg`, `fs`, `monitor`, other programs) on one Unix
 //! socket until Ctrl-C or SIGTERM. Link changes are printed as they happen.
+//!
+//! With a broker (`--mqtt URL` or `[mqtt]` in moat.toml) muxes on several
+//! hosts join: each holds the nodes wired to it (`--node NAME`, or the
+//! nodes whose `mux = "NAME"` is its `--name`) and reaches the others
+//! through the broker (docs/mqtt.md). `moat mux ls` lists every node with
+//! the mux holding it.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,22 +15,49 @@ use anyhow::{bail, Context};
 use moat::manifest::Node;
 use moat::project::Project;
 use mux_runtime::link::{LinkSpec, LinkState};
+use mux_runtime::message::PathElem;
 use mux_runtime::mux::{Mux, MuxConfig, NodeConfig};
 use mux_runtime::Value;
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Default)]
 pub struct Args {
     /// The socket to serve on (default: $MOAT_SOCKET, else
     /// $XDG_RUNTIME_DIR/moat/<project>-<id>.sock, else
     /// /tmp/moat-$UID/<project>-<id>.sock).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", global = true)]
     pub socket: Option<PathBuf>,
     /// Print link changes as JSON lines on stdout.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub json: bool,
+    /// Hold only this node (repeatable); the others are reached through
+    /// the broker. Default: the nodes whose `mux` is this mux's name, and
+    /// those naming no mux.
+    #[arg(long = "node", value_name = "NAME")]
+    pub nodes: Vec<String>,
+    /// This mux's name (default: [mqtt] client_id, else the host's name):
+    /// it holds the nodes whose `mux = "NAME"`, and is that session on
+    /// the broker.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Join the project's other muxes through the MQTT broker at URL
+    /// (mqtt://HOST[:PORT]; overrides [mqtt] url).
+    #[arg(long, value_name = "URL")]
+    pub mqtt: Option<String>,
+    #[command(subcommand)]
+    pub action: Option<Action>,
+}
+
+#[derive(clap::Subcommand)]
+pub enum Action {
+    /// List the nodes of the running mux, and (with a broker) those other
+    /// muxes hold, with their state and mux.
+    Ls,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
+    if let Some(Action::Ls) = a.action {
+        return ls(a.socket, a.json);
+    }
     let project = Project::find_from_cwd()?;
     let socket = match (&a.socket, std::env::var_os(moat::client::SOCKET_ENV)) {
         (Some(p), _) => p.clone(),
@@ -37,19 +70,117 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             path
         }
     };
-    let nodes = project
+    if project.manifest.nodes.is_empty() {
+        bail!("the project has no nodes: add a [nodes.NAME] table to moat.toml");
+    }
+    let mqtt = moat::client::mqtt_config(&project, a.mqtt.as_deref())?;
+    let name = a
+        .name
+        .clone()
+        .or_else(|| mqtt.as_ref().and_then(|m| m.client_id.clone()))
+        .unwrap_or_else(mux_runtime::mux::host_name);
+    let held = held_nodes(&project.manifest.nodes, &a.nodes, &name)?;
+    let elsewhere: Vec<&str> = project
         .manifest
         .nodes
         .iter()
+        .filter(|n| !held.iter().any(|h| h.name == n.name))
+        .map(|n| n.name.as_str())
+        .collect();
+    if !elsewhere.is_empty() && mqtt.is_none() {
+        eprintln!(
+            "note: this mux does not hold {} and has no broker to reach them: add --mqtt URL",
+            elsewhere.join(", ")
+        );
+    }
+    let nodes = held
+        .iter()
         .map(|n| node_config(&project, n))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    if nodes.is_empty() {
-        bail!("the project has no nodes: add a [nodes.NAME] table to moat.toml");
-    }
-    let config = MuxConfig::new(project.name(), &socket, nodes);
+    let mut config = MuxConfig::new(project.name(), &socket, nodes);
+    config.mqtt = mqtt;
+    config.name = Some(name);
     tokio::runtime::Runtime::new()
         .context("starting the async runtime")?
         .block_on(serve(config, a.json))
+}
+
+/// The nodes this mux holds: those named with `--node`, else those whose
+/// `mux` is `name` and those naming no mux.
+pub fn held_nodes<'a>(
+    all: &'a [Node],
+    named: &[String],
+    name: &str,
+) -> anyhow::Result<Vec<&'a Node>> {
+    if named.is_empty() {
+        let held: Vec<&Node> = all
+            .iter()
+            .filter(|n| n.mux.as_deref().is_none_or(|m| m == name))
+            .collect();
+        if held.is_empty() {
+            bail!(
+                "this mux (`{name}`) holds no node: every node names another mux; \
+                 start it with --name NAME matching a node's `mux`, or --node NAME"
+            );
+        }
+        return Ok(held);
+    }
+    named
+        .iter()
+        .map(|wanted| {
+            all.iter().find(|n| &n.name == wanted).with_context(|| {
+                let names: Vec<&str> = all.iter().map(|n| n.name.as_str()).collect();
+                format!(
+                    "--node {wanted}: no such node; the project's nodes: {}",
+                    names.join(", ")
+                )
+            })
+        })
+        .collect()
+}
+
+/// `moat mux ls`: asks the running mux.
+fn ls(socket: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+    let target = moat::client::Target {
+        node: Some(moat::client::MUX_APP.to_owned()),
+        socket,
+        ..Default::default()
+    };
+    moat::client::block_on(async move {
+        let client = moat::client::Client::connect(&target).await?;
+        let ls = client
+            .endpoint_call(&[PathElem::from("mux"), PathElem::from("ls")], Value::Nil)
+            .await
+            .map_err(|e| anyhow::anyhow!("mux.ls: {e}"))?;
+        if json {
+            println!("{}", moat::render::json_pretty(&ls));
+            return Ok(());
+        }
+        let Value::Map(nodes) = ls else {
+            bail!("mux.ls answered {} instead of a map", ls.type_name());
+        };
+        println!(
+            "{:<16} {:<8} {:<12} {:<10} WHERE",
+            "NODE", "STATE", "MUX", "KIND"
+        );
+        for (name, info) in nodes {
+            let text = |k: &str| {
+                info.get(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or("-")
+                    .to_owned()
+            };
+            println!(
+                "{:<16} {:<8} {:<12} {:<10} {}",
+                name.as_str().unwrap_or("?"),
+                text("state"),
+                text("mux"),
+                text("kind"),
+                text("target")
+            );
+        }
+        Ok(())
+    })?
 }
 
 /// How the mux reaches `node`, from its manifest entry.
@@ -100,6 +231,34 @@ async fn serve(config: MuxConfig, json: bool) -> anyhow::Result<()> {
     let names: Vec<String> = config.nodes.iter().map(|n| n.name.clone()).collect();
     let project = config.project.clone();
     let mux = Mux::start(config).await?;
+    if let Some(bridge) = mux.bridge() {
+        let bridge = bridge.clone();
+        tokio::spawn(async move {
+            let mut up = false;
+            loop {
+                let now = bridge.wait_connected(Duration::from_secs(1)).await;
+                if now != up {
+                    up = now;
+                    let state = if up { "connected" } else { "disconnected" };
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"event": "mqtt", "state": state, "session": bridge.session(), "prefix": bridge.topics().prefix()})
+                        );
+                    } else {
+                        eprintln!(
+                            "mqtt: {state} as `{}` under {}",
+                            bridge.session(),
+                            bridge.topics().prefix()
+                        );
+                    }
+                }
+                if up {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        });
+    }
     if json {
         println!(
             "{}",

@@ -68,6 +68,10 @@ impl Metered {
                     },
                 })
             }
+            Route::Mqtt(url) => {
+                client.close().await;
+                bail!("updating node `{}` over MQTT ({url}) is not supported: run it on the host whose mux holds the node", node.name)
+            }
             Route::Device(d) => {
                 client.close().await;
                 let spec = client::link_spec(project, node)?;

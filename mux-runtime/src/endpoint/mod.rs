@@ -122,7 +122,8 @@ struct State {
     /// The largest request the peer takes, in encoded bytes, and who it is
     /// for the error (e.g. "node `pump`"): a bigger one fails here instead
     /// of being skipped there.
-    peer_limit: Option<(usize, String)>,
+    /// And what to do about it.
+    peer_limit: Option<(usize, String, String)>,
 }
 
 #[derive(Default)]
@@ -291,7 +292,13 @@ impl Endpoint {
     /// error naming both sizes and `who` (e.g. "node `pump`"), before
     /// anything is sent.
     pub fn set_peer_limit(&self, bytes: usize, who: &str) {
-        self.shared.lock().peer_limit = Some((bytes, who.to_owned()));
+        self.set_peer_limit_fix(bytes, who, "raise `m` on its link, or send less");
+    }
+
+    /// [`set_peer_limit`](Endpoint::set_peer_limit) with what the error
+    /// tells to do (a peer whose limit is not its `m`).
+    pub fn set_peer_limit_fix(&self, bytes: usize, who: &str, fix: &str) {
+        self.shared.lock().peer_limit = Some((bytes, who.to_owned(), fix.to_owned()));
     }
 
     /// The name given in [`EndpointConfig`].
@@ -549,12 +556,10 @@ impl Shared {
             ))
         })?;
         let msg = build(seq);
-        if let Some((limit, who)) = &state.peer_limit {
+        if let Some((limit, who, fix)) = &state.peer_limit {
             let size = msgpack::to_vec(&msg.to_value()).len();
             if size > *limit {
-                let e = format!(
-                    "request is {size} bytes; {who} accepts {limit}: raise `m` on its link, or send less"
-                );
+                let e = format!("request is {size} bytes; {who} accepts {limit}: {fix}");
                 state.requests.cancel(seq);
                 return Err(RemoteError::generic(e));
             }

@@ -33,6 +33,11 @@ pub fn root(core: &Core, command: &str, data: &Value) -> Result<Value, RemoteErr
                 .node_names()
                 .map(|n| (n.to_owned(), Value::from("node")))
                 .collect();
+            if let Some(bridge) = core.bridge() {
+                for name in bridge.remote_names() {
+                    apps.push((name, Value::from("node")));
+                }
+            }
             apps.push((MUX_APP.to_owned(), Value::from("mux")));
             Ok(Value::map([
                 ("c", strs(&super::route::ROOT_COMMANDS)),
@@ -70,6 +75,7 @@ pub fn call(
             ("clients", Value::from(core.client_count() as u64)),
             ("nodes", Value::from(core.nodes().len() as u64)),
             ("v", Value::from(env!("CARGO_PKG_VERSION"))),
+            ("mqtt", core.bridge().map_or(Value::Nil, |b| b.info())),
         ])),
         "ping" => Ok(ping(data)),
         "console" => console_node(core, data).map(|n| {
@@ -126,9 +132,32 @@ fn ls(core: &Core) -> Value {
         if let Some(t) = n.watchdog {
             info.push(("wdt", Value::from(t.as_secs_f64())));
         }
+        if let Some(bridge) = core.bridge() {
+            info.push(("mux", Value::from(bridge.session())));
+        }
         (n.name.clone(), Value::map(info))
     });
-    Value::map(nodes.collect::<Vec<_>>())
+    let mut all: Vec<(String, Value)> = nodes.collect();
+    // Nodes other muxes hold, as their retained states say.
+    if let Some(bridge) = core.bridge() {
+        for r in bridge.remote_nodes() {
+            let s = &r.state;
+            let mut info = vec![
+                ("state", Value::from(if s.up { "up" } else { "down" })),
+                ("kind", Value::from("mqtt")),
+                ("target", Value::from(format!("mux {}", s.mux))),
+                ("mux", Value::from(s.mux.as_str())),
+            ];
+            let extra = [("board", &s.board), ("fw", &s.fw), ("why", &s.why)];
+            for (k, v) in extra {
+                if let Some(v) = v {
+                    info.push((k, Value::from(v.as_str())));
+                }
+            }
+            all.push((r.name, Value::map(info)));
+        }
+    }
+    Value::map(all)
 }
 
 /// The node named by the `n` argument, or the only node.

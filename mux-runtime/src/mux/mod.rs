@@ -13,6 +13,9 @@
 //! `[node, "link"] false` to every client. Requests a node sends up are
 //! resolved from the mux root, so nodes can call each other.
 //!
+//! With an MQTT bridge ([`crate::mqtt`]) the mux also serves its nodes to
+//! the broker and forwards requests for nodes other muxes hold to it.
+//!
 //! Host apps: a watchdog feeder (`sys.wdt` every `t/2` to nodes whose
 //! config has a `wdt` section, while their link is up) and console capture
 //! per node (`mux.console`, readable and streamable).
@@ -83,6 +86,10 @@ pub struct MuxConfig {
     pub console_buffer: usize,
     /// Requests open on one node at once ([`NODE_REQUESTS`]).
     pub node_requests: usize,
+    /// Join the project's other muxes through this broker.
+    pub mqtt: Option<crate::mqtt::MqttConfig>,
+    /// The mux's name on the broker (default: the host's name).
+    pub name: Option<String>,
 }
 
 impl MuxConfig {
@@ -94,7 +101,34 @@ impl MuxConfig {
             link_options: LinkOptions::default(),
             console_buffer: CONSOLE_BUFFER,
             node_requests: NODE_REQUESTS,
+            mqtt: None,
+            name: None,
         }
+    }
+}
+
+/// The host's name as one topic level (characters MQTT topics and moat
+/// names dislike become `-`): the default name of a mux on the broker.
+pub fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at
+    // most that many bytes.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name: String = String::from_utf8_lossy(&buf[..end])
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if ok && !name.is_empty() {
+        name
+    } else {
+        "mux".to_owned()
     }
 }
 
@@ -107,6 +141,8 @@ pub enum MuxError {
     DuplicateNode(String),
     #[error("a node cannot be called `mux`: that name is the mux's own app")]
     ReservedName,
+    #[error(transparent)]
+    Mqtt(#[from] crate::mqtt::MqttError),
 }
 
 /// A node under the mux.
@@ -126,9 +162,37 @@ pub struct Core {
     socket: PathBuf,
     nodes: Vec<NodeEntry>,
     clients: Mutex<HashMap<u64, Endpoint>>,
+    /// The MQTT bridge, when the mux joins a broker.
+    pub(crate) bridge: Option<crate::mqtt::Bridge>,
 }
 
 impl Core {
+    /// Where `path` goes: a node held here or (with a bridge) elsewhere,
+    /// the mux app, the root.
+    pub fn route(&self, path: &Path) -> route::Route {
+        let remote = self
+            .bridge
+            .as_ref()
+            .map(|b| b.remote_names())
+            .unwrap_or_default();
+        route::route(
+            path,
+            self.node_names().chain(remote.iter().map(String::as_str)),
+        )
+    }
+
+    /// The bridge's endpoint for a node another mux holds, or `_LnkErr`.
+    pub fn remote_endpoint(&self, name: &str) -> Result<Endpoint, RemoteError> {
+        match &self.bridge {
+            Some(bridge) => bridge.endpoint(name),
+            None => Err(link_down(name, "no such node")),
+        }
+    }
+
+    pub fn bridge(&self) -> Option<&crate::mqtt::Bridge> {
+        self.bridge.as_ref()
+    }
+
     pub fn nodes(&self) -> &[NodeEntry] {
         &self.nodes
     }
@@ -219,6 +283,20 @@ impl Mux {
                 return Err(MuxError::DuplicateNode(node.name.clone()));
             }
         }
+        let bridge = match &config.mqtt {
+            Some(mqtt) => {
+                let name = config.name.clone().unwrap_or_else(host_name);
+                let local = config.nodes.iter().map(|n| n.name.clone()).collect();
+                Some(crate::mqtt::bridge::Setup::new(
+                    mqtt,
+                    &config.project,
+                    &name,
+                    local,
+                    true,
+                )?)
+            }
+            None => None,
+        };
         let listener = socket::bind(&config.socket).await?;
         let stop = CancellationToken::new();
         let core = Arc::new_cyclic(|weak: &Weak<Core>| Core {
@@ -250,6 +328,7 @@ impl Mux {
                 })
                 .collect(),
             clients: Mutex::default(),
+            bridge: bridge.map(|b| b.start(weak.clone())),
         });
         let mut tasks = Vec::new();
         for node in &core.nodes {
@@ -264,6 +343,18 @@ impl Mux {
             )));
             if let Some(t) = node.watchdog {
                 tasks.push(tokio::spawn(feed_watchdog(node.link.clone(), t)));
+            }
+            if let Some(bridge) = &core.bridge {
+                tasks.push(tokio::spawn(
+                    bridge
+                        .clone()
+                        .track_link(node.name.clone(), node.link.clone()),
+                ));
+                for sensor in bridge.sensors(&node.name) {
+                    tasks.push(tokio::spawn(
+                        bridge.clone().feed_sensor(sensor, node.link.clone()),
+                    ));
+                }
             }
         }
         tasks.push(tokio::spawn(accept(
@@ -288,9 +379,17 @@ impl Mux {
         self.core.client_count()
     }
 
+    /// The MQTT bridge, when the mux joins a broker.
+    pub fn bridge(&self) -> Option<&crate::mqtt::Bridge> {
+        self.core.bridge.as_ref()
+    }
+
     /// Stops serving: clients are disconnected, links closed (child
     /// processes asked to exit, then killed), the socket removed.
     pub async fn shutdown(self) {
+        if let Some(bridge) = &self.core.bridge {
+            bridge.shutdown().await;
+        }
         self.stop.cancel();
         for task in &self.tasks {
             task.abort();

@@ -20,6 +20,14 @@ pub struct Uplink {
     pub(super) core: Weak<Core>,
 }
 
+impl Uplink {
+    /// The handler of a client's requests (a local client's, or one
+    /// arriving through the MQTT bridge).
+    pub fn client(core: Weak<Core>) -> Uplink {
+        Uplink { node: None, core }
+    }
+}
+
 fn stopping() -> RemoteError {
     link_down("mux", "the mux is starting or stopping")
 }
@@ -28,7 +36,7 @@ impl Uplink {
     /// Where `path` goes, with the core (or the error to answer).
     fn resolve(&self, path: &Path) -> Result<(Arc<Core>, Route), RemoteError> {
         let core = self.core.upgrade().ok_or_else(stopping)?;
-        let route = route::route(path, core.node_names());
+        let route = core.route(path);
         Ok((core, route))
     }
 }
@@ -40,6 +48,13 @@ impl Handler for Uplink {
             Err(e) => return future::ready(Err(e)).boxed(),
         };
         match route {
+            // A node another mux holds: through the broker.
+            Route::Node { node, rest } if core.node(&node).is_none() => {
+                match core.remote_endpoint(&node) {
+                    Ok(ep) => ep.call_expecting(rest, req.data, req.expect).boxed(),
+                    Err(e) => future::ready(Err(e)).boxed(),
+                }
+            }
             Route::Node { node, rest } => async move {
                 let (_slot, ep) = core.reserve(&node).await?;
                 ep.call_expecting(rest, req.data, req.expect).await
@@ -63,6 +78,12 @@ impl Handler for Uplink {
             Err(e) => return stream::once(future::ready(Err(e))).boxed(),
         };
         match route {
+            Route::Node { node, rest } if core.node(&node).is_none() => {
+                match core.remote_endpoint(&node) {
+                    Ok(ep) => ep.stream(rest, req.data, every_ms).boxed(),
+                    Err(e) => stream::once(future::ready(Err(e))).boxed(),
+                }
+            }
             // The node streams; the mux relays. Dropping this stream (the
             // client cancelled or went away) cancels it on the node.
             Route::Node { node, rest } => {
@@ -99,11 +120,20 @@ impl Handler for Uplink {
         };
         match &self.node {
             // A node's unsolicited message: to every client, name first.
-            Some(node) => core.broadcast(route::prefixed(node, &path), data),
+            Some(node) => {
+                if let Some(bridge) = &core.bridge {
+                    bridge.publish_notice(node, &path, &data);
+                }
+                core.broadcast(route::prefixed(node, &path), data)
+            }
             // A client's fire-and-forget request: on to the node.
-            None => match route::route(&path, core.node_names()) {
+            None => match core.route(&path) {
                 Route::Node { node, rest } => {
-                    if let Ok(ep) = core.endpoint_of(&node) {
+                    let ep = match core.node(&node) {
+                        Some(_) => core.endpoint_of(&node),
+                        None => core.remote_endpoint(&node),
+                    };
+                    if let Ok(ep) = ep {
                         let _ = ep.send(rest, data);
                     }
                 }
