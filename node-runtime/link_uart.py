@@ -124,12 +124,16 @@ class UartLink(Link):
         t = asyncio.create_task(self._timer())
         fr = self.fr
         rb = self.rb
+        # readinto fills the whole buffer (blocking) unless told how much:
+        # a UART says what it holds (any); a tty file does not, it is read
+        # a byte at a time
+        av = getattr(self.io, "any", None)
         try:
             while True:
                 yield core._io_queue.queue_read(self.io)
-                # what is there, in one read; the frames found in it
+                # what is there, in one read (UART); the frames found in it
                 while self._ready():
-                    n = self.io.readinto(rb)
+                    n = self.io.readinto(rb, min(av(), len(rb)) if av else 1)
                     if not n:
                         break
                     now = ticks_ms()
