@@ -3,10 +3,28 @@
 # argv: RUNS SEED. Prints one line: "runs N ok N malformed N fail N".
 # A failure is any exception other than the decoder's ValueError
 # (Malformed), a value that does not survive pack -> unpack, or the stream
-# Unpacker raising. The first few failures are printed with their input.
+# Unpacker raising. With the native module (_moat) in the firmware, every
+# input also goes to the pure-Python decoder and encoder: both must give
+# the same value (or the same kind of error) and the same bytes.
+# The first few failures are printed with their input.
 import sys
 import msgpack
 from msgpack import packb, unpackb, Unpacker
+
+NATIVE = msgpack._N
+
+
+def both(f, x):
+    # -> (native outcome, Python outcome): a value or an exception's class
+    out = []
+    for n in (NATIVE, None):
+        msgpack._N = n
+        try:
+            out.append(f(x))
+        except Exception as e:
+            out.append(type(e))
+    msgpack._N = NATIVE
+    return out
 
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 10000
 S = [int(sys.argv[2]) if len(sys.argv) > 2 else 1]
@@ -80,6 +98,14 @@ for run in range(RUNS):
     except Exception as e:
         fail(repr(e), data)
         continue
+    if NATIVE:
+        a, b = both(unpackb, data)
+        if not (a == b or repr(a) == repr(b)):
+            fail("native %r, Python %r" % (a, b), data)
+        if v is not msgpack.NONE:
+            a, b = both(packb, v)
+            if a != b:
+                fail("encoded: native %r, Python %r" % (a, b), data)
     if v is not msgpack.NONE:
         counts["ok"] += 1
         try:
@@ -106,4 +132,5 @@ for run in range(RUNS):
     except Exception as e:
         fail("Unpacker " + repr(e), data)
 
+print("native" if NATIVE else "python", end=" ")
 print("runs %d ok %d malformed %d fail %d" % (RUNS, counts["ok"], counts["malformed"], counts["fail"]))

@@ -1,4 +1,5 @@
-//! Embeds the default node runtime (`node-runtime/`) and templates
+//! Embeds the default node runtime (`node-runtime/`, its native module
+//! `node-runtime/native/` too) and templates
 //! (`templates/`) into the binary, so `cargo install` gives a working tool.
 //! Generates `$OUT_DIR/embedded.rs` with one `(relative path, bytes)` entry
 //! per file; cargo re-runs this when anything under the folders changes.
@@ -15,6 +16,11 @@ fn main() {
             "NODE_RUNTIME",
             top.join("node-runtime"),
             is_runtime_module as fn(&Path) -> bool,
+        ),
+        (
+            "NATIVE_MODULE",
+            top.join("node-runtime/native"),
+            is_native_source as fn(&Path) -> bool,
         ),
         (
             "TEMPLATES",
@@ -56,6 +62,13 @@ fn is_runtime_module(rel: &Path) -> bool {
             let c = c.as_os_str().to_string_lossy();
             c == "tests" || c == "__pycache__" || c.starts_with('.')
         })
+}
+
+/// The native module's sources (`node-runtime/native/`), compiled into
+/// every firmware as a user C module.
+fn is_native_source(rel: &Path) -> bool {
+    rel.extension()
+        .is_some_and(|e| e == "c" || e == "h" || e == "mk" || e == "cmake")
 }
 
 fn is_template(rel: &Path) -> bool {

@@ -52,7 +52,7 @@ class UartLink(Link):
         self.fb = bytearray(m + 5)
         self.io = _open(c)
         self.room = asyncio.Event()
-        self.one = bytearray(1)
+        self.rb = bytearray(m + 5)  # what one read takes: a frame's worth
         self.pl = select.poll()
         self.pl.register(self.io, select.POLLIN)
 
@@ -123,16 +123,26 @@ class UartLink(Link):
         self._flush()
         t = asyncio.create_task(self._timer())
         fr = self.fr
-        one = self.one
+        rb = self.rb
+        # readinto fills the whole buffer (blocking) unless told how much:
+        # a UART says what it holds (any); a tty file does not, it is read
+        # a byte at a time
+        av = getattr(self.io, "any", None)
         try:
             while True:
                 yield core._io_queue.queue_read(self.io)
+                # what is there, in one read (UART); the frames found in it
                 while self._ready():
-                    if not self.io.readinto(one):
+                    n = self.io.readinto(rb, min(av(), len(rb)) if av else 1)
+                    if not n:
                         break
-                    p = fr.feed(one[0])
-                    if p is not None:
-                        self._frame(p)
+                    now = ticks_ms()
+                    i = 0
+                    while True:
+                        i = fr.take(rb, i, n, now)
+                        if i < 0:
+                            break
+                        self._frame(fr.payload())
                 if self.rel.busy() < _QMAX:
                     self.room.set()
         finally:

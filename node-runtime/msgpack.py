@@ -4,8 +4,16 @@
 # buffer the caller owns (Unpacker for streams, unpackb for whole values).
 # Lengths are checked against the buffer before anything is allocated, and
 # nesting is bounded, so a malformed or hostile length never kills the node.
+# The encoder and decoder run in C when the firmware has the native module
+# (_moat, node-runtime/native: same semantics and limits); the Python below
+# is the fallback for a firmware built without it (node-runtime/README.md).
 from micropython import const
 import struct
+
+try:
+    import _moat as _N
+except ImportError:
+    _N = None
 
 _DEPTH = const(16)  # maximum nesting of arrays/maps
 
@@ -71,6 +79,8 @@ class _Incomplete(Exception):
 _INC = _Incomplete()
 NONE = object()  # Unpacker.next(): no complete value buffered yet
 BIG = object()  # Unpacker.next(): a message too long for the buffer was skipped
+if _N:
+    _N.init(Proxy, Ext, Malformed, TooLong, _INC, NONE)
 # Headers 0xc4..0xdf for skipping by declared lengths: what the bytes after
 # the lead byte are (_HK: 0 a fixed-size value, 1 a payload length, 2 an
 # ext length (+1 type byte), 3 an array count, 4 a map count) and how many
@@ -147,6 +157,13 @@ class Packer:
             self._hdr(c32, k, 4)
 
     def pack(self, x, depth=0):
+        if _N:
+            while True:  # -n: the end it needs; grow (up to lim) and again
+                n = _N.pack(self.b, self.n, x, depth, self.px)
+                if n >= 0:
+                    self.n = n
+                    return
+                self._room(-n - self.n)
         if depth > _DEPTH:
             raise ValueError("too deep")
         if x is None:
@@ -250,6 +267,14 @@ class Packer:
         # One protocol message, keys in the order a d i e r n; absent = NONE.
         # -> its bytes, b[o:n] (a view)
         o = self.o
+        if _N:
+            while True:
+                k = _N.msg(self.b, o, a, d, i, e, r, n, self.px)
+                if k >= 0:
+                    self.n = k
+                    return memoryview(self.b)[o:k]
+                self.n = o
+                self._room(-k - o)
         self.n = o + 1
         c = self._kv(0x61, a) + self._kv(0x64, d) + self._kv(0x69, i)
         c += self._kv(0x65, e) + self._kv(0x72, r) + self._kv(0x6E, n)
@@ -301,6 +326,12 @@ class Decoder:
         return k
 
     def val(self, depth=0):
+        if _N:
+            v, self.p = _N.unpack(self.b, self.p, self.e, self.cap, depth)
+            return v
+        return self._val(depth)
+
+    def _val(self, depth):
         p = self.p
         if p >= self.e:
             raise _INC
@@ -385,11 +416,11 @@ class Decoder:
         if k > 8:
             r = [None] * self._count(k)
             for j in range(k):
-                r[j] = self.val(depth + 1)
+                r[j] = self._val(depth + 1)
         else:  # small: appending allocates less than [None] * k
             r = []
             for _ in range(k):
-                r.append(self.val(depth + 1))
+                r.append(self._val(depth + 1))
         return r
 
     def _map(self, k, depth):
@@ -398,10 +429,10 @@ class Decoder:
         self._count(k)
         r = {}
         for _ in range(k):
-            key = self.val(depth + 1)
+            key = self._val(depth + 1)
             if isinstance(key, (list, dict)):
                 raise Malformed("unhashable key")
-            r[key] = self.val(depth + 1)
+            r[key] = self._val(depth + 1)
         return r
 
 

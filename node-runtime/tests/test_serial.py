@@ -43,6 +43,19 @@ for v in fv["frames"]:
         if p is not None:
             got = bytes(p)
     check(got == payload, "decode " + v["name"])
+    # whole buffers (take): the frame between junk, in every split
+    junk = b"\x00\x85\x00" + want + b"zz" + want + b"zz"
+    for cut in range(len(junk) + 1):
+        fr3 = Frames(v["max_packet"], int(v["start"], 16))
+        got = []
+        for part in (junk[:cut], junk[cut:]):
+            i = 0
+            while True:
+                i = fr3.take(part, i, len(part), 0)
+                if i < 0:
+                    break
+                got.append(bytes(fr3.payload()))
+        check(got == [payload, payload], "take %s split at %d: %r" % (v["name"], cut, got))
     # a flipped bit anywhere loses the frame, never delivers garbage
     for j in range(len(want)):
         bad = bytearray(want)

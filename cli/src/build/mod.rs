@@ -261,6 +261,16 @@ impl<'p> Builder<'p> {
         }
         build_args.push(format!("MPY_LIB_DIR={}", lib_dir.display()));
         build_args.push(format!("FROZEN_MANIFEST={}", manifest.display()));
+        // The native module (`_moat`), a user C module in every firmware.
+        let (cmods, native_sha256) = stage_native(&gen.join("cmods"))?;
+        build_args.push(format!(
+            "USER_C_MODULES={}",
+            match board.build {
+                BuildSystem::Cmake => cmods.join("micropython.cmake"),
+                _ => cmods,
+            }
+            .display()
+        ));
         // Paths of this machine must not reach the firmware (debug info,
         // hence the build id): map them to fixed names, so a fresh checkout
         // anywhere builds the same bytes. GCC applies the last matching
@@ -312,6 +322,7 @@ impl<'p> Builder<'p> {
                 .iter()
                 .map(|(k, v)| (k.to_string(), hex::encode(v)))
                 .collect(),
+            native_sha256,
         };
         let record_path = dir.join("record.json");
         let previous = Record::load(&record_path);
@@ -519,6 +530,23 @@ pub fn stage_manifest(
         ctx,
         hash_file,
     })
+}
+
+/// Stages the native module's sources (`node-runtime/native`, embedded)
+/// as `dir/moat/`, with the `dir/micropython.cmake` that cmake ports take
+/// (make ports take `dir`). -> (`dir`, SHA-256 over the sources).
+pub fn stage_native(dir: &Path) -> anyhow::Result<(PathBuf, String)> {
+    let mut all = vec![];
+    for (rel, bytes) in crate::embedded::NATIVE_MODULE {
+        modules::write_if_changed(&dir.join("moat").join(rel), bytes)?;
+        all.extend_from_slice(format!("{rel}\n{}\n", bytes.len()).as_bytes());
+        all.extend_from_slice(bytes);
+    }
+    modules::write_if_changed(
+        &dir.join("micropython.cmake"),
+        b"include(${CMAKE_CURRENT_LIST_DIR}/moat/micropython.cmake)\n",
+    )?;
+    Ok((dir.to_path_buf(), sha256_hex(&all)))
 }
 
 /// Whether the port's Makefile honours `CFLAGS_EXTRA`.

@@ -32,6 +32,9 @@ pub struct Inputs {
     pub hash_module_sha256: String,
     /// Every frozen module's hash (16 hex chars).
     pub modules: BTreeMap<String, String>,
+    /// SHA-256 over the native module's sources (`node-runtime/native`).
+    #[serde(default)]
+    pub native_sha256: String,
 }
 
 /// One firmware file as built.
@@ -110,6 +113,7 @@ mod tests {
             manifest_sha256: "m".into(),
             hash_module_sha256: "h".into(),
             modules: BTreeMap::from([("main".into(), "00".repeat(8))]),
+            native_sha256: "n".into(),
         }
     }
 
