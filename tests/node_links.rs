@@ -154,21 +154,52 @@ fn ask(path: &[&str]) -> Value {
 /// answers may come before the direct link is up (or back), or before its
 /// peer said who it is.
 async fn until(c: &Endpoint, node: &str, path: &[&str], want: Value) {
+    let last = std::sync::Mutex::new(None);
     let got = timeout(PATIENCE, async {
-        let mut last;
         loop {
-            last = c.call([node, "l", "ask"], ask(path)).await;
-            if last.as_ref().ok() == Some(&want) {
+            let r = c.call([node, "l", "ask"], ask(path)).await;
+            if r.as_ref().ok() == Some(&want) {
                 return;
             }
+            *last.lock().unwrap() = Some(r);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await;
-    assert!(
-        got.is_ok(),
-        "{node} asking {path:?} never answered {want:?} within {PATIENCE:?}"
-    );
+    if got.is_err() {
+        let consoles = consoles(c).await;
+        panic!(
+            "{node} asking {path:?} never answered {want:?} within {PATIENCE:?}; last: {:?}{consoles}",
+            last.lock().unwrap()
+        );
+    }
+}
+
+/// The nodes' console output the mux captured (for failure messages).
+async fn consoles(c: &Endpoint) -> String {
+    let mut out = String::new();
+    for n in ["a", "b"] {
+        let con = c
+            .call(["mux", "console"], Value::map([("n", Value::from(n))]))
+            .await;
+        let text = match &con {
+            Ok(Value::Bin(b)) => String::from_utf8_lossy(b).into_owned(),
+            other => format!("{other:?}"),
+        };
+        out.push_str(&format!("\n--- console of {n}:\n{text}"));
+    }
+    out
+}
+
+/// `c.call(path, args)`, which must answer `want`.
+async fn expect(c: &Endpoint, path: [&str; 3], args: Value, want: Value) {
+    match c.call(path, args).await {
+        Ok(v) if v == want => {}
+        other => panic!(
+            "{path:?} answered {other:?}, not {want:?}{}",
+            consoles(c).await
+        ),
+    }
 }
 
 /// Both directions over the direct link, and the mux reaching both.
@@ -177,18 +208,8 @@ async fn both_ways(c: &Endpoint) {
     // not from the mux (via: None)
     until(c, "a", &["b", "l", "via"], s("a")).await;
     until(c, "b", &["a", "l", "via"], s("b")).await;
-    assert_eq!(
-        c.call(["a", "l", "ask"], ask(&["b", "l", "who"]))
-            .await
-            .unwrap(),
-        s("b")
-    );
-    assert_eq!(
-        c.call(["b", "l", "ask"], ask(&["a", "l", "who"]))
-            .await
-            .unwrap(),
-        s("a")
-    );
+    expect(c, ["a", "l", "ask"], ask(&["b", "l", "who"]), s("b")).await;
+    expect(c, ["b", "l", "ask"], ask(&["a", "l", "who"]), s("a")).await;
     // a path that names no peer goes up to the mux, which resolves it
     let ls = c
         .call(["a", "l", "ask"], ask(&["mux", "ls"]))
@@ -221,18 +242,23 @@ async fn two_nodes_call_each_other_over_a_client_link_across_restarts() {
     let c = pair.client().await;
     both_ways(&c).await;
 
-    // b (the server) killed: the mux restarts it, a's client link
-    // connects again, and b learns again that the link is a's
+    // b (the server) restarts (a hard reset: the process ends, the mux
+    // starts it again; a SIGKILL would look like a crash, and the node
+    // would boot its fallback config, without the test app): a's client
+    // link connects again, and b learns again that the link is a's
     let b = pid(&c, "b").await;
-    // SAFETY: kill(2) of a node process the mux started for this test.
-    assert_eq!(unsafe { libc::kill(b, libc::SIGKILL) }, 0);
+    c.call(["b", "sys", "boot"], Value::map([("m", Value::from(2))]))
+        .await
+        .unwrap();
     both_ways(&c).await;
+    assert_ne!(pid(&c, "b").await, b, "b was restarted");
 
-    // a (the client) killed
+    // a (the client) stopped (SIGINT: a clean stop) and started again
     let a = pid(&c, "a").await;
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::kill(a, libc::SIGKILL) }, 0);
+    // SAFETY: kill(2) of a node process the mux started for this test.
+    assert_eq!(unsafe { libc::kill(a, libc::SIGINT) }, 0);
     both_ways(&c).await;
+    assert_ne!(pid(&c, "a").await, a, "a was restarted");
 
     // a soft reset of b (its runtime restarts in the same process)
     c.call(["b", "sys", "boot"], Value::map([("m", Value::from(1))]))
