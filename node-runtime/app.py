@@ -48,8 +48,11 @@ Rules:
   dynamic trees override `sub(self, key)` (return an App/None).
 - `dir` is built in: `{c: [commands], d: {sub-app: class}, s: [native streams]}`.
 - `self.root` is the node: `await self.root.call(["other","cmd"], x=1)`
-  sends a request out through the first link that is up and returns the
-  reply (raises on error or when no link is up); `self.root.send(path, d)`
+  sends a request out and returns the reply (raises on error or when its
+  link is down). The link is picked by destination: a first element that
+  names a peer node goes over the link to it (the rest of the path), else
+  the config's `route` table, else up to the host (docs/protocol.md
+  "Node-to-node links"); `self.root.send(path, d)`
   sends an unsolicited message on every link; `self.root.cfg` is the whole
   running config.
 

@@ -19,7 +19,7 @@ class Files(App):
         super().__init__(cfg, name, root)
         r = cfg.get("root", "")
         self.base = r.rstrip("/") + "/" if r else ""
-        self.fds = {}  # fd -> [file, link that opened it (None: unknown)]
+        self.fds = {}  # fd -> [file, link that opened it (None: unknown), path if written]
         self.fdn = 0
         self.max = cfg.get("f", 4)  # open files at most
         self.hook = self._gone  # one bound method, so stop() can remove it
@@ -70,16 +70,25 @@ class Files(App):
         return None
 
     def _gone(self, link):
-        # a link detached: close the files its peer left open
+        # a link detached: close the files its peer left open; an upload's
+        # temporary file (`*.part`, moat fs put) it left open is removed:
+        # the put was killed, nobody will finish or rename it
         for f in [f for f, e in self.fds.items() if e[1] is link]:
-            self._close(f)
+            q = self._close(f)
+            if q is not None and q.endswith(".part"):
+                try:
+                    os.remove(q)
+                except OSError:
+                    pass
 
     def _close(self, f):
-        fh = self.fds.pop(f)[0]
+        # -> the path of a file that was open for writing, else None
+        e = self.fds.pop(f)
         try:
-            fh.close()
+            e[0].close()
         except OSError:
             pass
+        return e[2] if len(e) > 2 else None
 
     def cmd_open(self, p, m="r"):
         if m not in ("r", "w", "a"):
@@ -92,7 +101,7 @@ class Files(App):
         except OSError as e:
             raise self._err(e, p)
         self.fdn += 1
-        self.fds[self.fdn] = [fh, self._caller()]
+        self.fds[self.fdn] = [fh, self._caller(), q if m == "w" else None]
         return self.fdn
 
     def cmd_rd(self, f, o=0, n=512):

@@ -626,7 +626,7 @@ class Link:
     # --- life cycle
     def attach(self):
         self.up = True
-        self.root.links.append(self)
+        self.root.attached(self)
 
     def detach(self):
         # the link is gone: fail our calls, stop the peer's requests

@@ -7,6 +7,7 @@ import gc
 import asyncio
 from app import App
 from msgpack import Proxy
+import proto
 from proto import result
 import err
 
@@ -20,7 +21,10 @@ class Root(App):
         self.links = []
         self.closers = []  # listening tasks: stopped first when going down
         self.px = {}  # proxy name -> object
+        self.pxl = {}  # proxy name -> the links whose peers got it
         self.pxn = 0
+        self.hook = self._gone  # one bound method, so _down() can remove it
+        proto.detached.append(self.hook)
         self.sups = {}  # app name -> supervisor task
         self.bad = {}  # app name -> why it is not running
         self.wdt = None  # the Watchdog, when configured
@@ -92,27 +96,111 @@ class Root(App):
         return await result(f(**d))
 
     def proxy(self, obj):
-        # cache an object that cannot be encoded; return its proxy name
+        # cache an object that cannot be encoded; return its proxy name. The
+        # link whose peer it is sent to holds it: when every link that got
+        # it is gone, it is released (_gone), so a client that vanishes
+        # without sys.unproxy does not keep it for the node's lifetime.
+        l = self._sender()
         for k, v in self.px.items():
             if v is obj:
+                o = self.pxl.get(k)
+                if o is not None and l is not None and l not in o:
+                    o.append(l)
                 return k
         self.pxn += 1
         k = "p%d" % self.pxn
         self.px[k] = obj
+        if l is not None:
+            self.pxl[k] = [l]
         return k
+
+    def _sender(self):
+        # the link the running task answers on: its own task (TCP, inline)
+        # or one of its peer's requests; None for unsolicited messages
+        t = asyncio.current_task()
+        for l in self.links:
+            if getattr(l, "task", None) is t:
+                return l
+            for v in l.peer.values():
+                if v is t:
+                    return l
+        return None
+
+    def _gone(self, l):
+        # proto.detached hook: release the proxies only gone links held
+        for k in [k for k, o in self.pxl.items() if l in o]:
+            o = self.pxl[k]
+            o.remove(l)
+            if not o:
+                del self.pxl[k]
+                self.px.pop(k, None)
 
     def unproxy(self, p):
         n = p.name if isinstance(p, Proxy) else p
         if n == "-" or n.startswith("_"):
             raise ValueError("well-known proxy", n)
         del self.px[n]
+        self.pxl.pop(n, None)
 
     # --- talking out
-    async def call(self, a, **kw):
+    def peer(self, n):
+        # -> the up link whose other end is node n, or None. A link's `pn`
+        # names that node: the client link's from its config (`n`), a
+        # server-side link's from the peer's sys.peer when it connected.
         for l in self.links:
-            if l.up:
-                return await l.call(a, kw)
-        raise err.LinkDown("no link is up")
+            if l.up and getattr(l, "pn", None) == n:
+                return l
+        return None
+
+    def route(self, a):
+        # -> (link, path) a request to path `a` goes out on (docs/protocol.md
+        # "Node-to-node links"): a peer named by the first element gets the
+        # rest of the path; else the `route` table of the config names the
+        # link kind for that first element; else the host's link (one
+        # without a peer node), which resolves the whole path from its root.
+        n = a[0] if a else None
+        l = self.peer(n)
+        if l is not None:
+            return l, a[1:]
+        rt = self.cfg.get("route")
+        k = rt.get(n) if isinstance(rt, dict) else None
+        if k is not None:
+            for l in self.links:
+                if l.up and l.name == k:
+                    return l, a
+            raise err.LinkDown("route to %s: no %s link is up" % (n, k))
+        if n is not None and n == self.pname():
+            raise err.LinkDown("link to peer %s is down" % n)
+        for l in self.links:
+            if l.up and getattr(l, "pn", None) is None:
+                return l, a
+        raise err.LinkDown("no link to the host is up")
+
+    def pname(self):
+        # the node the client link connects to (`link.client.n`), or None
+        c = (self.cfg.get("link") or {}).get("client")
+        return c.get("n") if isinstance(c, dict) else None
+
+    async def call(self, a, **kw):
+        l, a = self.route(a)
+        return await l.call(a, kw)
+
+    def attached(self, l):
+        # a link came up. A client link says which node we are (sys.peer),
+        # so the peer routes calls for us to this link, not to its host.
+        self.links.append(l)
+        if l.name == "client":
+            l.pn = self.pname()
+            a = self.cfg.get("auth")
+            me = a.get("n") if isinstance(a, dict) else None
+            if me:
+                asyncio.create_task(self._hello(l, me))
+
+    async def _hello(self, l, me):
+        try:
+            await l.call(["sys", "peer"], {"n": me})
+        except Exception as e:
+            err.log("link client: sys.peer:", repr(e))
 
     async def send(self, a, d=None):
         for l in self.links:
@@ -142,6 +230,10 @@ class Root(App):
             except Exception:
                 pass
         await asyncio.sleep_ms(10)
+        try:
+            proto.detached.remove(self.hook)
+        except ValueError:
+            pass
         await self.stop_apps()
         self.tg.cancel()
 

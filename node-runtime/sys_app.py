@@ -19,6 +19,19 @@ class Sys(App):
     def cmd_is_up(self):
         asyncio.create_task(self.root.announce(True))
 
+    def cmd_peer(self, n):
+        # a node's client link says which node it is: calls for that node
+        # go to this link from now on (root.route)
+        if not isinstance(n, str) or not n:
+            raise ValueError("n: the calling node's name", n)
+        t = asyncio.current_task()
+        for l in self.root.links:
+            for v in l.peer.values():
+                if v is t:
+                    l.pn = n
+                    return
+        raise ValueError("sys.peer: not called over a link")
+
     def cmd_unproxy(self, p):
         self.root.unproxy(p)
 

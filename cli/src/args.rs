@@ -216,6 +216,9 @@ fn scalar(s: &str) -> Result<Value, String> {
     if let Some(inner) = s.strip_prefix("b'").or_else(|| s.strip_prefix("b\"")) {
         return bytes_literal(s, inner).map(Value::Bin);
     }
+    if let Some(v) = wrapped(s)? {
+        return Ok(v);
+    }
     Ok(match s {
         "null" | "Null" | "NULL" | "~" | "None" => Value::Nil,
         "true" | "True" | "TRUE" => Value::Bool(true),
@@ -228,6 +231,30 @@ fn scalar(s: &str) -> Result<Value, String> {
             None => Value::Str(s.to_owned()),
         },
     })
+}
+
+/// `Proxy(NAME)` and `Ext(TYPE, b'…')` as [`crate::render::human`] prints
+/// them (so a printed proxy can be pasted back); `None` for anything else.
+fn wrapped(s: &str) -> Result<Option<Value>, String> {
+    if let Some(inner) = s.strip_prefix("Proxy(").and_then(|r| r.strip_suffix(')')) {
+        return match scalar(inner.trim())? {
+            Value::Str(name) if !name.is_empty() => Ok(Some(Value::Proxy(name))),
+            _ => Err(format!(
+                "`{s}`: a proxy's name is a string, e.g. `Proxy(p1)` or `Proxy('-')`"
+            )),
+        };
+    }
+    if let Some(inner) = s.strip_prefix("Ext(").and_then(|r| r.strip_suffix(')')) {
+        let usage =
+            || format!("`{s}`: write an extension value as `Ext(TYPE, b'…')`, TYPE -128..=127");
+        let (ty, data) = inner.split_once(',').ok_or_else(usage)?;
+        let ty: i8 = ty.trim().parse().map_err(|_| usage())?;
+        let Value::Bin(data) = scalar(data.trim())? else {
+            return Err(usage());
+        };
+        return Ok(Some(Value::Ext(ty, data)));
+    }
+    Ok(None)
 }
 
 /// `Some` when `s` is written as a number; an int outside MsgPack's range
@@ -480,6 +507,9 @@ impl Flow<'_> {
             quoted_len(rest, '"', true)
         } else if rest.starts_with('\'') {
             quoted_len(rest, '\'', false)
+        } else if rest.starts_with("Ext(") {
+            // its `, ` is not the collection's: up to the closing `)`
+            rest.find(')').map(|i| i + 1)
         } else if rest.starts_with("b'") || rest.starts_with("b\"") {
             quoted_len(&rest[1..], rest.as_bytes()[1] as char, true).map(|n| n + 1)
         } else {
@@ -536,5 +566,26 @@ mod tests {
         assert_eq!(parse_value("1.2.3").unwrap(), Value::from("1.2.3"));
         assert_eq!(parse_value("0x").unwrap(), Value::from("0x"));
         assert_eq!(parse_value("e5").unwrap(), Value::from("e5"));
+    }
+
+    #[test]
+    fn printed_proxies_and_exts_read_back() {
+        for v in [
+            Value::Proxy("p1".into()),
+            Value::Proxy("-".into()),
+            Value::Proxy("it's".into()),
+            Value::Ext(5, vec![0, 0xff, b'a']),
+            Value::Array(vec![
+                Value::Proxy("p2".into()),
+                Value::Ext(-3, vec![1]),
+                1.into(),
+            ]),
+            Value::map([("p", Value::Proxy("_sec".into()))]),
+        ] {
+            let printed = crate::render::human(&v);
+            assert_eq!(parse_value(&printed).unwrap(), v, "{printed}");
+        }
+        assert!(parse_value("Proxy()").is_err());
+        assert!(parse_value("Ext(x, b'')").is_err());
     }
 }

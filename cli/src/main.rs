@@ -1,7 +1,10 @@
 //! `moat`: the one command-line tool. Thin: parse arguments, call the
 //! library (`moat::…`, `mux_runtime::…`), render the result.
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::Path;
 use std::process::ExitCode;
 
 mod commands;
@@ -13,6 +16,12 @@ mod commands;
     about = "Build, flash, update and talk to MicroPython satellites"
 )]
 struct Cli {
+    /// Run as if moat was started in DIR (the project is found from there).
+    #[arg(short = 'C', global = true, value_name = "DIR")]
+    chdir: Option<std::path::PathBuf>,
+    /// The project's moat.toml (its folder is the project).
+    #[arg(long, global = true, value_name = "FILE", conflicts_with = "chdir")]
+    manifest_path: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,6 +60,8 @@ enum Command {
     Key(commands::key::Command),
     /// The whole flow in a temporary project: init, build, flash, mux, commands.
     Demo(commands::demo::Args),
+    /// Print moat's version (as `--version`).
+    Version,
 }
 
 fn main() -> ExitCode {
@@ -60,8 +71,14 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        // colours only for a person at a terminal, not in a log file
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
+    if let Err(e) = enter(cli.chdir.as_deref(), cli.manifest_path.as_deref()) {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Init(a) => commands::init::run(a),
         Command::Build(a) => commands::build::run(a),
@@ -77,6 +94,10 @@ fn main() -> ExitCode {
         Command::Monitor(a) => commands::monitor::run(a),
         Command::Key(c) => commands::key::run(c),
         Command::Demo(a) => commands::demo::run(a),
+        Command::Version => {
+            println!("moat {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -85,4 +106,27 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `-C DIR` / `--manifest-path FILE`: every verb then runs in that folder
+/// (relative paths of its arguments included), as with `cd DIR && moat …`.
+fn enter(dir: Option<&Path>, manifest: Option<&Path>) -> anyhow::Result<()> {
+    let dir = match (dir, manifest) {
+        (Some(d), _) => d.to_path_buf(),
+        (None, Some(m)) => {
+            anyhow::ensure!(
+                m.file_name().is_some_and(|n| n == "moat.toml"),
+                "--manifest-path {}: name the project's moat.toml (or use -C DIR for its folder)",
+                m.display()
+            );
+            anyhow::ensure!(m.is_file(), "--manifest-path {}: no such file", m.display());
+            match m.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => return Ok(()),
+            }
+        }
+        (None, None) => return Ok(()),
+    };
+    std::env::set_current_dir(&dir)
+        .with_context(|| format!("-C {}: cannot enter that folder", dir.display()))
 }

@@ -21,6 +21,26 @@ pub fn socket_path(name: &str, id: &str) -> PathBuf {
     mux_runtime::mux::socket::default_dir().join(file)
 }
 
+/// The longest path a Unix socket can have (`sun_path` holds 108 bytes
+/// with the terminating NUL).
+pub const SOCKET_PATH_MAX: usize = 107;
+
+/// Fails when the default socket of project `name` (id `id`) would be
+/// longer than a Unix socket path can be, naming the length and the fix.
+pub fn check_socket_name(name: &str, id: &str) -> anyhow::Result<()> {
+    let path = socket_path(name, id);
+    let len = path.as_os_str().len();
+    if len > SOCKET_PATH_MAX {
+        let room = name.len().saturating_sub(len - SOCKET_PATH_MAX);
+        bail!(
+            "the project name `{name}` ({} characters) makes the mux's socket path {} {len} bytes long, over the {SOCKET_PATH_MAX} a Unix socket allows: give a shorter name (at most {room} characters here: `moat init --name SHORT`, or `name` in moat.toml's [project]), or name the socket with --socket PATH / MOAT_SOCKET",
+            name.len(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 fn uid() -> u32 {
     // SAFETY: getuid has no preconditions and cannot fail.
     unsafe { libc::getuid() }

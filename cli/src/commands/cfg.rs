@@ -200,6 +200,17 @@ fn assemble(mut members: Vec<(Value, Value)>) -> Value {
     }
 }
 
+/// The app whose config `p` is, for `cfg.x`: an app's settings live under
+/// its name (`t.pin` → `t`), its class under `apps` (`apps.t` → `t`);
+/// `None` (every app) for `apps` itself.
+fn restarted_app(p: &[PathElem]) -> Option<&PathElem> {
+    match p {
+        [PathElem::Name(apps), rest @ ..] if apps == "apps" => rest.first(),
+        [app, ..] => Some(app),
+        [] => None,
+    }
+}
+
 fn set(a: SetArgs) -> anyhow::Result<()> {
     let p = config_path(Some(&a.path))?;
     if p.is_empty() {
@@ -229,7 +240,7 @@ fn set(a: SetArgs) -> anyhow::Result<()> {
         }
         if a.restart {
             let x = vec!["cfg".into(), "x".into()];
-            let app = Value::Array(vec![Value::from(&p[0])]);
+            let app = Value::Array(restarted_app(&p).into_iter().map(Value::from).collect());
             client
                 .call(&x, Value::map([("p", app)]))
                 .await
@@ -259,8 +270,12 @@ fn set(a: SetArgs) -> anyhow::Result<()> {
             if a.save {
                 extra.push("saved");
             }
+            let restarted = match restarted_app(&p) {
+                Some(app) => format!("app {app} restarted"),
+                None => "apps restarted".to_owned(),
+            };
             if a.restart {
-                extra.push("app restarted");
+                extra.push(&restarted);
             }
             let extra = if extra.is_empty() {
                 " (not saved: add --save to keep it across restarts)".to_owned()
@@ -294,5 +309,14 @@ mod tests {
         assert_eq!(list, Value::Array(vec!["a".into(), "b".into()]));
         let map = assemble(vec![("x".into(), 1.into())]);
         assert_eq!(map, Value::map([("x", 1.into())]));
+    }
+
+    #[test]
+    fn restart_names_the_app_whose_config_changed() {
+        let p = |s: &str| config_path(Some(s)).unwrap();
+        let name = |s: &str| restarted_app(&p(s)).map(ToString::to_string);
+        assert_eq!(name("apps.t").as_deref(), Some("t"));
+        assert_eq!(name("apps"), None);
+        assert_eq!(name("t.pin").as_deref(), Some("t"));
     }
 }

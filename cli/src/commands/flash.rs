@@ -6,7 +6,7 @@
 //! loader, UF2, probe-rs), then get their `moat.cfg` over the link; see
 //! the "Devices" section below.
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use moat::board::Flash;
 use moat::local_node;
 use moat::project::Project;
@@ -85,6 +85,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         println!("{}", serde_json::Value::Array(out));
     }
     if a.run {
+        // The mux starts process nodes (and emulators) itself; a local
+        // node on a TCP link is a server the mux connects to: it runs
+        // here, for as long as the mux does.
+        let _nodes = nodes
+            .iter()
+            .filter(|n| {
+                matches!(project.board_of(n).flash, Flash::Local)
+                    && matches!(n.link, moat::manifest::Link::Tcp { .. })
+            })
+            .map(|n| LocalNode::start(&project, n))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         return super::mux::run(super::mux::Args {
             socket: None,
             json: a.json,
@@ -92,6 +103,37 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         });
     }
     Ok(())
+}
+
+/// A local node run by `moat flash --run` beside the mux: stopped with
+/// SIGINT (a clean end for the node, not a crash) when dropped.
+struct LocalNode(std::process::Child);
+
+impl LocalNode {
+    fn start(project: &Project, node: &Node) -> anyhow::Result<LocalNode> {
+        let mut cmd = local_node::command(project, node)?;
+        cmd.stdin(std::process::Stdio::null());
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting node `{}`", node.name))?;
+        eprintln!("node `{}`: started (pid {})", node.name, child.id());
+        Ok(LocalNode(child))
+    }
+}
+
+impl Drop for LocalNode {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of our own child.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGINT) };
+        for _ in 0..50 {
+            if self.0.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 // ---- Devices (flash methods other than `local`) ----------------------------

@@ -172,6 +172,12 @@ fn ls(a: LsArgs) -> anyhow::Result<()> {
 }
 
 fn simple(a: RmArgs, cmd: &str) -> anyhow::Result<()> {
+    if a.path.trim_matches('/').is_empty() {
+        bail!(
+            "give a path on the node (e.g. `moat fs {cmd} data/old.txt`); `{}` names the root folder",
+            a.path
+        );
+    }
     client::block_on(async move {
         let client = Client::connect(&a.target).await?;
         let p = Value::map([("p", Value::from(a.path.as_str()))]);
@@ -348,7 +354,12 @@ pub async fn write_file(
     use futures::stream::{self, StreamExt, TryStreamExt};
     let chunk = write_chunk(client.message_limit().await);
     let client = &*client;
-    let tmp = format!("{remote}.part");
+    // Its own temporary name (two puts of one file at once do not share
+    // one; the later rename wins). A put killed mid-way leaves it open on
+    // the node, which removes it when the link closes (fs.py).
+    let mut tag = [0u8; 4];
+    moat::keys::random_fill(&mut tag)?;
+    let tmp = format!("{remote}.{}.part", hex::encode(tag));
     let fd = fs_call(
         client,
         "open",
@@ -478,18 +489,47 @@ fn put(a: PutArgs) -> anyhow::Result<()> {
     } else {
         std::fs::read(&a.local).with_context(|| format!("reading {}", a.local.display()))?
     };
-    let remote = match &a.remote {
-        Some(r) => r.clone(),
-        None if a.local == Path::new("-") => bail!("give the REMOTE path when reading stdin"),
-        None => a
-            .local
+    let local_name = if a.local == Path::new("-") {
+        None
+    } else {
+        a.local
             .file_name()
-            .with_context(|| format!("`{}` names no file", a.local.display()))?
-            .to_string_lossy()
-            .into_owned(),
+            .map(|n| n.to_string_lossy().into_owned())
+    };
+    let local_shown = a.local.display().to_string();
+    let name = move || -> anyhow::Result<String> {
+        match &local_name {
+            Some(n) => Ok(n.clone()),
+            None if local_shown == "-" => bail!(
+                "give the REMOTE file name when reading stdin (e.g. `moat fs put - data/x.bin`)"
+            ),
+            None => bail!("`{local_shown}` names no file"),
+        }
+    };
+    let remote = match &a.remote {
+        Some(r) if r.is_empty() => bail!(
+            "the REMOTE path is empty: give a path on the node (e.g. `{}`), a folder ending in `/`, or leave it out for the root",
+            name().unwrap_or_else(|_| "data/x.bin".to_owned())
+        ),
+        Some(r) if r.ends_with('/') => format!("{r}{}", name()?),
+        Some(r) => r.clone(),
+        None => name()?,
     };
     client::block_on(async move {
         let mut client = Client::connect(&a.target).await?;
+        // a folder on the node gets the file inside it, as with `cp`
+        let remote = match client
+            .call(
+                &fs_path("stat"),
+                Value::map([("p", remote.as_str().into())]),
+            )
+            .await
+        {
+            Ok(st) if st.get("m").and_then(Value::as_str) == Some("d") => {
+                format!("{}/{}", remote.trim_end_matches('/'), name()?)
+            }
+            _ => remote,
+        };
         write_file(&mut client, &remote, &data, a.json).await?;
         if a.json {
             println!(

@@ -86,6 +86,7 @@ fn render(name: &str, id: &str, tcp_port: u16, board: &Board) -> anyhow::Result<
         board => board.name,
         link => board.link.as_str(),
         tcp_port => tcp_port,
+        emulated => emulated(board),
         micropython_version => manifest::DEFAULT_MICROPYTHON_VERSION,
     };
     FILES
@@ -97,6 +98,27 @@ fn render(name: &str, id: &str, tcp_port: u16, board: &Board) -> anyhow::Result<
             Ok(Planned { path, text })
         })
         .collect()
+}
+
+/// The line of the scaffold's `moat.toml` that holds the node's `port`.
+fn port_line(files: &[Planned]) -> Option<usize> {
+    let toml = files.iter().find(|f| f.path == manifest::FILE_NAME)?;
+    toml.text
+        .lines()
+        .position(|l| l.trim_start_matches("# ").starts_with("port = "))
+        .map(|i| i + 1)
+}
+
+/// Whether `board` runs emulated on this machine when its node's `port` is
+/// a socket (`tcp:127.0.0.1:N`): qemu boards (their run command takes the
+/// `{port}`) and the RP2040 (rp2040js). The scaffold gives such a node that
+/// port, so `moat build && moat flash && moat mux` runs as it is.
+fn emulated(board: &Board) -> bool {
+    board.port == "rp2"
+        || board
+            .run
+            .as_ref()
+            .is_some_and(|r| r.command.iter().any(|a| a.contains("{port}")))
 }
 
 /// A project name from a folder name: letters, digits, `-`, `_`.
@@ -162,7 +184,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         None => name_from_dir(dir),
     };
     let id = moat::keys::new_project_id()?;
-    let tcp_port = if board.link == LinkKind::Tcp {
+    moat::runtime_dir::check_socket_name(&name, &id)?;
+    let tcp_port = if board.link == LinkKind::Tcp || emulated(board) {
         pick_port()?
     } else {
         manifest::DEFAULT_TCP_PORT
@@ -251,12 +274,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         for k in &keys {
             println!("  .moat/keys/{k} (the node's key: keep it out of git, back it up)");
         }
-        let next = if board.link == LinkKind::Tcp || board.link == LinkKind::Process {
-            "moat build"
-        } else {
-            "moat build   (set the node's `port` in moat.toml before flashing)"
-        };
-        println!("Next: cd {} && {next}", dir.display());
+        let runs_here =
+            board.link == LinkKind::Tcp || board.link == LinkKind::Process || emulated(board);
+        if !runs_here {
+            let at = port_line(&files).map_or(String::new(), |n| format!(":{n}"));
+            println!(
+                "Before `moat flash`: set the node's device in {}{at} (uncomment `port = …` and name your board's serial device, e.g. /dev/ttyUSB0)",
+                dir.join(manifest::FILE_NAME).display()
+            );
+        }
+        println!("Next: cd {} && moat build", dir.display());
     }
     Ok(())
 }

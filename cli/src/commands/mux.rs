@@ -63,6 +63,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         (Some(p), _) => p.clone(),
         (None, Some(p)) if !p.is_empty() => PathBuf::from(p),
         _ => {
+            moat::runtime_dir::check_socket_name(project.name(), project.id())?;
             let path = moat::client::default_socket(project.name(), project.id());
             if let Some(dir) = path.parent() {
                 moat::runtime_dir::ensure_private(dir)?;

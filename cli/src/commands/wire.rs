@@ -11,7 +11,8 @@ pub enum Command {
     /// Decode hex bytes and print each value as JSON (vector notation).
     ///
     /// Whitespace, colons and a leading 0x are ignored, so a hex dump can be
-    /// pasted as is. Back-to-back values are printed one after another.
+    /// pasted as is. Back-to-back values are printed one after another;
+    /// `-` reads the hex from stdin.
     Decode { hex: String },
     /// Encode a JSON value (vector notation) and print the hex; `-` reads stdin.
     ///
@@ -22,24 +23,27 @@ pub enum Command {
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Decode { hex } => {
-            for json in decode(&hex)? {
+            for json in decode(&text_or_stdin(hex, "hex")?)? {
                 println!("{}", serde_json::to_string_pretty(&json)?);
             }
         }
         Command::Encode { json } => {
-            let text = if json == "-" {
-                let mut s = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut s)
-                    .context("reading JSON from stdin")?;
-                s
-            } else {
-                json
-            };
-            println!("{}", encode(&text)?);
+            println!("{}", encode(&text_or_stdin(json, "JSON")?)?);
         }
     }
     Ok(())
+}
+
+/// The argument, or stdin when it is `-`.
+fn text_or_stdin(arg: String, what: &str) -> anyhow::Result<String> {
+    if arg != "-" {
+        return Ok(arg);
+    }
+    let mut s = String::new();
+    std::io::stdin()
+        .read_to_string(&mut s)
+        .with_context(|| format!("reading {what} from stdin"))?;
+    Ok(s)
 }
 
 /// Hex text as bytes, ignoring whitespace, colons and `0x` prefixes.
