@@ -22,6 +22,11 @@ from msgpack import Packer, Proxy, Decoder
 import err
 
 try:
+    import _moat as _N  # the native module (node-runtime/native): xor
+except ImportError:
+    _N = None
+
+try:
     from os import urandom
 except ImportError:  # qemu-mps2: no random source in the port (see _nonce)
     urandom = None
@@ -424,8 +429,11 @@ class Guard:
             e = o + 32
             if e > n:
                 e = n
-            for i in range(o, e):
-                b[i] ^= k[i - o]
+            if _N:
+                _N.xor(b, o, memoryview(k)[0 : e - o])
+            else:
+                for i in range(o, e):
+                    b[i] ^= k[i - o]
             o = e
             j += 1
 

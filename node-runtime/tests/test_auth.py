@@ -233,25 +233,29 @@ async def main():
         KE = hx(V["encryption_key"])
         check(hm(K, b"moat/1 E", hx(V["ni"]), hx(V["nr"])) == KE, "KE")
         ce = auth.conf(CFG, "mem", True)
-        for e in V["encrypted"]:
-            g = auth.Guard(ce, l, e["dir"] == "I", "")
-            g.ni = hx(V["ni"])
-            g.nr = hx(V["nr"])
-            g._session(True)
-            g.tx = e["counter"] - 1
-            pk = Packer(1024 + 28, 1024 + 28)
-            pk.o = 28
-            mm = conv(e["message"])
-            pk.msg(mm.get("a", NONE), mm.get("d", NONE), mm.get("i", NONE))
-            check(bytes(g.seal(pk)) == hx(e["hex"]), "seal encrypted %s" % e["name"])
-            o = auth.Guard(ce, l, e["dir"] == "R", "")
-            o.ni = g.ni
-            o.nr = g.nr
-            o._session(True)
-            o.st = 3
-            o.rc = e["counter"] - 1
-            v = o.rx(unpackb(hx(e["hex"])))
-            check(v == conv(e["message"]), "open encrypted %s: %r" % (e["name"], v))
+        native = auth._N
+        for nat in (native, None):  # the C xor, then the Python loop
+            auth._N = nat
+            for e in V["encrypted"]:
+                g = auth.Guard(ce, l, e["dir"] == "I", "")
+                g.ni = hx(V["ni"])
+                g.nr = hx(V["nr"])
+                g._session(True)
+                g.tx = e["counter"] - 1
+                pk = Packer(1024 + 28, 1024 + 28)
+                pk.o = 28
+                mm = conv(e["message"])
+                pk.msg(mm.get("a", NONE), mm.get("d", NONE), mm.get("i", NONE))
+                check(bytes(g.seal(pk)) == hx(e["hex"]), "seal encrypted %s (native %s)" % (e["name"], nat is not None))
+                o = auth.Guard(ce, l, e["dir"] == "R", "")
+                o.ni = g.ni
+                o.nr = g.nr
+                o._session(True)
+                o.st = 3
+                o.rc = e["counter"] - 1
+                v = o.rx(unpackb(hx(e["hex"])))
+                check(v == conv(e["message"]), "open encrypted %s: %r" % (e["name"], v))
+        auth._N = native
         for e in V["encrypted_rejected"]:
             g = auth.Guard(ce, l, e["dir"] == "R", "")
             g.ni = hx(V["ni"])
