@@ -255,7 +255,10 @@ async fn restarted(c: &Endpoint, node: &str, old: i32) {
     })
     .await;
     if new.is_err() {
-        panic!("{node} was not restarted within {PATIENCE:?}{}", consoles(c).await);
+        panic!(
+            "{node} was not restarted within {PATIENCE:?}{}",
+            consoles(c).await
+        );
     }
 }
 
