@@ -6,13 +6,13 @@
 //! its filesystem, so the tests can look at what landed there.
 
 use moat_e2e::node::free_port;
-use moat_e2e::{build_tools_present, json_lines, moat, run_ok, satellite_project};
+use moat_e2e::{build_tools_present, copy_dir, json_lines, moat, run_ok, satellite_project};
 use mux_runtime::msgpack::{self, Limits};
 use mux_runtime::Value;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -28,19 +28,6 @@ struct Fixture {
     node_port: u16,
     node: Option<Child>,
     original_counter: String,
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let p = e.path();
-        if p.is_dir() {
-            copy_dir(&p, &to.join(e.file_name()));
-        } else {
-            std::fs::copy(&p, to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 impl Fixture {
@@ -67,10 +54,10 @@ impl Fixture {
             .tempdir()
             .unwrap();
         let root = dir.path().join("proj");
-        copy_dir(&sat.join("apps"), &root.join("apps"));
+        copy_dir(&sat.join("apps"), &root.join("apps")).unwrap();
         let build = sat.join(".moat/build/demo");
         let mine = root.join(".moat/build/demo");
-        copy_dir(&build.join("firmware"), &mine.join("firmware"));
+        copy_dir(&build.join("firmware"), &mine.join("firmware")).unwrap();
         std::fs::copy(build.join("record.json"), mine.join("record.json")).unwrap();
         let port = free_port();
         let node_port = if proxied { free_port() } else { port };

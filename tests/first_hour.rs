@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use moat_e2e::{moat, run_ok};
+use moat_e2e::{copy_dir, moat, run_ok};
 
 /// Bounds a failure; a working setup never comes near it.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -24,20 +24,6 @@ class P(App):
     def cmd_npx(self):
         return len(self.root.px)
 "#;
-
-fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), &target)?;
-        }
-    }
-    Ok(())
-}
 
 fn text(out: &Output) -> String {
     format!(

@@ -3,13 +3,13 @@
 //! child process; clients talk to it over its Unix socket.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
 use futures::StreamExt;
-use moat_e2e::{moat, run_ok};
+use moat_e2e::{copy_dir, moat, run_ok};
 use mux_runtime::endpoint::{Endpoint, Notice};
 use mux_runtime::error::WellKnown;
 use mux_runtime::message::path;
@@ -55,20 +55,6 @@ struct MuxProject {
     mux: Child,
     /// `moat run` of the TCP nodes.
     runners: Vec<Child>,
-}
-
-fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), &target)?;
-        }
-    }
-    Ok(())
 }
 
 impl MuxProject {

@@ -5,12 +5,12 @@
 //! path), anything else up to the mux. Both ways, across a restart of
 //! either node, while the mux talks to both.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
-use moat_e2e::{moat, run_ok};
+use moat_e2e::{copy_dir, moat, run_ok};
 use mux_runtime::endpoint::Endpoint;
 use mux_runtime::Value;
 use tokio::time::timeout;
@@ -46,20 +46,6 @@ class L(App):
     async def cmd_ask(self, p):
         return await self.root.call(p)
 "#;
-
-fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), &target)?;
-        }
-    }
-    Ok(())
-}
 
 /// Nodes `a` and `b` on process links under a `moat mux`; `a`'s client
 /// link connects to `b`'s TCP server.

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +20,7 @@ use anyhow::Context;
 use futures::StreamExt;
 use moat_e2e::fault_proxy::{Direction, Faults, Framing, Rng, SerialProxy};
 use moat_e2e::node::{kw, Node};
-use moat_e2e::{back_to_back, moat, run_ok};
+use moat_e2e::{back_to_back, copy_dir, moat, run_ok};
 use mux_runtime::endpoint::{Endpoint, NoHandler, Notice};
 use mux_runtime::error::WellKnown;
 use mux_runtime::framing::SerialPackerConfig;
@@ -388,20 +388,6 @@ fn ten_back_to_back_one_shot_calls_over_a_uart_cost_no_more_than_one_after_a_pau
 
 // ---------------------------------------------------------------------------
 // Through the mux: process nodes under a `moat mux` child process
-
-fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), &target)?;
-        }
-    }
-    Ok(())
-}
 
 /// A project with one unix node `pump` on a process link, flashed with the
 /// shared satellite firmware, and a `moat mux` serving it.

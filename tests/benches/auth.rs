@@ -14,8 +14,9 @@
 //!
 //!     cargo bench -p moat-e2e --bench auth
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use moat_e2e::bench::{first_answer_ms, median, ping_rate};
 use moat_e2e::node::{kw, Node};
 use mux_runtime::auth::AuthConfig;
 use mux_runtime::link::{self, ConnectCtx, LinkSpec};
@@ -71,38 +72,6 @@ async fn connect(n: &Node, mode: Mode) -> mux_runtime::endpoint::Endpoint {
         .endpoint
 }
 
-async fn rate(n: &Node, mode: Mode, m: &str) -> f64 {
-    let ep = connect(n, mode).await;
-    let t = Instant::now();
-    let mut k = 0u64;
-    while t.elapsed() < ROUND {
-        ep.call(["ping"], kw([("m", m.into())]))
-            .await
-            .expect("ping");
-        k += 1;
-    }
-    ep.close();
-    k as f64 / t.elapsed().as_secs_f64()
-}
-
-async fn connect_ms(n: &Node, mode: Mode) -> f64 {
-    let mut times = Vec::new();
-    for _ in 0..15 {
-        let t = Instant::now();
-        let ep = connect(n, mode).await;
-        ep.call(["ping"], Value::Nil).await.expect("first ping");
-        times.push(t.elapsed().as_secs_f64() * 1000.0);
-        ep.close();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    median(times)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 #[tokio::main]
 async fn main() {
     let nodes = [
@@ -115,7 +84,7 @@ async fn main() {
         let mut rounds: Vec<Vec<f64>> = vec![Vec::new(); nodes.len()];
         for _ in 0..3 {
             for (k, (_, n, mode)) in nodes.iter().enumerate() {
-                rounds[k].push(rate(n, *mode, m).await);
+                rounds[k].push(ping_rate(connect(n, *mode), ROUND, m).await);
             }
         }
         let rates: Vec<f64> = rounds.into_iter().map(median).collect();
@@ -132,6 +101,9 @@ async fn main() {
         );
     }
     for (name, n, mode) in &nodes {
-        println!("{name}_connect_ms={:.2}", connect_ms(n, *mode).await);
+        println!(
+            "{name}_connect_ms={:.2}",
+            first_answer_ms(15, Duration::from_millis(20), || connect(n, *mode)).await
+        );
     }
 }
