@@ -22,7 +22,7 @@ from msgpack import Packer, Proxy, Decoder
 import err
 
 try:
-    import _moat as _N  # the native module (node-runtime/native): xor
+    import _moat as _N  # the native module (node-runtime/native): xor, hmac2
 except ImportError:
     _N = None
 
@@ -58,6 +58,7 @@ class Key:
     def __init__(self, k=None):
         self.i = bytearray(64)
         self.o = bytearray(64)
+        self.st = bytearray(64) if _N else None  # native: the two midstates
         if k is not None:
             self.set(k)
 
@@ -70,6 +71,8 @@ class Key:
             x = k[j] if j < n else 0
             i[j] = x ^ 0x36
             o[j] = x ^ 0x5C
+        if self.st is not None:
+            _N.hmac_key(self.st, i, o)
 
     def mac(self, a, b, c, d=b"", e=b"", f=b""):
         # HMAC(key, a | b | c | d | e | f) -> 32 bytes (fixed arity: no tuple)
@@ -88,6 +91,8 @@ class Key:
 
     def mac2(self, a, b):
         # HMAC(key, a | b): the per-message one, as few calls as it takes
+        if self.st is not None:
+            return _N.hmac2(self.st, a, b)  # from the midstates, in C
         h = hashlib.sha256(self.i)
         h.update(a)
         h.update(b)

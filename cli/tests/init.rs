@@ -77,7 +77,8 @@ fn init_creates_a_unix_project_with_a_tcp_node_and_an_example_app() {
             Value::map([
                 ("h", Value::from("127.0.0.1")),
                 ("p", Value::from(*port)),
-                ("a", Value::from(true))
+                ("a", Value::from(true)),
+                ("e", Value::from(false))
             ])
         )]))
     );
