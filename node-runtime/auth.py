@@ -22,7 +22,7 @@ from msgpack import Packer, Proxy, Decoder
 import err
 
 try:
-    import _moat as _N  # the native module (node-runtime/native): xor, hmac2
+    import _moat as _N  # the native module (node-runtime/native): hmac2, stream
 except ImportError:
     _N = None
 
@@ -426,6 +426,9 @@ class Guard:
         # b[o:n] ^= the keystream of the message D | C (dc): one HMAC per 32
         # bytes, XORed in place (no copy of the message)
         ke = self.ke
+        if ke.st is not None:
+            _N.stream(ke.st, dc, b, o, n)  # the whole message in C
+            return
         jb = self.jb
         j = 0
         while o < n:
@@ -434,11 +437,8 @@ class Guard:
             e = o + 32
             if e > n:
                 e = n
-            if _N:
-                _N.xor(b, o, memoryview(k)[0 : e - o])
-            else:
-                for i in range(o, e):
-                    b[i] ^= k[i - o]
+            for i in range(o, e):
+                b[i] ^= k[i - o]
             o = e
             j += 1
 

@@ -837,29 +837,39 @@ static mp_obj_t moat_hmac2(mp_obj_t st_in, mp_obj_t a_in, mp_obj_t b_in) {
 }
 static MP_DEFINE_CONST_FUN_OBJ_3(moat_hmac2_obj, moat_hmac2);
 
-// xor(buf, off, key): buf[off:off+len(key)] ^= key in place, clipped at
-// buf's end -> the bytes done. One keystream block of an encrypted link
-// (auth.py); the Python loop costs ~1 us a byte, this ~1 ns.
-static mp_obj_t moat_xor(mp_obj_t buf, mp_obj_t off_in, mp_obj_t key) {
-    mp_buffer_info_t b, k;
-    mp_get_buffer_raise(buf, &b, MP_BUFFER_WRITE);
-    mp_get_buffer_raise(key, &k, MP_BUFFER_READ);
-    mp_int_t off = mp_obj_get_int(off_in);
-    if (off < 0 || (size_t)off > b.len) {
-        mp_raise_ValueError(MP_ERROR_TEXT("offset"));
+// stream(st, dc, buf, off, n): buf[off:n] ^= the keystream of the message
+// D | C (dc, 5 bytes) under the key of st (from hmac_key): block j is
+// HMAC(KE, D | C | J), J 4 bytes big-endian (docs/auth.md §Encryption)
+static mp_obj_t moat_stream(size_t n_args, const mp_obj_t *args) {
+    mp_buffer_info_t st, dc, b;
+    mp_get_buffer_raise(args[0], &st, MP_BUFFER_READ);
+    mp_get_buffer_raise(args[1], &dc, MP_BUFFER_READ);
+    mp_get_buffer_raise(args[2], &b, MP_BUFFER_WRITE);
+    mp_int_t off = mp_obj_get_int(args[3]);
+    mp_int_t end = mp_obj_get_int(args[4]);
+    if (st.len < 64 || dc.len != 5 || off < 0 || end < off || (size_t)end > b.len) {
+        mp_raise_ValueError(MP_ERROR_TEXT("stream arguments"));
     }
-    size_t n = b.len - off;
-    if (n > k.len) {
-        n = k.len;
+    byte *d = (byte *)b.buf;
+    byte msg[9];
+    memcpy(msg, dc.buf, 5);
+    for (uint32_t j = 0; off < end; j++) {
+        sha_t s;
+        byte k[32];
+        put32(msg + 5, j);
+        sha_from(&s, st.buf);
+        sha_update(&s, msg, 9);
+        sha_final(&s, k);
+        sha_from(&s, (const byte *)st.buf + 32);
+        sha_update(&s, k, 32);
+        sha_final(&s, k);
+        for (int i = 0; i < 32 && off < end; i++, off++) {
+            d[off] ^= k[i];
+        }
     }
-    byte *d = (byte *)b.buf + off;
-    const byte *s = k.buf;
-    for (size_t j = 0; j < n; j++) {
-        d[j] ^= s[j];
-    }
-    return MP_OBJ_NEW_SMALL_INT(n);
+    return mp_const_none;
 }
-static MP_DEFINE_CONST_FUN_OBJ_3(moat_xor_obj, moat_xor);
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(moat_stream_obj, 5, 5, moat_stream);
 
 // serpack.Frames' state list
 enum { S_ST, S_K, S_N, S_C, S_H, S_BAD, S_LONG, S_M, S_ONE, S_START, S_LEN };
@@ -956,9 +966,9 @@ static const mp_rom_map_elem_t moat_globals_table[] = {
     { MP_ROM_QSTR(MP_QSTR_msg), MP_ROM_PTR(&moat_msg_obj) },
     { MP_ROM_QSTR(MP_QSTR_unpack), MP_ROM_PTR(&moat_unpack_obj) },
     { MP_ROM_QSTR(MP_QSTR_crc16), MP_ROM_PTR(&moat_crc16_obj) },
-    { MP_ROM_QSTR(MP_QSTR_xor), MP_ROM_PTR(&moat_xor_obj) },
     { MP_ROM_QSTR(MP_QSTR_hmac_key), MP_ROM_PTR(&moat_hmac_key_obj) },
     { MP_ROM_QSTR(MP_QSTR_hmac2), MP_ROM_PTR(&moat_hmac2_obj) },
+    { MP_ROM_QSTR(MP_QSTR_stream), MP_ROM_PTR(&moat_stream_obj) },
     { MP_ROM_QSTR(MP_QSTR_unframe), MP_ROM_PTR(&moat_unframe_obj) },
 };
 static MP_DEFINE_CONST_DICT(moat_globals, moat_globals_table);
