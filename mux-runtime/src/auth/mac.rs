@@ -54,8 +54,15 @@ pub fn encryption_key(key: &[u8], ni: &[u8], nr: &[u8]) -> [u8; 32] {
 /// `j` (32 bytes) is `HMAC(KE, D | C | J)`, `J` 4 bytes big-endian from 0.
 /// The same call encrypts and decrypts.
 pub fn keystream_xor(ke: &[u8; 32], dir: u8, counter: [u8; 4], data: &mut [u8]) {
+    // Keyed once: each block then costs its own two compressions, not the
+    // key's two padded blocks again.
+    let keyed = <Hmac<Sha256> as Mac>::new_from_slice(ke).expect("HMAC takes any key length");
     for (j, chunk) in data.chunks_mut(32).enumerate() {
-        let block = hmac(ke, &[&[dir], &counter, &(j as u32).to_be_bytes()]);
+        let mut m = keyed.clone();
+        m.update(&[dir]);
+        m.update(&counter);
+        m.update(&(j as u32).to_be_bytes());
+        let block: [u8; 32] = m.finalize().into_bytes().into();
         for (d, k) in chunk.iter_mut().zip(block) {
             *d ^= k;
         }
