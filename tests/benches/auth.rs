@@ -16,41 +16,20 @@
 
 use std::time::Duration;
 
-use moat_e2e::bench::{first_answer_ms, median, ping_rate};
+use moat_e2e::bench::{first_answer_ms, median, node_auth, ping_rate, Mode};
 use moat_e2e::node::{kw, Node};
-use mux_runtime::auth::AuthConfig;
 use mux_runtime::link::{self, ConnectCtx, LinkSpec};
 use mux_runtime::Value;
 
-const KEY: [u8; 32] = [7; 32];
-const PROJECT: &str = "00112233aabbccdd";
 const ROUND: Duration = Duration::from_secs(2);
 
-/// How a bench node's link is secured.
-#[derive(Clone, Copy, PartialEq)]
-enum Mode {
-    Plain,
-    Auth,
-    Encrypted,
-}
-
 fn node(mode: Mode) -> Node {
-    let auth = mode != Mode::Plain;
     let mut n = Node::new(256);
     let mut link = vec![("h", "127.0.0.1".into()), ("p", n.port.into())];
-    link.push(("a", auth.into()));
-    link.push(("e", (mode == Mode::Encrypted).into()));
+    link.extend(mode.link_keys());
     let mut cfg = vec![("link", kw([("tcp", Value::map(link))]))];
-    if auth {
-        cfg.push((
-            "auth",
-            kw([
-                ("k", Value::Bin(KEY.to_vec())),
-                ("n", "bench".into()),
-                ("p", PROJECT.into()),
-                ("q", "bench".into()),
-            ]),
-        ));
+    if mode != Mode::Plain {
+        cfg.push(("auth", node_auth()));
     }
     n.write_cfg("moat.cfg", &Value::map(cfg));
     n.start();
@@ -59,10 +38,7 @@ fn node(mode: Mode) -> Node {
 }
 
 async fn connect(n: &Node, mode: Mode) -> mux_runtime::endpoint::Endpoint {
-    let cfg = (mode != Mode::Plain).then(|| {
-        AuthConfig::new(vec![KEY], "bench", PROJECT, "bench").encrypted(mode == Mode::Encrypted)
-    });
-    let ctx = ConnectCtx::new("bench", cfg, Duration::from_secs(10));
+    let ctx = ConnectCtx::new("bench", mode.host(), Duration::from_secs(10));
     let spec = LinkSpec::Tcp {
         addr: format!("127.0.0.1:{}", n.port),
     };

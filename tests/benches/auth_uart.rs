@@ -20,25 +20,14 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use moat_e2e::bench::{first_answer_ms, median, ping_rate};
-use moat_e2e::node::kw;
+use moat_e2e::bench::{first_answer_ms, median, node_auth, ping_rate, Mode};
 use moat_e2e::{e2e_dir, moat, run_ok};
-use mux_runtime::auth::AuthConfig;
 use mux_runtime::framing::SerialPackerConfig;
 use mux_runtime::link::{self, ConnectCtx, LinkSpec, SerialSpec};
 use mux_runtime::msgpack::{self, Limits};
 use mux_runtime::{reliable, Value};
 
-const KEY: [u8; 32] = [7; 32];
-const PROJECT: &str = "00112233aabbccdd";
 const ROUND: Duration = Duration::from_secs(2);
-
-#[derive(Clone, Copy, PartialEq)]
-enum Mode {
-    Plain,
-    Auth,
-    Encrypted,
-}
 
 /// The qemu-mps2 firmware and its built `moat.cfg`, made once.
 fn build() -> anyhow::Result<PathBuf> {
@@ -69,8 +58,7 @@ fn configure(cfg: &Value, mode: Mode) -> Value {
                 for (kind, settings) in kinds.iter_mut() {
                     if let (Some("uart"), Value::Map(s)) = (kind.as_str(), settings) {
                         s.retain(|(k, _)| !matches!(k.as_str(), Some("a" | "e")));
-                        s.push(("a".into(), (mode != Mode::Plain).into()));
-                        s.push(("e".into(), (mode == Mode::Encrypted).into()));
+                        s.extend(mode.link_keys().map(|(k, v)| (k.into(), v)));
                     }
                 }
                 out.push((k.clone(), Value::Map(kinds)));
@@ -78,15 +66,7 @@ fn configure(cfg: &Value, mode: Mode) -> Value {
             _ => out.push((k.clone(), v.clone())),
         }
     }
-    out.push((
-        "auth".into(),
-        kw([
-            ("k", Value::Bin(KEY.to_vec())),
-            ("n", "bench".into()),
-            ("p", PROJECT.into()),
-            ("q", "bench".into()),
-        ]),
-    ));
+    out.push(("auth".into(), node_auth()));
     Value::Map(out)
 }
 
@@ -145,10 +125,7 @@ impl Drop for Emulator {
 }
 
 async fn connect(e: &Emulator, mode: Mode) -> mux_runtime::endpoint::Endpoint {
-    let cfg = (mode != Mode::Plain).then(|| {
-        AuthConfig::new(vec![KEY], "bench", PROJECT, "bench").encrypted(mode == Mode::Encrypted)
-    });
-    let ctx = ConnectCtx::new("bench", cfg, Duration::from_secs(30));
+    let ctx = ConnectCtx::new("bench", mode.host(), Duration::from_secs(30));
     let spec = LinkSpec::Serial(SerialSpec {
         path: format!("tcp:127.0.0.1:{}", e.port),
         baud: 115200,

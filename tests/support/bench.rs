@@ -5,10 +5,51 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use mux_runtime::auth::AuthConfig;
 use mux_runtime::endpoint::Endpoint;
 use mux_runtime::Value;
 
 use crate::node::kw;
+
+/// The node key of every bench node.
+pub const KEY: [u8; 32] = [7; 32];
+/// The project id of every bench node.
+pub const PROJECT: &str = "00112233aabbccdd";
+
+/// How a bench node's link is secured.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Plain,
+    Auth,
+    Encrypted,
+}
+
+impl Mode {
+    /// The node's link settings `a` and `e`.
+    pub fn link_keys(self) -> [(&'static str, Value); 2] {
+        [
+            ("a", (self != Mode::Plain).into()),
+            ("e", (self == Mode::Encrypted).into()),
+        ]
+    }
+
+    /// The host side's auth config (`None` for a plain link).
+    pub fn host(self) -> Option<AuthConfig> {
+        (self != Mode::Plain).then(|| {
+            AuthConfig::new(vec![KEY], "bench", PROJECT, "bench").encrypted(self == Mode::Encrypted)
+        })
+    }
+}
+
+/// The node config's `auth` section for [`KEY`] and [`PROJECT`].
+pub fn node_auth() -> Value {
+    kw([
+        ("k", Value::Bin(KEY.to_vec())),
+        ("n", "bench".into()),
+        ("p", PROJECT.into()),
+        ("q", "bench".into()),
+    ])
+}
 
 /// The median of `v` (the upper one of an even count).
 pub fn median(mut v: Vec<f64>) -> f64 {
