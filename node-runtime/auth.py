@@ -1,18 +1,22 @@
 # moat node runtime: authenticated links (../docs/auth.md, normative).
 #
 # A mutual challenge-response with the node key K (HMAC-SHA256), then every
-# message sealed as {s: bin(C4 | T16 | B)}: C a per-direction counter, T the
-# first 16 bytes of HMAC(KS, D | C | B), B the message's MsgPack bytes.
-# An encrypted link (`e` true) sends {x: bin(C4 | T16 | X)} instead: X = B
-# XORed with the keystream HMAC(KE, D | C | J) (J = 0, 1, ... per 32 bytes),
-# T over X. hashlib's SHA-256 is on every port; cryptolib (AES) is not.
+# message sealed as {s: bin(c | T16 | B)} (stdio, tcp) or bin(c | T8 | B)
+# (uart: every byte costs the wire's time): B the message's MsgPack bytes,
+# T the first bytes of HMAC(KS, D | C | B), C a 4-byte per-direction
+# counter of which c is the low byte (the receiver takes the first counter
+# above the last accepted one with that low byte). An encrypted link (`e`
+# true) sends X = B XORed with the keystream HMAC(KE, D | C | J) (J = 0,
+# 1, ... per 32 bytes) instead of B, T over X, under the key x on stdio and
+# tcp, and D lowercase. hashlib's SHA-256 is on every port; cryptolib (AES)
+# is not.
 #
 # Imported only when a link has `a` true. Heap: MicroPython's hashlib has no
 # `hmac` and its sha256 objects no copy(), so what can be precomputed is the
 # two padded key blocks (K ^ ipad, K ^ opad) per key; a link's session key
 # blocks are allocated once with the link and overwritten by each handshake.
 # Sealing writes header, counter and tag in front of the body in the link's
-# own encode buffer (proto.Link leaves OVER bytes free there): no copy of
+# own encode buffer (proto.Link leaves Conf.o bytes free there): no copy of
 # the message. A MAC costs two sha256 objects and two 32-byte digests of
 # garbage, nothing in proportion to the message.
 from micropython import const
@@ -31,7 +35,8 @@ try:
 except ImportError:  # qemu-mps2: no random source in the port (see _nonce)
     urandom = None
 
-OVER = const(28)  # most bytes a sealed map adds to its body: 81 a1 73 c6 LLLL C4 T16
+_SO = const(25)  # most bytes the stream form adds to a body: 81 a1 73 c6 LLLL c T16
+_FO = const(14)  # most bytes the frame form (uart) adds: c6 LLLL c T8
 
 # the handshake's states (Guard.st)
 _HELLO = const(0)  # responder: waits for {h: 1}
@@ -47,8 +52,8 @@ _LR = b"moat/1 R"
 _LI = b"moat/1 I"
 _LS = b"moat/1 S"
 _LE = b"moat/1 E"
-_DI = b"I"  # direction bytes D
-_DR = b"R"
+_DI = const(0x49)  # direction bytes D: I, R (i, r when encrypted)
+_DR = const(0x52)
 _ZERO = b"\x00"
 _AUERR = Proxy("_AuErr")
 
@@ -111,14 +116,16 @@ def same(a, b, n):
     return x == 0
 
 
-_T4 = ">IIII"
-
-
-def _same16(t, s):
-    # same(t, s[4:20], 16), in four words (fewer bytecodes: a MAC per message)
-    a, b, c, d = struct.unpack_from(_T4, t, 0)
-    e, f, g, h = struct.unpack_from(_T4, s, 4)
-    return (a ^ e) | (b ^ f) | (c ^ g) | (d ^ h) == 0
+def _same_tag(t, s, n):
+    # same(t, s[1:1+n], n) for a tag of 16 or 8 bytes, in words (fewer
+    # bytecodes: a MAC per message)
+    if n == 16:
+        a, b, c, d = struct.unpack_from(">IIII", t, 0)
+        e, f, g, h = struct.unpack_from(">IIII", s, 1)
+        return (a ^ e) | (b ^ f) | (c ^ g) | (d ^ h) == 0
+    a, b = struct.unpack_from(">II", t, 0)
+    e, f = struct.unpack_from(">II", s, 1)
+    return (a ^ e) | (b ^ f) == 0
 
 
 _pool = None
@@ -160,8 +167,13 @@ def _bin(m, k, n):
 
 
 class Conf:
-    # the node's key and identity for one link, and whether it encrypts
-    def __init__(self, k, n, p, q, e=False):
+    # the node's key and identity for one link, whether it encrypts, and
+    # the link's form of sealed messages (fr: a bare bin with an 8-byte tag
+    # on uart; else a map with a 16-byte tag)
+    def __init__(self, k, n, p, q, e=False, fr=False):
+        self.fr = fr
+        self.t = 8 if fr else 16  # tag bytes
+        self.o = _FO if fr else _SO  # room the link's packer leaves for the seal
         self.key = Key(k)
         self.n = n
         self.p = p
@@ -182,7 +194,7 @@ def conf(cfg, kind, e=False):
     if not isinstance(k, (bytes, bytearray)) or not 16 <= len(k) <= 64:
         err.log("link %s: auth on and no auth.k in moat.cfg: run moat cfg upload" % kind)
         return None
-    return Conf(k, _str(a, "n"), _str(a, "p"), _str(a, "q"), bool(e))
+    return Conf(k, _str(a, "n"), _str(a, "p"), _str(a, "q"), bool(e), kind == "uart")
 
 
 def _str(a, k):
@@ -208,12 +220,13 @@ class Guard:
         self.jb = None  # J of the keystream, 4 bytes, made once
         self.tx = 0  # last counter sent
         self.rc = 0  # last counter accepted
-        self.din = _DR if initiator else _DI  # D of what we receive
-        self.dout = _DI if initiator else _DR
+        self.din = _DR if initiator else _DI  # D of what we receive (plain)
+        self.dout = _DI if initiator else _DR  # and of what we send
+        self.ds = self.dout  # D sent in this session
         self.pm = None  # the last sealed message opened, and its content:
         self.pv = None  # the link may hand it to rx() again (no heap at first)
         self.ci = bytearray(5)  # D | C of a received message, for its MAC
-        self.ci[0] = self.din[0]
+        self.ci[0] = self.din  # (_session sets D for its kind of session)
         self.bb = None  # the encode buffer, and a view of it made once
         self.mv = None
         self.dec = None  # a Decoder for the bodies, made once
@@ -230,6 +243,11 @@ class Guard:
     def _session(self, enc):
         self.ks.set(self.cf.key.mac(_LS, self.ni, self.nr))
         self.enc = enc
+        # D: lowercase in an encrypted session (a plain seal never opens in
+        # one, nor the other way round)
+        lc = 0x20 if enc else 0
+        self.ci[0] = self.din | lc
+        self.ds = self.dout | lc
         if enc:
             if self.ke is None:
                 self.ke = Key()
@@ -245,16 +263,21 @@ class Guard:
         if st == _OK:
             if m is self.pm:
                 return self.pv
+            s = None  # the sealed bytes, in the link's form
+            if self.cf.fr:
+                if isinstance(m, (bytes, bytearray)):
+                    s = m
+            elif isinstance(m, dict) and len(m) == 1:
+                s = m.get("x" if self.enc else "s")  # the other kind is dropped
+            if s is not None:
+                v = self._open(s)
+                if v is not None:
+                    self.pm = m
+                    self.pv = v
+                    return v
+                N[1] += 1
+                return None
             if isinstance(m, dict):
-                sk = "x" if self.enc else "s"  # the other kind is dropped
-                if len(m) == 1 and sk in m:
-                    v = self._open(m[sk])
-                    if v is not None:
-                        self.pm = m
-                        self.pv = v
-                        return v
-                    N[1] += 1
-                    return None
                 if not self.l.SHUT and m.get("h") == 1 and not self.ini:
                     # a link that cannot close (stdio, uart): its host came
                     # back (a new mux on the same port) and starts over
@@ -337,7 +360,7 @@ class Guard:
             return
         mm = m.get("m")
         if isinstance(mm, int) and 0 < mm < self.l.m:
-            self.l.pk.lim = mm + OVER  # never send more than the peer takes
+            self.l.pk.lim = mm + cf.o  # never send more than the peer takes
         self.nr = nr
         b = _map(("h", 3, "t", cf.key.mac(_LI, nr, self.ni)))
         self.l.hs(b, True)
@@ -383,43 +406,50 @@ class Guard:
 
     # --- sealed messages
     def seal(self, pk):
-        # The body is in pk.b[OVER:pk.n] (proto.Link encodes it there): put
-        # the map header, counter and tag in front -> the whole sealed map
+        # The body is in pk.b[o:pk.n] (proto.Link encodes it there, o the
+        # Conf's room): put the header, counter and tag in front -> the
+        # whole sealed message
         b = pk.b
         n = pk.n
-        k = n - OVER + 20  # length of the bin: C | T | B
+        cf = self.cf
+        o = cf.o
+        tl = cf.t
+        q = o - tl - 1  # where the counter byte goes
+        k = n - q  # length of the bin: c | T | B
         c = self.tx + 1
         if c > 0xFFFFFFFF:
             raise err.LinkDown("auth counter exhausted")  # a new connection starts afresh
-        q = OVER - 20
         if self.bb is not b:
             self.bb = b
             self.mv = memoryview(b)
         mv = self.mv
-        # D | C in one piece for the MAC: D where the header's last byte goes
-        struct.pack_into(">BI", b, q - 1, self.dout[0], c)
+        # D | C in one piece for the MAC, where the headers go later
+        dc = mv[q - 5 : q]
+        struct.pack_into(">BI", b, q - 5, self.ds, c)
         if self.enc:  # encrypt-then-MAC, in place
-            self._xor(b, OVER, n, mv[q - 1 : q + 4])
-        t = self.ks.mac2(mv[q - 1 : q + 4], mv[OVER:n])
-        mv[q + 4 : OVER] = memoryview(t)[0:16]
+            self._xor(b, o, n, dc)
+        t = self.ks.mac2(dc, mv[o:n])
+        mv[q + 1 : o] = memoryview(t)[0:tl]
         self.tx = c  # only now: a MemoryError above used no counter
-        # the header last (its last byte was D)
+        b[q] = c & 0xFF
+        # the headers last (they overwrote D | C)
         if k < 0x100:
-            s = OVER - 25
-            b[s + 3] = 0xC4
-            b[s + 4] = k
+            s = q - 2
+            b[s] = 0xC4
+            b[s + 1] = k
         elif k < 0x10000:
-            s = OVER - 26
-            b[s + 3] = 0xC5
-            b[s + 4] = k >> 8
-            b[s + 5] = k & 0xFF
+            s = q - 3
+            b[s] = 0xC5
+            struct.pack_into(">H", b, s + 1, k)
         else:
-            s = 0
-            b[3] = 0xC6
-            struct.pack_into(">I", b, 4, k)
-        b[s] = 0x81
-        b[s + 1] = 0xA1
-        b[s + 2] = 0x78 if self.enc else 0x73  # x or s
+            s = q - 5
+            b[s] = 0xC6
+            struct.pack_into(">I", b, s + 1, k)
+        if not cf.fr:
+            s -= 3
+            b[s] = 0x81
+            b[s + 1] = 0xA1
+            b[s + 2] = 0x78 if self.enc else 0x73  # x or s
         return mv[s:n]
 
     def _xor(self, b, o, n, dc):
@@ -443,30 +473,34 @@ class Guard:
             j += 1
 
     def _open(self, s):
-        # s: C | T | B -> the message B holds, or None (drop it)
-        if not isinstance(s, (bytes, bytearray)) or len(s) < 21:
+        # s: c | T | B -> the message B holds, or None (drop it)
+        tl = self.cf.t
+        h = tl + 1
+        if not isinstance(s, (bytes, bytearray)) or len(s) < h:
             return None
-        c = struct.unpack_from(">I", s, 0)[0]
-        if c <= self.rc:  # replayed, reordered, or 0
+        # the first counter above the last accepted one with low byte s[0]:
+        # a replayed or reordered message gets one its tag was not made for
+        c = self.rc + ((s[0] - self.rc) & 0xFF or 256)
+        if c > 0xFFFFFFFF:
             return None
         ci = self.ci
         struct.pack_into(">I", ci, 1, c)
         mv = memoryview(s)
-        if not _same16(self.ks.mac2(ci, mv[20:]), s):
+        if not _same_tag(self.ks.mac2(ci, mv[h:]), s, tl):
             return None
         if self.enc:  # authentic: decrypt a copy (s is immutable)
             s = bytearray(s)
-            self._xor(s, 20, len(s), ci)
+            self._xor(s, h, len(s), ci)
             mv = memoryview(s)
         # the body, decoded in place (unpackb would copy nothing either, but
         # makes a Decoder each time)
         d = self.dec
         e = len(s)
         if d is None:
-            d = self.dec = Decoder(s, 20, e, self.l.rm)
+            d = self.dec = Decoder(s, h, e, self.l.rm)
         d.b = s
         d.m = mv
-        d.p = 20
+        d.p = h
         d.e = e
         try:
             v = d.val()

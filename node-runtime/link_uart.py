@@ -46,7 +46,7 @@ class UartLink(Link):
         m = c.get("m", 127)
         # room for {s, r, x, d}, and for the seal when authenticating: the
         # frame is the limit here
-        super().__init__(root, "uart", m - 20 - (28 if au is not None else 0), au, False, "peer")
+        super().__init__(root, "uart", m - 20 - (au.o if au is not None else 0), au, False, "peer")
         self.fr = Frames(m, c.get("s", 0x85), c.get("idle", 100))
         self.rel = Reliable(self, c.get("t", 1000), c.get("w", 8), c.get("r", 5), m)
         self.fb = bytearray(m + 5)

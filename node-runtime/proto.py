@@ -12,7 +12,6 @@ import err
 _MAXSEQ = const(0x7FFFFFFE)
 _GEN = type((lambda: (yield))())  # what calling an `async def` returns
 _KEYS = "adiernx"
-_OVER = const(28)  # auth.OVER: what sealing adds to a message, at most
 _seen = []  # unknown keys already logged
 # Out of heap: a request that finds no memory is delayed (its link reads
 # nothing more for a while, which holds the peer back), then refused with
@@ -99,7 +98,7 @@ class Link:
         self.root = root
         self.name = name
         self.m = m  # message size limit (both directions; sealed: the body's)
-        o = _OVER if au is not None else 0
+        o = au.o if au is not None else 0  # room for the seal (auth.Conf.o)
         self.rm = m + o  # receive buffer: a sealed message of an m-byte body
         # the whole encode buffer now, while the heap is young: grown on
         # demand, a big reply later needs m contiguous bytes of a heap that

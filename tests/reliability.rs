@@ -21,6 +21,7 @@ use futures::StreamExt;
 use moat_e2e::fault_proxy::{Direction, Faults, Framing, Rng, SerialProxy};
 use moat_e2e::node::{kw, Node};
 use moat_e2e::{back_to_back, copy_dir, moat, run_ok};
+use mux_runtime::auth::AuthConfig;
 use mux_runtime::endpoint::{Endpoint, NoHandler, Notice};
 use mux_runtime::error::WellKnown;
 use mux_runtime::framing::SerialPackerConfig;
@@ -104,7 +105,10 @@ fn reliable_retries() -> u32 {
 /// two shared cores would measure the machine, not the link.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn serial_link(host_path: &str) -> NodeLink {
+/// The key of the authenticated UART runs (node and host).
+const KEY: [u8; 32] = [0x5a; 32];
+
+fn serial_link(host_path: &str, auth: bool) -> NodeLink {
     let spec = SerialSpec {
         path: host_path.to_owned(),
         baud: 115_200,
@@ -121,27 +125,37 @@ fn serial_link(host_path: &str) -> NodeLink {
         connect_timeout: Duration::from_secs(5),
         ..LinkOptions::default()
     };
-    NodeLink::spawn("sat", LinkSpec::Serial(spec), Arc::new(NoHandler), options)
+    let auth = auth.then(|| AuthConfig::new(vec![KEY], "sat", "5a7e", "lossy"));
+    NodeLink::spawn_auth(
+        "sat",
+        LinkSpec::Serial(spec),
+        auth,
+        Arc::new(NoHandler),
+        options,
+    )
 }
 
-fn uart_node(port: &str) -> Node {
+fn uart_node(port: &str, auth: bool) -> Node {
     let mut n = Node::new(256);
     n.write_file("tapp.py", TAPP);
+    let uart = kw([
+        ("port", s(port)),
+        ("t", (RELIABLE_T_MS as i64).into()),
+        ("r", i64::from(reliable_retries()).into()),
+        ("a", auth.into()),
+    ]);
+    let identity = kw([
+        ("k", Value::Bin(KEY.to_vec())),
+        ("n", s("sat")),
+        ("p", s("5a7e")),
+        ("q", s("lossy")),
+    ]);
     n.write_cfg(
         "moat.cfg",
         &kw([
-            (
-                "link",
-                kw([(
-                    "uart",
-                    kw([
-                        ("port", s(port)),
-                        ("t", (RELIABLE_T_MS as i64).into()),
-                        ("r", i64::from(reliable_retries()).into()),
-                    ]),
-                )]),
-            ),
+            ("link", kw([("uart", uart)])),
             ("apps", kw([("t", s("tapp.T"))])),
+            ("auth", identity),
         ]),
     );
     n.start();
@@ -159,7 +173,15 @@ fn payload(k: usize, len: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lossy_uart_link_delivers_every_request_exactly_once() {
-    lossy_run(lossy(), serial_requests(), 60).await;
+    lossy_run(lossy(), serial_requests(), 60, false).await;
+}
+
+/// The same with authentication on the link: sealed messages in the
+/// serial form (docs/auth.md) above the reliable layer, whose
+/// retransmissions and duplicates never reach the opener; none is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authenticated_lossy_uart_link_delivers_every_request_exactly_once() {
+    lossy_run(lossy(), serial_requests() / 2, 40, true).await;
 }
 
 /// Byte-level line noise on top of lost frames. (5 % of *bytes* would
@@ -182,9 +204,9 @@ async fn a_uart_link_with_noisy_bytes_and_lost_frames_delivers_exactly_once() {
     let total = env_or("MOAT_RELIABILITY_NOISY_REQUESTS", 300);
     let max_len = env_or("MOAT_RELIABILITY_MAX_PAYLOAD", 30);
     if env_or("MOAT_RELIABILITY_BASELINE", 0) == 1 {
-        lossy_run(Faults::none(), total, max_len).await;
+        lossy_run(Faults::none(), total, max_len, false).await;
     }
-    lossy_run(faults, total, max_len).await;
+    lossy_run(faults, total, max_len, false).await;
 }
 
 /// `name`'s value from the environment, or `default` when it is unset.
@@ -198,8 +220,9 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 }
 
 /// `total` requests (payloads up to `max_len` bytes) and a few streams
-/// through a [`SerialProxy`] applying `faults` both ways.
-async fn lossy_run(faults: Faults, total: usize, max_len: usize) {
+/// through a [`SerialProxy`] applying `faults` both ways; `auth`: the link
+/// authenticates.
+async fn lossy_run(faults: Faults, total: usize, max_len: usize, auth: bool) {
     let _one_at_a_time = SERIAL.lock().await;
     let proxy = SerialProxy::start(
         Direction::new(Framing::serial_packer(), faults),
@@ -207,8 +230,8 @@ async fn lossy_run(faults: Faults, total: usize, max_len: usize) {
         0x5EED,
     )
     .unwrap();
-    let mut node = uart_node(proxy.node_path());
-    let link = serial_link(proxy.host_path());
+    let mut node = uart_node(proxy.node_path(), auth);
+    let link = serial_link(proxy.host_path(), auth);
     let ep = timeout(PATIENCE, link.wait_up())
         .await
         .unwrap_or_else(|_| panic!("the UART link never came up:\n{}", node.console()))
@@ -324,6 +347,18 @@ async fn lossy_run(faults: Faults, total: usize, max_len: usize) {
         );
     }
     assert_eq!(link.stats().reconnects, 0, "the link stayed up");
+    let stats = link.stats();
+    if auth {
+        // Every answer opened; nothing the reliable layer let through was
+        // dropped (its duplicates never reach the opener).
+        assert!(stats.auth_ok as usize >= total, "{stats:?}");
+        assert_eq!(stats.auth_dropped, 0, "{stats:?}");
+        let info = ep.call(["sys", "info"], Value::Nil).await.unwrap();
+        let au = info.get("au").cloned().unwrap_or(Value::Nil);
+        assert_eq!(au.get("bad").and_then(Value::as_int), Some(0), "{info}");
+    } else {
+        assert_eq!(stats.auth_ok, 0);
+    }
     link.stop().await;
     node.kill();
 }

@@ -76,15 +76,25 @@ proof = {"h": 3, "t": TI}
 challenge_e = dict(challenge, e=True)
 
 
-def seal(direction, counter, body):
-    c = struct.pack(">I", counter)
-    tag = mac(KS, direction.encode(), c, body)[:16]
-    return c + tag + body, tag
+STREAM_TAG = 16  # tcp, process, usb: {s: bin(c | T | B)}
+FRAME_TAG = 8  # serial (reliable frames): bin(c | T | B)
 
 
-def entry(name, direction, counter, message):
+def seal(direction, counter, body, tag_len=STREAM_TAG):
+    """c | T | B: c the counter's low byte, T over the full 4-byte counter.
+    `direction` is I or R, i or r in an encrypted session."""
+    tag = mac(KS, direction.encode(), struct.pack(">I", counter), body)[:tag_len]
+    return bytes([counter & 0xFF]) + tag + body, tag
+
+
+def entry(name, direction, counter, message, form="stream"):
     body = pack(message)
-    blob, tag = seal(direction, counter, body)
+    if form == "stream":
+        blob, tag = seal(direction, counter, body)
+        wire = pack({"s": blob})
+    else:
+        blob, tag = seal(direction, counter, body, FRAME_TAG)
+        wire = pack(blob)
     return {
         "name": name,
         "dir": direction,
@@ -92,7 +102,7 @@ def entry(name, direction, counter, message):
         "message": note(message),
         "body": body.hex(),
         "tag": tag.hex(),
-        "hex": pack({"s": blob}).hex(),
+        "hex": wire.hex(),
     }
 
 
@@ -101,7 +111,7 @@ def keystream(direction, counter, n):
     out = b""
     j = 0
     while len(out) < n:
-        out += mac(KE, direction.encode(), c, struct.pack(">I", j))
+        out += mac(KE, direction.lower().encode(), c, struct.pack(">I", j))
         j += 1
     return out[:n]
 
@@ -109,7 +119,8 @@ def keystream(direction, counter, n):
 def encrypted_entry(name, direction, counter, message):
     body = pack(message)
     x = bytes(a ^ b for a, b in zip(body, keystream(direction, counter, len(body))))
-    blob, tag = seal(direction, counter, x)  # encrypt-then-MAC: T over X
+    # encrypt-then-MAC: T over X, D lowercase
+    blob, tag = seal(direction.lower(), counter, x)
     return {
         "name": name,
         "dir": direction,
@@ -130,6 +141,12 @@ sealed = [
     entry("second request", "I", 2, {"a": ["sys", "info"], "i": 4}),
     entry("counter past 255", "I", 300, ping),
 ]
+# serial links: the same messages as a bare bin with an 8-byte tag
+sealed_serial = [
+    entry("first request on a serial link", "I", 1, ping, "frame"),
+    entry("first reply on a serial link", "R", 1, reply, "frame"),
+    entry("counter past 255 on a serial link", "I", 300, ping, "frame"),
+]
 
 # a body of more than one keystream block (32 bytes)
 # (one key per map: MicroPython's dicts do not keep insertion order, so the
@@ -146,15 +163,27 @@ flip = bytearray(first)
 flip[-1] ^= 0x01
 wrong_dir = pack({"s": seal("R", 1, pack(ping))[0]})
 zero = pack({"s": seal("I", 0, pack(ping))[0]})
-short = pack({"s": seal("I", 1, pack(ping))[0][:19]})
+short = pack({"s": seal("I", 1, pack(ping))[0][:16]})
 rejected = [
     {"name": "a bit flipped in the body", "dir": "I", "last": 0, "hex": bytes(flip).hex()},
     {"name": "replayed (counter not above the last accepted)", "dir": "I", "last": 1, "hex": first.hex()},
     {"name": "reordered (older counter after a newer one)", "dir": "I", "last": 2, "hex": first.hex()},
+    {"name": "replayed 256 messages later (same low byte)", "dir": "I", "last": 256, "hex": first.hex()},
     {"name": "sealed for the other direction", "dir": "I", "last": 0, "hex": wrong_dir.hex()},
     {"name": "counter 0", "dir": "I", "last": 0, "hex": zero.hex()},
     {"name": "shorter than counter and tag", "dir": "I", "last": 0, "hex": short.hex()},
     {"name": "unsealed message", "dir": "I", "last": 0, "hex": pack(ping).hex()},
+    {"name": "a serial link's bare bin on a stream link", "dir": "I", "last": 0, "hex": sealed_serial[0]["hex"]},
+]
+# dropped by a serial link's opener (form "frame")
+serial_first = bytes.fromhex(sealed_serial[0]["hex"])
+sflip = bytearray(serial_first)
+sflip[-1] ^= 0x01
+serial_rejected = [
+    {"name": "a bit flipped in the body (serial)", "dir": "I", "last": 0, "hex": bytes(sflip).hex()},
+    {"name": "replayed (serial)", "dir": "I", "last": 1, "hex": serial_first.hex()},
+    {"name": "the stream form on a serial link", "dir": "I", "last": 0, "hex": first.hex()},
+    {"name": "shorter than counter and tag (serial)", "dir": "I", "last": 0, "hex": pack(serial_first[2:10]).hex()},
 ]
 # dropped by an encrypted session: a plain seal (s) under the right KS,
 # and ciphertext with a bit flipped (the tag fails before decryption)
@@ -162,6 +191,7 @@ eflip = bytearray(bytes.fromhex(encrypted[0]["hex"]))
 eflip[-1] ^= 0x01
 encrypted_rejected = [
     {"name": "a plain sealed message in an encrypted session", "dir": "I", "last": 0, "hex": first.hex()},
+    {"name": "a plain seal relabelled x (D is lowercase when encrypted)", "dir": "I", "last": 0, "hex": pack({"x": seal("I", 1, pack(ping))[0]}).hex()},
     {"name": "a bit flipped in the ciphertext", "dir": "I", "last": 0, "hex": bytes(eflip).hex()},
     {"name": "replayed encrypted message", "dir": "I", "last": 1, "hex": encrypted[0]["hex"]},
 ]
@@ -187,6 +217,8 @@ doc = {
     "challenge_encrypted": {"name": "challenge of a responder that encrypts", "value": note(challenge_e), "hex": pack(challenge_e).hex()},
     "sealed": sealed,
     "rejected": rejected,
+    "sealed_serial": sealed_serial,
+    "serial_rejected": serial_rejected,
     "encrypted": encrypted,
     "encrypted_rejected": encrypted_rejected,
 }

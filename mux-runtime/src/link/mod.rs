@@ -248,12 +248,13 @@ impl ConnectCtx {
     }
 
     /// Starts the endpoint over a connected transport, after the
-    /// handshake when the link authenticates.
+    /// handshake when the link authenticates (sealing in `form`).
     pub(crate) async fn start<S, K, E, F>(
         &self,
         source: S,
         sink: K,
         place: &str,
+        form: crate::auth::seal::Form,
     ) -> Result<Endpoint, ConnectError>
     where
         S: futures::Stream<Item = Result<crate::framing::Incoming, E>> + Send + Unpin + 'static,
@@ -261,7 +262,7 @@ impl ConnectCtx {
         E: fmt::Display + Send + 'static,
         F: fmt::Display + Send + 'static,
     {
-        secure::start(self, source, sink, place).await
+        secure::start(self, source, sink, place, form).await
     }
 
     fn endpoint_config(&self) -> EndpointConfig {

@@ -119,7 +119,12 @@ pub async fn connect(spec: &ProcessSpec, ctx: &ConnectCtx) -> Result<Connection,
         LosslessCodec::default(),
     );
     let endpoint = match ctx
-        .start(source, sink, &spec.program.display().to_string())
+        .start(
+            source,
+            sink,
+            &spec.program.display().to_string(),
+            crate::auth::seal::Form::Stream,
+        )
         .await
     {
         Ok(endpoint) => endpoint,

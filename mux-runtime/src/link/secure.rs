@@ -16,6 +16,7 @@ use futures::{Sink, SinkExt, Stream, StreamExt};
 
 use super::{ConnectCtx, ConnectError};
 use crate::auth::handshake::{self, HandshakeError};
+use crate::auth::seal::Form;
 use crate::auth::{self, AuthConfig, AuthCounters, Initiator, Opener, Peer, Sealer};
 use crate::endpoint::Endpoint;
 use crate::framing::Incoming;
@@ -26,12 +27,14 @@ type BoxSink = std::pin::Pin<Box<dyn Sink<Value, Error = String> + Send>>;
 
 /// Runs the endpoint over `source`/`sink`, authenticated when the link
 /// says so. `place` names where the node was reached in messages
-/// (`port 27587`, `/dev/ttyUSB0`).
+/// (`port 27587`, `/dev/ttyUSB0`); `form` is how the link's kind carries
+/// sealed messages.
 pub(crate) async fn start<S, K, E, F>(
     ctx: &ConnectCtx,
     source: S,
     sink: K,
     place: &str,
+    form: Form,
 ) -> Result<Endpoint, ConnectError>
 where
     S: Stream<Item = Result<Incoming, E>> + Send + Unpin + 'static,
@@ -65,7 +68,7 @@ where
         tracing::info!(node = %ctx.name, key = peer.key_index, "the node answers to a pending key");
     }
     *ctx.peer.lock().unwrap_or_else(|p| p.into_inner()) = Some(peer);
-    let (sealer, opener) = session.split();
+    let (sealer, opener) = session.in_form(form).split();
     Ok(Endpoint::spawn_parts(
         opened(source, opener, ctx.auth_counters.clone(), &ctx.name),
         sealed(sink, sealer),

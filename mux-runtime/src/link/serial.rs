@@ -118,7 +118,10 @@ where
         handle,
         |handle, msg: Value| async move { handle.send(msg).await.map(|()| handle) },
     ));
-    let endpoint = match ctx.start(source, sink, &spec.path).await {
+    let endpoint = match ctx
+        .start(source, sink, &spec.path, crate::auth::seal::Form::Frame)
+        .await
+    {
         Ok(endpoint) => endpoint,
         Err(e) => {
             let _ = closer.close("authentication failed");

@@ -21,5 +21,8 @@ pub async fn connect(addr: &str, ctx: &ConnectCtx) -> Result<Connection, Connect
         Some((_, port)) => format!("port {port}"),
         None => addr.to_owned(),
     };
-    Ok(Connection::new(ctx.start(source, sink, &place).await?))
+    Ok(Connection::new(
+        ctx.start(source, sink, &place, crate::auth::seal::Form::Stream)
+            .await?,
+    ))
 }

@@ -35,5 +35,8 @@ where
         LosslessCodec::default(),
     );
     let (sink, source) = framed.split();
-    Ok(Connection::new(ctx.start(source, sink, path).await?))
+    Ok(Connection::new(
+        ctx.start(source, sink, path, crate::auth::seal::Form::Stream)
+            .await?,
+    ))
 }
