@@ -1,4 +1,4 @@
-# moat node runtime: the `fs` app (protocol.md §3): files under a root
+# moat node runtime: the `fs` app (docs/protocol.md: What every node answers): files under a root
 # folder (config `root`, default the node's own root), always binary.
 # An open file belongs to the link whose peer opened it and is closed when
 # that link detaches: a client that vanishes cannot use up the handles.

@@ -1,4 +1,4 @@
-# moat node runtime: TCP links (protocol.md §4): a server for any number of
+# moat node runtime: TCP links (docs/protocol.md: Framing): a server for any number of
 # clients, and a client that connects out with back-off. MsgPack objects
 # back to back, no framing.
 from micropython import const

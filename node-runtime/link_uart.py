@@ -1,5 +1,5 @@
 # moat node runtime: the UART link: SerialPacker frames carrying the
-# reliable layer (§4). Config `link: {uart: {...}}`:
+# reliable layer (../docs/protocol.md: Framing; ../docs/reliable.md). Config `link: {uart: {...}}`:
 #   n: UART number (device, default 0; the manifest's `uart = N`),
 #   tx, rx: pin numbers (device, optional; the manifest's `tx`/`rx`),
 #   port: a tty/pty path (unix; `dev` also accepted; an int is taken as `n`),

@@ -1,4 +1,4 @@
-# moat node runtime: the protocol engine of one link (protocol.md §1).
+# moat node runtime: the protocol engine of one link (docs/protocol.md: Encoding).
 #
 # A Link turns decoded messages into tasks and replies. Subclasses provide
 # `_write(buf)` (write all of buf; must finish even when the calling task is

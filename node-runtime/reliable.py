@@ -1,4 +1,4 @@
-# moat node runtime: the reliable layer for lossy links (§4), sans I/O.
+# moat node runtime: the reliable layer for lossy links (../docs/reliable.md), sans I/O.
 # Mirrors mux-runtime/src/reliable (same semantics; docs/reliable.md):
 # reset handshake {a:"r", n:1|2|3, c:{t,m}, i, p} (n:0 closes, with e and
 # p), data/ack frames {s, r, x, d}, sequence numbers modulo the agreed

@@ -1,4 +1,4 @@
-# moat node runtime: SerialPacker framing for lossy serial links (§4):
+# moat node runtime: SerialPacker framing for lossy serial links (../docs/protocol.md: Framing):
 #   START(1) LEN(1 or 2) DATA(LEN) CRC16(2, high byte first)
 # LEN is one byte when the maximum is <= 255, else len < 128: [len],
 # otherwise [(len & 0x7F) | 0x80, len >> 7]. CRC16: polynomial 0xBAAD

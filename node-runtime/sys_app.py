@@ -1,4 +1,4 @@
-# moat node runtime: the `sys` app (protocol.md §3).
+# moat node runtime: the `sys` app (docs/protocol.md: What every node answers).
 import gc
 import sys
 import asyncio

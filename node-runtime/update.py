@@ -1,5 +1,5 @@
 # moat node runtime: what this node imports, for `moat diff-update`
-# (design.md §Updating). Reached as `sys.up.*` (see sys_app.Sys.sub).
+# (../docs/update.md). Reached as `sys.up.*` (see sys_app.Sys.sub).
 #
 # A module is imported from the first `sys.path` entry that has it: a
 # folder on the node's filesystem (NAME.py before NAME.mpy) or ".frozen"

@@ -1,4 +1,4 @@
-# moat node runtime: the watchdog (protocol.md §5), config section `wdt`:
+# moat node runtime: the watchdog (docs/protocol.md: Watchdog), config section `wdt`:
 #   t: timeout in s (default 10): a `sys.wdt` must arrive at least every t s
 #   s: start: 0 at the first sys.wdt, 1 immediately, 2 after network,
 #      3 before apps, 4 before the main loop (default 0)

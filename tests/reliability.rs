@@ -1,4 +1,4 @@
-//! Reliability: the promises of protocol §4 and the mux under faults.
+//! Reliability: the promises of docs/protocol.md: Framing and the mux under faults.
 //!
 //! - A real unix-port satellite on a UART link (a pty pair with the fault
 //!   proxy between node and host) answers every request exactly once while

@@ -40,7 +40,7 @@ pub const DEFAULT_TCP_PORT: u16 = 27587;
 pub const DEFAULT_TCP_HOST: &str = "127.0.0.1";
 /// Length of a project id in hex digits (`[project] id`).
 pub const PROJECT_ID_LEN: usize = 16;
-/// Serial defaults (protocol.md §4).
+/// Serial defaults (docs/protocol.md: Framing).
 pub const DEFAULT_BAUD: u32 = 115_200;
 pub const DEFAULT_SERIAL_MAX: u32 = 255;
 pub const DEFAULT_SERIAL_TIMEOUT_MS: u32 = 1000;
@@ -217,7 +217,7 @@ pub enum Link {
     Usb,
 }
 
-/// Settings of a serial link (protocol.md §4).
+/// Settings of a serial link (docs/protocol.md: Framing).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SerialLink {
     /// Baud rate (default 115200).

@@ -1,4 +1,4 @@
-//! Errors a peer reports back over the wire (protocol §1.3).
+//! Errors a peer reports back over the wire (docs/protocol.md: Encoding, errors).
 //!
 //! Well-known exception types travel as ext-4 proxies named `_FnErr` … with
 //! the exception's args in `d`; anything else travels as the string

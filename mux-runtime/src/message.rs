@@ -1,4 +1,4 @@
-//! The protocol message model (protocol §1).
+//! The protocol message model (docs/protocol.md: Encoding).
 //!
 //! A message is one MsgPack map with one-letter keys `a d i e r n x`.
 //! [`Message::from_value`] classifies an incoming map exactly as the spec
@@ -76,7 +76,7 @@ pub fn path<E: Into<PathElem>>(elems: impl IntoIterator<Item = E>) -> Path {
     elems.into_iter().map(Into::into).collect()
 }
 
-/// What kind of message a map is (the classification of protocol §1).
+/// What kind of message a map is (the classification of docs/protocol.md: Encoding).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
     Request,
@@ -277,7 +277,7 @@ const ANSWER_NEEDS_I: &str =
     "replies, errors and stream messages carry the request's sequence number";
 
 impl Message {
-    /// Classifies and checks a decoded map (protocol §1). Unknown keys are
+    /// Classifies and checks a decoded map (docs/protocol.md: Encoding). Unknown keys are
     /// ignored; keys that make no sense for the message's kind are too.
     pub fn from_value(v: Value) -> Result<Message, MessageError> {
         let pairs = match v {
@@ -461,7 +461,7 @@ impl Message {
         }
     }
 
-    /// Flips bit 0 of `i` (done on receipt, §1.1); no-op without `i`.
+    /// Flips bit 0 of `i` (done on receipt; docs/protocol.md: Encoding, sequence numbers); no-op without `i`.
     pub fn flip_seq(&mut self) {
         match self {
             Message::Unsolicited { .. } => {}

@@ -1,4 +1,4 @@
-//! Sequence numbers (protocol §1.1).
+//! Sequence numbers (docs/protocol.md: Encoding, sequence numbers).
 //!
 //! The side that opens an exchange picks an even `i`; the answer carries
 //! `i + 1`. On receipt a peer flips bit 0 of every `i` ([`flip`]), so its

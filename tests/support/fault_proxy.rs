@@ -63,7 +63,7 @@ impl Faults {
 pub enum Framing {
     /// Whatever one read returned is a frame.
     Chunks,
-    /// SerialPacker: `START LEN DATA CRC16` (protocol §4); `max` decides
+    /// SerialPacker: `START LEN DATA CRC16` (docs/protocol.md: Framing); `max` decides
     /// whether LEN takes one byte or up to two.
     SerialPacker { start: u8, max: usize },
     /// MsgPack objects back to back.
@@ -422,7 +422,7 @@ impl Drop for Pipe {
 }
 
 /// How long an incomplete frame may wait for its rest before it goes out
-/// as loose bytes (below the 100 ms parser idle reset of §4).
+/// as loose bytes (below the 100 ms parser idle reset of docs/protocol.md: Framing).
 const FLUSH_AFTER: Duration = Duration::from_millis(30);
 
 fn pump(

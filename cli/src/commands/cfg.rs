@@ -1,5 +1,5 @@
 //! `moat cfg get|set|upload`: read and change a node's running config with its
-//! `cfg` app (`cfg.r`, `cfg.w`, `cfg.s`, `cfg.x`; protocol.md §3).
+//! `cfg` app (`cfg.r`, `cfg.w`, `cfg.s`, `cfg.x`; docs/protocol.md: What every node answers).
 
 use super::cmd::remote_failure;
 use anyhow::bail;

@@ -1,5 +1,5 @@
 //! `moat fs ls|get|put|rm|mkdir`: files on a node, through its `fs` app
-//! (`open/rd/wr/cl/ls/stat/hash/rm/rmdir/mkdir/mv`, protocol.md §3).
+//! (`open/rd/wr/cl/ls/stat/hash/rm/rmdir/mkdir/mv`, docs/protocol.md: What every node answers).
 //!
 //! Transfers go in chunks sized to the node's message limit. `put` writes
 //! to a temporary name, checks the node's SHA-256 of it against the local

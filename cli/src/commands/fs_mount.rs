@@ -1,5 +1,5 @@
 //! `moat fs mount [--node N] DIR`: the node's files as a FUSE mount, built
-//! on its `fs` app (protocol.md §3), through the mux or directly.
+//! on its `fs` app (docs/protocol.md: What every node answers), through the mux or directly.
 //!
 //! - Reads of a file opened read-only go to the node as `rd` chunks sized
 //!   to its message limit, [`WINDOW`] in flight (the helpers of `fs get`).

@@ -1,5 +1,5 @@
 //! `moat diff-update`: bring a node's modules up to date without
-//! reflashing (design.md §Updating), and `moat cfg upload`.
+//! reflashing (docs/update.md), and `moat cfg upload`.
 //!
 //! 1. [`project`]: the modules the firmware would freeze now, hashed.
 //! 2. [`table`]: one `sys.up.mods` round trip (node-runtime `update.py`):

@@ -36,7 +36,7 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Answers a stream request (`r: every_ms`). The default calls
     /// [`call`](Handler::call) at once and then every `every_ms`, ending
-    /// the stream at the first error (protocol §1.4: any command can be
+    /// the stream at the first error (docs/protocol.md: Encoding, streams: any command can be
     /// streamed).
     fn stream(
         self: Arc<Self>,

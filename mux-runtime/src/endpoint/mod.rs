@@ -1,4 +1,4 @@
-//! One protocol peer over any framed transport (protocol §1).
+//! One protocol peer over any framed transport (docs/protocol.md: Encoding).
 //!
 //! An [`Endpoint`] owns one link's worth of conversation: it numbers our
 //! requests with even sequence numbers, flips bit 0 of every received `i`,
@@ -62,7 +62,7 @@ const BROADCAST_DEPTH: usize = 256;
 
 /// Messages queued for the transport above which the tasks serving the
 /// peer's requests wait before sending more: a peer that does not read
-/// gets its streams coalesced (protocol §1.4) instead of growing our queue.
+/// gets its streams coalesced (docs/protocol.md: Encoding, streams) instead of growing our queue.
 pub const HIGH_WATER: usize = 256;
 
 /// The peer's requests served at once; beyond that new ones are refused
@@ -264,7 +264,7 @@ impl Endpoint {
         Ok(Endpoint::over_stream(io, &path.display().to_string()))
     }
 
-    /// Connects to a node or mux over TCP (stream framing, protocol §4).
+    /// Connects to a node or mux over TCP (stream framing, docs/protocol.md: Framing).
     pub async fn connect_tcp(addr: &str) -> std::io::Result<Endpoint> {
         let io = tokio::net::TcpStream::connect(addr)
             .await

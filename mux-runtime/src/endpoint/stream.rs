@@ -2,7 +2,7 @@
 //!
 //! Items land in a small per-stream [`Slot`] that never blocks the link's
 //! read loop: when the consumer falls behind, the oldest values are dropped
-//! (protocol §1.4: a slow consumer gets the latest value; items may be
+//! (docs/protocol.md: Encoding, streams: a slow consumer gets the latest value; items may be
 //! coalesced, never reordered).
 
 use std::collections::VecDeque;

@@ -1,4 +1,4 @@
-//! How messages travel over a link's bytes (protocol §4).
+//! How messages travel over a link's bytes (docs/protocol.md: Framing).
 //!
 //! Each framing is a tokio-util [`Decoder`](tokio_util::codec::Decoder) /
 //! [`Encoder`](tokio_util::codec::Encoder) pair with no I/O inside:

@@ -1,6 +1,6 @@
 //! A lossy UART (or any tty, including a pty): SerialPacker frames carry
 //! the reliable layer's maps; bytes between frames are console output
-//! (protocol §4).
+//! (docs/protocol.md: Framing).
 //!
 //! The connection is up once the reliable handshake completes. A reset by
 //! the peer or retries running out end the connection (pending requests

@@ -1,4 +1,4 @@
-//! A node running a TCP server (protocol §4: stream framing, default port
+//! A node running a TCP server (docs/protocol.md: Framing: stream framing, default port
 //! 27587).
 
 use tokio::net::TcpStream;

@@ -1,5 +1,5 @@
 //! USB CDC (or any tty whose bytes are not lost): the lossless stream
-//! framing, console output interleaved with messages (protocol §4).
+//! framing, console output interleaved with messages (docs/protocol.md: Framing).
 
 use tokio_serial::SerialPortBuilderExt;
 use tokio_util::codec::Framed;

@@ -4,7 +4,7 @@
 //! - Node state (retained): `{s: "up"|"down", mux, board?, fw?, v?, why?}`.
 //! - Session presence: `{s: "up"|"down", kind: "mux"|"client", nodes?}`;
 //!   a session's last will is its `down`.
-//! - Requests: one protocol message (docs/protocol.md §1). Over MQTT 5 the
+//! - Requests: one protocol message (docs/protocol.md: Encoding). Over MQTT 5 the
 //!   reply topic travels as the publish's response topic (and correlation
 //!   data, copied onto every answer); over MQTT 3.1.1, which has neither,
 //!   the request is wrapped as `[reply_topic, message]`.

@@ -1,5 +1,5 @@
 //! The multiplexer: one link per node, one Unix socket for any number of
-//! clients, each speaking the protocol (design.md §Multiplexer).
+//! clients, each speaking the protocol (README.md "How a verb reaches a node"; the wire protocol in docs/protocol.md).
 //!
 //! The mux root holds one sub-tree per node (`[node, …path]`) plus its own
 //! `mux` app ([`apps`]). A client's request is re-issued on the node's

@@ -1,4 +1,4 @@
-//! The reliable layer's frames and their map encoding (protocol.md §4).
+//! The reliable layer's frames and their map encoding (docs/protocol.md: Framing).
 //!
 //! Every SerialPacker frame on a lossy link carries one of these maps:
 //!
@@ -128,7 +128,7 @@ impl fmt::Display for FrameError {
                 "reliable frame is a {got}, expected a map (is the peer speaking the reliable layer?)"
             ),
             FrameError::MissingKey { key } => {
-                write!(f, "reliable frame lacks key `{key}` (see protocol.md §4)")
+                write!(f, "reliable frame lacks key `{key}` (see docs/protocol.md: Framing)")
             }
             FrameError::WrongType { key, expected, got } => write!(
                 f,
