@@ -75,8 +75,10 @@ impl Scaffold {
             .collect();
         std::fs::write(root.join("moat.toml"), toml).unwrap();
         let _ = std::fs::remove_dir_all(root.join(".moat/nodes"));
-        run_ok(moat(&root).arg("flash")).unwrap();
+        // before flashing: the build checks the apps it names
+        std::fs::create_dir_all(root.join(".moat/nodes/demo")).unwrap();
         std::fs::write(root.join(".moat/nodes/demo/papp.py"), PAPP).unwrap();
+        run_ok(moat(&root).arg("flash")).unwrap();
         Some(Scaffold {
             _dir: dir,
             root,
@@ -445,4 +447,66 @@ fn flash_run_on_the_scaffold_starts_the_unix_node_with_the_mux() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A bad `apps` entry, a class that is not there, or an app module that
+/// does not compile: `moat build` and `moat diff-update` refuse before
+/// anything reaches the node, naming the moat.toml entry or the file and
+/// line; the running node keeps its apps.
+#[test]
+fn bad_apps_and_modules_are_refused_before_the_node_naming_where() {
+    let Some(mut s) = Scaffold::new() else { return };
+    s.run();
+    let toml_path = s.root.join("moat.toml");
+    let toml = std::fs::read_to_string(&toml_path).unwrap();
+    let line = toml
+        .lines()
+        .position(|l| l.starts_with("apps = "))
+        .expect("an apps line")
+        + 1;
+    let refused = |args: &[&str], want: &[&str]| {
+        let out = moat_out(&s.root, args);
+        let t = text(&out);
+        assert!(!out.status.success(), "moat {args:?} succeeded: {t}");
+        for w in want {
+            assert!(t.contains(w), "moat {args:?} does not say {w:?}: {t}");
+        }
+    };
+    // A module no firmware has (with the near name offered).
+    std::fs::write(
+        &toml_path,
+        toml.replace("counter.Counter", "countr.Counter"),
+    )
+    .unwrap();
+    let at = format!("moat.toml:{line}:");
+    refused(
+        &["build"],
+        &[
+            &at,
+            "nodes.demo.config.apps.c",
+            "no module `countr`",
+            "did you mean `counter`",
+        ],
+    );
+    refused(&["diff-update"], &[&at, "no module `countr`"]);
+    // A class the module does not define.
+    std::fs::write(
+        &toml_path,
+        toml.replace("counter.Counter", "counter.Countr"),
+    )
+    .unwrap();
+    refused(&["build"], &[&at, "defines no `Countr`"]);
+    std::fs::write(&toml_path, &toml).unwrap();
+    // An app module that does not compile: named with its line, nothing sent.
+    let app = s.root.join("apps/counter.py");
+    let good = std::fs::read_to_string(&app).unwrap();
+    let bad_line = good.lines().count() + 2;
+    std::fs::write(&app, format!("{good}\ndef broken(:\n    pass\n")).unwrap();
+    let at = format!("apps/counter.py:{bad_line}: SyntaxError");
+    refused(&["build"], &[&at]);
+    refused(&["diff-update"], &[&at, "nothing was sent"]);
+    // The node still runs its apps as they were.
+    s.until(&["cmd", "--direct", "c.get"], "");
+    std::fs::write(&app, good).unwrap();
+    s.ok(&["diff-update"]);
 }

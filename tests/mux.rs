@@ -114,10 +114,13 @@ impl MuxProject {
             copy_dir(&built.join("firmware"), &to.join("firmware"))?;
             std::fs::copy(built.join("record.json"), to.join("record.json"))?;
         }
-        run_ok(moat(&root).arg("flash"))?;
         for (name, _) in &links {
-            std::fs::write(root.join(".moat/nodes").join(name).join("tapp.py"), TAPP)?;
+            // before flashing: the build checks the apps it names
+            let dir = root.join(".moat/nodes").join(name);
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(dir.join("tapp.py"), TAPP)?;
         }
+        run_ok(moat(&root).arg("flash"))?;
         let runners = tcp_names
             .iter()
             .map(|n| {

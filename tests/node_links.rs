@@ -78,10 +78,13 @@ impl Pair {
             copy_dir(&built.join("firmware"), &to.join("firmware"))?;
             std::fs::copy(built.join("record.json"), to.join("record.json"))?;
         }
-        run_ok(keyed(&mut moat(&root)).arg("flash"))?;
         for name in ["a", "b"] {
-            std::fs::write(root.join(".moat/nodes").join(name).join("lapp.py"), LAPP)?;
+            // before flashing: the build checks the apps it names
+            let dir = root.join(".moat/nodes").join(name);
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(dir.join("lapp.py"), LAPP)?;
         }
+        run_ok(keyed(&mut moat(&root)).arg("flash"))?;
         let socket = dir.path().join("mux.sock");
         let mux = keyed(&mut moat(&root))
             .args(["mux", "--socket"])

@@ -451,8 +451,10 @@ impl MuxProject {
         let to = root.join(".moat/build/pump");
         copy_dir(&built.join("firmware"), &to.join("firmware"))?;
         std::fs::copy(built.join("record.json"), to.join("record.json"))?;
-        run_ok(moat(&root).arg("flash"))?;
+        // before flashing: the build checks the apps it names
+        std::fs::create_dir_all(root.join(".moat/nodes/pump"))?;
         std::fs::write(root.join(".moat/nodes/pump/tapp.py"), TAPP)?;
+        run_ok(moat(&root).arg("flash"))?;
         let socket = dir.path().join("mux.sock");
         let mut p = MuxProject {
             _dir: dir,

@@ -5,6 +5,7 @@
 pub mod args;
 pub mod board;
 pub mod build;
+pub mod check;
 pub mod client;
 pub mod embedded;
 pub mod emulator;

@@ -153,6 +153,10 @@ pub struct Node {
     pub user_config: Value,
     /// Values of the config read from secrets (`pw = { secret = "wifi_pw" }`).
     pub secrets: Vec<Secret>,
+    /// The config's `apps` entries, in file order, with where each is
+    /// written (checked against the firmware by `moat build` and `moat
+    /// diff-update`).
+    pub apps: Vec<AppEntry>,
     /// The node's key and project id, once known (see
     /// [`crate::project::Project::load`]): they go into its config as
     /// `auth: {k, n, p, q}`.
@@ -168,6 +172,16 @@ pub struct Secret {
     /// The secret's name (`wifi_pw`).
     pub name: String,
     /// `moat.toml:LINE:COL` of the reference, for errors.
+    pub at: String,
+}
+
+/// One `apps` entry of a node's config: `NAME = "module.Class"`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppEntry {
+    pub name: String,
+    pub module: String,
+    pub class: String,
+    /// `moat.toml:LINE:COL: nodes.N.config.apps.NAME`, for errors.
     pub at: String,
 }
 
@@ -1051,8 +1065,9 @@ impl<'t> Parser<'t> {
         let local = board.flash == crate::board::Flash::Local;
         let (link, link_auth, link_encrypt) = self.link(t, board.link, defaults, local)?;
         let mut secrets = Vec::new();
+        let mut apps = Vec::new();
         let user_config = match self.table(t, "config")? {
-            Some(c) => self.config(&c, &mut secrets)?,
+            Some(c) => self.config(&c, &mut secrets, &mut apps)?,
             None => Value::Map(vec![]),
         };
         Ok(Node {
@@ -1065,6 +1080,7 @@ impl<'t> Parser<'t> {
             mux,
             user_config,
             secrets,
+            apps,
             auth: None,
         })
     }
@@ -1263,25 +1279,53 @@ impl<'t> Parser<'t> {
         Ok((link, link_auth, link_encrypt))
     }
 
-    /// `[nodes.N.config]` as a value; `apps` entries must read `module.Class`;
-    /// `{ secret = "name" }` values are collected into `secrets` (and are
-    /// `nil` in the value until resolved).
-    fn config(&self, t: &Table, secrets: &mut Vec<Secret>) -> Res<Value> {
+    /// `[nodes.N.config]` as a value; `apps` entries must read
+    /// `module.Class` (collected into `apps`), each app's settings be a
+    /// table, and the sections the node runtime reads itself (`wdt`, `net`)
+    /// have their keys and types; `auth` and `sec` are moat's. `{ secret =
+    /// "name" }` values are collected into `secrets` (and are `nil` in the
+    /// value until resolved).
+    fn config(
+        &self,
+        t: &Table,
+        secrets: &mut Vec<Secret>,
+        apps_out: &mut Vec<AppEntry>,
+    ) -> Res<Value> {
         if let Some(apps) = self.table(t, "apps")? {
             for (name, item) in apps.table.iter() {
-                let ok = item.as_str().is_some_and(|s| {
-                    s.split_once('.')
-                        .is_some_and(|(m, c)| !m.is_empty() && !c.is_empty())
-                });
-                if !ok {
+                let parts = item
+                    .as_str()
+                    .and_then(|s| s.rsplit_once('.'))
+                    .filter(|(m, c)| !m.is_empty() && !c.is_empty());
+                let Some((module, class)) = parts else {
                     return Err(self.err(
                         apps.span_of(name),
                         apps.key_path(name),
                         "expected \"module.Class\" (e.g. \"fs.Files\")".into(),
                     ));
+                };
+                if matches!(name, "sys" | "cfg") {
+                    return Err(self.err(
+                        apps.key_span(name),
+                        apps.key_path(name),
+                        format!("`{name}` is a built-in app of every node; name the app otherwise"),
+                    ));
+                }
+                let (line, col) = apps
+                    .span_of(name)
+                    .map_or((0, 0), |s| line_col(self.text, s.start));
+                apps_out.push(AppEntry {
+                    name: name.to_owned(),
+                    module: module.to_owned(),
+                    class: class.to_owned(),
+                    at: format!("{}:{line}:{col}: {}", self.file, apps.key_path(name)),
+                });
+                if t.get(name).is_some_and(|i| i.as_table_like().is_none()) {
+                    return Err(self.wrong_type(t, name, "a table (the app's settings)"));
                 }
             }
         }
+        self.check_node_sections(t)?;
         self.find_secrets(t.table, &mut vec![], &t.path, secrets)?;
         let mut value = table_to_value(t.table);
         for s in secrets.iter() {
@@ -1290,6 +1334,42 @@ impl<'t> Parser<'t> {
             }
         }
         Ok(value)
+    }
+
+    /// The config sections the node runtime reads itself: `wdt`
+    /// (node-runtime/wdt.py), `net` (net.py); `auth` and `sec`, which moat
+    /// writes.
+    fn check_node_sections(&self, t: &Table) -> Res<()> {
+        if let Some(w) = self.table(t, "wdt")? {
+            self.only_keys(&w, &["t", "s", "n"])?;
+            self.int(&w, "t", 1, 86_400)?;
+            self.int(&w, "s", 0, 4)?;
+            self.int(&w, "n", -1, 1_000_000)?;
+        }
+        if let Some(n) = self.table(t, "net")? {
+            self.only_keys(&n, &["ssid", "pw", "t"])?;
+            self.string(&n, "ssid")?;
+            // a string, or a `{ secret = … }` table (checked with the secrets)
+            if n.get("pw")
+                .is_some_and(|i| i.as_str().is_none() && i.as_table_like().is_none())
+            {
+                return Err(self.wrong_type(&n, "pw", "a string or `{ secret = \"name\" }`"));
+            }
+            self.int(&n, "t", 1, 3_600)?;
+        }
+        for (key, what) in [
+            ("auth", "the node's key and identity (docs/auth.md)"),
+            ("sec", "the paths of its secret values"),
+        ] {
+            if t.get(key).is_some() {
+                return Err(self.err(
+                    t.key_span(key),
+                    t.key_path(key),
+                    format!("`{key}` is written by moat ({what}); remove it"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Collects `{ secret = "name" }` tables under `t` (at `path`).
@@ -1642,6 +1722,50 @@ mod tests {
         assert!(
             e.starts_with("moat.toml:3:6: project.id: `xyz` is not a project id"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn the_node_sections_are_checked_where_they_are_written() {
+        let node = |config: &str| {
+            format!("{HEAD}[nodes.a]\nboard = \"unix\"\n[nodes.a.config]\n{config}\n")
+        };
+        assert_eq!(
+            parse_err(&node("wdt = \"banana\"")),
+            "moat.toml:6:7: nodes.a.config.wdt: expected a table, found a string"
+        );
+        let e = parse_err(&node("wdt = { t = 0 }"));
+        assert!(e.starts_with("moat.toml:6:13: nodes.a.config.wdt.t"), "{e}");
+        let e = parse_err(&node("wdt = { timeout = 5 }"));
+        assert!(
+            e.contains("unknown key `timeout`; valid keys: t, s, n"),
+            "{e}"
+        );
+        let e = parse_err(&node("net = { ssid = \"x\", pw = 5 }"));
+        assert!(
+            e.contains("nodes.a.config.net.pw: expected a string or"),
+            "{e}"
+        );
+        let e = parse_err(&node("auth = { k = \"x\" }"));
+        assert!(e.contains("`auth` is written by moat"), "{e}");
+        let e = parse_err(&node("apps = { sys = \"x.Y\" }"));
+        assert!(e.contains("`sys` is a built-in app"), "{e}");
+        let e = parse_err(&node("apps = { t = \"tapp.T\" }\nt = 5"));
+        assert!(
+            e.contains("nodes.a.config.t: expected a table (the app's settings)"),
+            "{e}"
+        );
+        let m = parse_ok(&node(
+            "apps = { t = \"pkg.tapp.T\" }\nt = { v = 1 }\nwdt = { t = 5, s = 1, n = -1 }\nnet = { ssid = \"x\", pw = { secret = \"pw\" } }",
+        ));
+        assert_eq!(
+            m.nodes[0].apps,
+            vec![AppEntry {
+                name: "t".into(),
+                module: "pkg.tapp".into(),
+                class: "T".into(),
+                at: "moat.toml:6:14: nodes.a.config.apps.t".into(),
+            }]
         );
     }
 

@@ -228,6 +228,28 @@ impl<'p> Builder<'p> {
         // 2. What gets frozen, hashed; the `_hash` module.
         let frozen: Vec<FrozenModule> =
             modules::frozen_modules_checked(&manifest, &vars, &hash_file)?;
+        // Before compiling anything: the project's own modules compile, and
+        // the node's apps name modules and classes that are frozen.
+        let app_dirs = self.app_dirs()?;
+        let own: Vec<&Path> = frozen
+            .iter()
+            .map(|m| m.source.as_path())
+            .filter(|p| app_dirs.iter().any(|d| p.starts_with(d)))
+            .collect();
+        crate::check::compile(&tree.mpy_cross, &self.project.root, &own)?;
+        if let Some(node) = &target.node {
+            let listed: Vec<crate::check::Frozen> = frozen
+                .iter()
+                .map(|m| crate::check::Frozen {
+                    name: &m.name,
+                    source: &m.source,
+                })
+                .collect();
+            // A node that runs here may have modules in its own folder.
+            let local = (board.flash == crate::board::Flash::Local)
+                .then(|| crate::local_node::node_dir(self.project, &node.name));
+            crate::check::apps(node, &listed, local.as_deref(), crate::check::read_file)?;
+        }
         let table = modules::hash_table(&frozen);
         ctx["modules"] = serde_json::to_value(table.template_rows())?;
         let hash_text = self.templates.render("_hash.py.j2", &ctx)?;

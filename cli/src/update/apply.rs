@@ -204,6 +204,33 @@ pub async fn run(
     obs: &dyn Observer,
 ) -> anyhow::Result<Report> {
     let modules = project::collect(project, node, &mut |m| obs.step(m))?;
+    // Nothing that does not compile, and no app the node could not start,
+    // leaves the host.
+    let own: Vec<&std::path::Path> = modules
+        .modules
+        .iter()
+        .filter(|m| m.from_apps)
+        .map(|m| m.source.as_path())
+        .collect();
+    crate::check::compile(&modules.tree.mpy_cross, &project.root, &own)?;
+    let listed: Vec<crate::check::Frozen> = modules
+        .modules
+        .iter()
+        .map(|m| crate::check::Frozen {
+            name: &m.name,
+            source: &m.source,
+        })
+        .collect();
+    let local = (project.board_of(node).flash == crate::board::Flash::Local)
+        .then(|| crate::local_node::node_dir(project, &node.name));
+    crate::check::apps(node, &listed, local.as_deref(), |f| {
+        let m = modules
+            .modules
+            .iter()
+            .find(|m| m.name == f.name)
+            .expect("listed from these modules");
+        Ok(String::from_utf8_lossy(&project::source_bytes(m)?).into_owned())
+    })?;
     let mut conn = Metered::connect(project, node, target).await?;
     let result = session(&mut conn, project, node, &modules, opts, obs).await;
     conn.close().await;
