@@ -306,6 +306,14 @@ fn remote_errors_exit_nonzero_and_say_what_they_mean() {
     assert!(!out.status.success());
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["error"]["type"], "_NPErr");
+    // A failure on this side has the same shape, `type` null.
+    let out = f.out(&["cmd", "--node", "nosuch", "ping", "--json"]);
+    assert!(!out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["error"]["type"], serde_json::Value::Null, "{json}");
+    let message = json["error"]["message"].as_str().unwrap();
+    assert!(message.contains("nosuch"), "{json}");
+    assert!(stderr(&out).contains(message), "{}", stderr(&out));
 
     let out = f.out(&["cmd", "fs.stat", "p=missing.txt"]);
     assert!(!out.status.success());
@@ -425,6 +433,21 @@ fn fs_put_and_get_round_trip_binary_data() {
     );
     let long = f.ok(&["fs", "ls", "-l", "data"]);
     assert!(long.contains(&data.len().to_string()), "{long}");
+    // --json: spelled-out keys, one document (docs/json.md)
+    f.ok(&["fs", "mkdir", "data/sub"]);
+    let ls: serde_json::Value =
+        serde_json::from_str(&f.ok(&["fs", "ls", "-l", "data", "--json"])).unwrap();
+    assert_eq!(
+        ls,
+        serde_json::json!([
+            {"name": "blob.bin", "kind": "file", "size": data.len()},
+            {"name": "sub", "kind": "dir", "size": 0},
+        ])
+    );
+    let ls: serde_json::Value =
+        serde_json::from_str(&f.ok(&["fs", "ls", "data", "--json"])).unwrap();
+    assert_eq!(ls, serde_json::json!(["blob.bin", "sub"]));
+    f.ok(&["fs", "rm", "data/sub"]);
 
     let back = scratch.path().join("back.bin");
     f.ok(&["fs", "get", "data/blob.bin", back.to_str().unwrap()]);

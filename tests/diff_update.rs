@@ -766,7 +766,10 @@ fn upload_that_stays_damaged_is_reported_and_the_node_keeps_its_module() {
     f.write_app("counter.py", &new);
     let (out, j) = f.diff_update(&[]);
     assert!(!out.status.success(), "a damaged upload must fail: {j}");
-    let err = j["error"].as_str().unwrap_or_default().to_owned();
+    let err = j["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     assert!(err.contains("damaged"), "{err}");
     assert!(
         f.node_file("counter.py").is_none(),

@@ -74,8 +74,16 @@ fn main() -> ExitCode {
         // colours only for a person at a terminal, not in a log file
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    // `--json` anywhere before `--`: clap has taken it as the verb's flag
+    // (a verb without one refuses it), so this is the verb's own setting.
+    let json = std::env::args()
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json");
     let cli = Cli::parse();
     if let Err(e) = enter(cli.chdir.as_deref(), cli.manifest_path.as_deref()) {
+        if json {
+            println!("{}", commands::local_json_error(&e));
+        }
         eprintln!("error: {e:#}");
         return ExitCode::FAILURE;
     }
@@ -102,6 +110,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if json && !commands::json_error_printed() {
+                println!("{}", commands::local_json_error(&e));
+            }
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }

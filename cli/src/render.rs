@@ -240,11 +240,6 @@ pub fn json_line(v: &Value) -> String {
     json(v).to_string()
 }
 
-/// `v` as indented JSON text (for a single result).
-pub fn json_pretty(v: &Value) -> String {
-    serde_json::to_string_pretty(&json(v)).expect("JSON values always serialise")
-}
-
 /// The `--json` form of a failed request: `{"error": {"type": "_NPErr",
 /// "args": [...], "message": "no such command path ..."}}` (`type` is
 /// null for errors that are not proxies).

@@ -58,7 +58,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        println!("{}", serde_json::to_string(&out)?);
         return Ok(());
     }
     let width = rows.iter().map(|(b, ..)| b.name.len()).max().unwrap_or(0);

@@ -101,7 +101,7 @@ fn get(a: GetArgs) -> anyhow::Result<()> {
                 let paths = moat::secrets::secret_paths(node.as_ref(), &v, &at);
                 moat::secrets::mask(&paths, &at, &mut v);
                 if a.json {
-                    println!("{}", render::json_pretty(&v));
+                    println!("{}", render::json_line(&v));
                 } else {
                     println!("{}", render::human(&v));
                 }

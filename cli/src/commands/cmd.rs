@@ -77,7 +77,7 @@ pub fn print_result(
     json: bool,
 ) -> anyhow::Result<()> {
     match result {
-        Ok(v) if json => println!("{}", render::json_pretty(&v)),
+        Ok(v) if json => println!("{}", render::json_line(&v)),
         Ok(v) => println!("{}", render::human(&v)),
         Err(e) => return Err(remote_failure(path, &e, json)),
     }
@@ -88,7 +88,7 @@ pub fn print_result(
 /// `--json` the error is also printed as a JSON document on stdout.
 pub fn remote_failure(path: &[PathElem], e: &RemoteError, json: bool) -> anyhow::Error {
     if json {
-        println!("{}", render::json_error(e));
+        super::print_json_error(&render::json_error(e));
     }
     anyhow::anyhow!("{}: {e}", args::show_path(path))
 }

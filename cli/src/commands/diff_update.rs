@@ -149,10 +149,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         Ok(r) => r,
         Err(e) => {
             if a.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"node": node.name, "error": format!("{e:#}")})
-                );
+                let mut doc = super::local_json_error(&e);
+                doc["node"] = node.name.clone().into();
+                super::print_json_error(&doc);
             }
             return Err(e);
         }

@@ -206,7 +206,7 @@ fn print_plans(project: &Project, nodes: &[Node], a: &Args) -> anyhow::Result<()
         .map(|n| flash::plan(project, n, &opts))
         .collect::<Result<Vec<FlashPlan>, _>>()?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&plans)?);
+        println!("{}", serde_json::to_string(&plans)?);
         return Ok(());
     }
     for p in &plans {

@@ -136,11 +136,11 @@ fn ls(a: LsArgs) -> anyhow::Result<()> {
             ("x", Value::Bool(a.long)),
         ]);
         let listing = fs_call(&client, "ls", kwargs, a.json).await?;
+        let entries = listing.as_array().unwrap_or_default();
         if a.json {
-            println!("{}", render::json_pretty(&listing));
+            println!("{}", ls_json(entries, a.long));
             return Ok(());
         }
-        let entries = listing.as_array().unwrap_or_default();
         // (name, line) sorted by name.
         let mut lines: Vec<(String, String)> = entries
             .iter()
@@ -169,6 +169,35 @@ fn ls(a: LsArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })?
+}
+
+/// `fs ls --json` (docs/json.md): the names sorted; with `-l` objects
+/// `{name, kind: "file"|"dir", size}` (the wire's `n`, `m`, `s` spelled
+/// out).
+fn ls_json(entries: &[Value], long: bool) -> serde_json::Value {
+    let mut out: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|e| {
+            if !long {
+                return render::json(e);
+            }
+            let dir = e.get("m").and_then(Value::as_str) == Some("d");
+            serde_json::json!({
+                "name": e.get("n").map(render::json).unwrap_or_default(),
+                "kind": if dir { "dir" } else { "file" },
+                "size": e.get("s").and_then(Value::as_int).map(|n| n as i64).unwrap_or(0),
+            })
+        })
+        .collect();
+    let key = |v: &serde_json::Value| {
+        v.get("name")
+            .unwrap_or(v)
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    out.sort_by_key(key);
+    serde_json::Value::Array(out)
 }
 
 fn simple(a: RmArgs, cmd: &str) -> anyhow::Result<()> {

@@ -154,7 +154,7 @@ fn ls(socket: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("mux.ls: {e}"))?;
         if json {
-            println!("{}", moat::render::json_pretty(&ls));
+            println!("{}", moat::render::json_line(&ls));
             return Ok(());
         }
         let Value::Map(nodes) = ls else {
