@@ -278,6 +278,56 @@ async fn muxes_speaking_mqtt_3_1_1_wrap_their_requests_and_still_reach_each_othe
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "\"b\"");
 }
 
+/// A broker on TLS (`mqtts://localhost:PORT`, its CA in `[mqtt] ca`):
+/// the muxes reach each other through it, `moat cmd --mqtt` too; a CA that
+/// did not sign the broker's certificate is refused with the fix, and so
+/// are TLS files on a plain `mqtt://` URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn muxes_join_a_tls_broker_and_an_untrusted_certificate_is_refused_with_the_fix() {
+    let Some(h) = Hosts::start_tls() else {
+        return;
+    };
+    let (ca, _cb) = h.wait_all_up().await;
+    let hi = kw(&[("m", "tls".into())]);
+    assert_eq!(ca.call(["b", "ping"], hi.clone()).await.unwrap(), hi);
+    let info = ca.call(["mux", "info"], Value::Nil).await.unwrap();
+    let url = h.broker.url();
+    assert!(url.starts_with("mqtts://"), "{url}");
+    assert_eq!(
+        info.get("mqtt").and_then(|m| m.get("url")),
+        Some(&url.as_str().into())
+    );
+    let out = run_ok(moat(&h.root).args(["cmd", "--mqtt", &url, "b", "t.who", "--json"])).unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "\"b\"");
+
+    // Another CA: the broker's certificate is not trusted.
+    let other = tempfile::tempdir().unwrap();
+    let pki = moat_e2e::broker::Pki::make(other.path(), "other").unwrap();
+    let out = moat(&h.root)
+        .args(["cmd", "--mqtt", &url, "--mqtt-ca"])
+        .arg(&pki.ca)
+        .args(["b", "ping"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("certificate") && err.contains("--mqtt-ca"),
+        "no TLS reason and fix: {err}"
+    );
+    // TLS files with a plain URL.
+    let plain = url.replace("mqtts://", "mqtt://");
+    let out = moat(&h.root)
+        .args(["cmd", "--mqtt", &plain, "b", "ping"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("write mqtts://"),
+        "{err}"
+    );
+}
+
 /// The latest payload of every topic a test subscriber (standing in for
 /// Home Assistant) saw, polled until `done` holds.
 async fn watch_until(

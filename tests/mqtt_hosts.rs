@@ -8,7 +8,7 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
-use moat_e2e::broker::{mosquitto_present, Broker};
+use moat_e2e::broker::{mosquitto_present, openssl_present, Broker};
 use moat_e2e::{copy_tree, moat, run_ok};
 use mux_runtime::endpoint::Endpoint;
 use mux_runtime::Value;
@@ -70,13 +70,30 @@ impl Hosts {
         if !mosquitto_present() || !moat_e2e::build_tools_present() {
             return None;
         }
-        Some(Hosts::try_start(broker_config, mqtt_toml).unwrap())
+        let broker = Broker::start(broker_config).unwrap();
+        Some(Hosts::try_start(broker, mqtt_toml).unwrap())
     }
 
-    fn try_start(broker_config: &str, mqtt_toml: &str) -> anyhow::Result<Hosts> {
+    /// The same with a TLS broker (`mqtts://localhost:PORT`), its CA in
+    /// the project's `[mqtt] ca`.
+    pub fn start_tls() -> Option<Hosts> {
+        if !mosquitto_present() || !openssl_present() || !moat_e2e::build_tools_present() {
+            return None;
+        }
+        let broker = Broker::start_tls("").unwrap();
+        let ca = broker
+            .pki
+            .as_ref()
+            .expect("a TLS broker")
+            .ca
+            .display()
+            .to_string();
+        Some(Hosts::try_start(broker, &format!("ca = \"{ca}\"\n")).unwrap())
+    }
+
+    fn try_start(broker: Broker, mqtt_toml: &str) -> anyhow::Result<Hosts> {
         moat_e2e::unix_satellite()?;
         let sat = moat_e2e::satellite_project()?;
-        let broker = Broker::start(broker_config)?;
         let dir = tempfile::Builder::new().prefix("moat-mqtt-").tempdir()?;
         let root = dir.path().join("proj");
         copy_tree(&sat.join("apps"), &root.join("apps"))?;

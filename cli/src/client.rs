@@ -359,8 +359,14 @@ impl Client {
     /// Through the MQTT broker at `url`, without a local mux: a client
     /// session of its own on the broker, requests to the node's request
     /// topic, answered by the mux holding it (docs/mqtt.md).
-    pub async fn via_mqtt(project: &Project, node: &str, url: &str) -> anyhow::Result<Client> {
-        let config = mqtt_config(project, Some(url))?.expect("a URL was given");
+    /// `ca`: the broker's CA for `mqtts://` (else `[mqtt] ca`).
+    pub async fn via_mqtt(
+        project: &Project,
+        node: &str,
+        url: &str,
+        ca: Option<&Path>,
+    ) -> anyhow::Result<Client> {
+        let config = mqtt_config(project, Some(url), ca)?.expect("a URL was given");
         let session = format!("cmd-{}-{:08x}", std::process::id(), rand_u32());
         let bridge = mux_runtime::mqtt::bridge::Setup::new(
             &config,
@@ -371,11 +377,15 @@ impl Client {
         )?
         .start(std::sync::Weak::new());
         if !bridge.wait_connected(MQTT_WAIT).await {
+            let why = bridge.last_error();
             bridge.shutdown().await;
-            bail!(
-                "cannot reach the MQTT broker at {url} within {} s: is it running, and is the URL right?",
-                MQTT_WAIT.as_secs()
-            );
+            match why {
+                Some(why) => bail!("cannot reach the MQTT broker at {url}: {why}"),
+                None => bail!(
+                    "cannot reach the MQTT broker at {url} within {} s: is it running, and is the URL right?",
+                    MQTT_WAIT.as_secs()
+                ),
+            }
         }
         if bridge.wait_node(node, MQTT_WAIT).await.is_none() {
             bridge.shutdown().await;
@@ -522,9 +532,11 @@ fn rand_u32() -> u32 {
 /// The broker the project's muxes join: `[mqtt]` in moat.toml, its URL
 /// replaced by `url` (`--mqtt URL`) when given; `None` when neither names
 /// a broker. The password comes from the secret `[mqtt] password` names.
+/// `ca` (`--mqtt-ca FILE`) replaces `[mqtt] ca`.
 pub fn mqtt_config(
     project: &Project,
     url: Option<&str>,
+    ca: Option<&Path>,
 ) -> anyhow::Result<Option<mux_runtime::mqtt::MqttConfig>> {
     use mux_runtime::mqtt::MqttConfig;
     let section = project.manifest.mqtt.clone().unwrap_or_default();
@@ -532,6 +544,14 @@ pub fn mqtt_config(
         return Ok(None);
     };
     let mut config = MqttConfig::new(&url);
+    // Paths in moat.toml are the project's; on the command line, the
+    // caller's (moat has not changed folder).
+    config.tls.ca = ca
+        .map(Path::to_path_buf)
+        .or_else(|| section.ca.as_ref().map(|c| project.root.join(c)));
+    if let (Some(cert), Some(key)) = (&section.cert, &section.key) {
+        config.tls.client = Some((project.root.join(cert), project.root.join(key)));
+    }
     config.client_id = section.client_id;
     config.prefix = section.prefix;
     if let Some(v) = &section.version {

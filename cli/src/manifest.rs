@@ -81,6 +81,12 @@ pub struct Mqtt {
     /// The name of the secret holding the password (`password = { secret
     /// = "mqtt_pw" }`: secrets.toml or `MOAT_SECRET_MQTT_PW`).
     pub password_secret: Option<String>,
+    /// `mqtts://`: the broker's CA (PEM; relative to the project), else
+    /// the system's CAs.
+    pub ca: Option<String>,
+    /// `mqtts://`: a client certificate and its key (PEM), both or neither.
+    pub cert: Option<String>,
+    pub key: Option<String>,
     /// `[mqtt.ha.ID]`: Home Assistant entities, in file order.
     pub ha: Vec<HaEntity>,
 }
@@ -497,6 +503,9 @@ const MQTT_KEYS: &[&str] = &[
     "max_message",
     "user",
     "password",
+    "ca",
+    "cert",
+    "key",
     "ha",
 ];
 const HA_KEYS: &[&str] = &[
@@ -811,7 +820,25 @@ impl<'t> Parser<'t> {
                 }
             }
         };
+        let (cert, key) = (self.string(&t, "cert")?, self.string(&t, "key")?);
+        if cert.is_some() != key.is_some() {
+            let (given, missing) = if cert.is_some() {
+                ("cert", "key")
+            } else {
+                ("key", "cert")
+            };
+            return Err(self.err(
+                t.span_of(given),
+                t.key_path(given),
+                format!(
+                    "a client certificate needs both `cert` and `key`: add `{missing} = \"FILE\"`"
+                ),
+            ));
+        }
         Ok(Some(Mqtt {
+            ca: self.string(&t, "ca")?,
+            cert,
+            key,
             url: self.string(&t, "url")?,
             client_id: self.string(&t, "client_id")?,
             prefix: self.string(&t, "prefix")?,
@@ -1723,6 +1750,25 @@ mod tests {
             e.starts_with("moat.toml:3:6: project.id: `xyz` is not a project id"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn mqtt_tls_files_are_read_and_a_lone_cert_is_refused() {
+        let m = parse_ok(&format!(
+            "{HEAD}[mqtt]\nurl = \"mqtts://b.lan\"\nca = \"tls/ca.pem\"\ncert = \"c.pem\"\nkey = \"c.key\"\n[nodes.a]\nboard = \"unix\"\n"
+        ));
+        let mqtt = m.mqtt.unwrap();
+        assert_eq!(mqtt.ca.as_deref(), Some("tls/ca.pem"));
+        assert_eq!(
+            (mqtt.cert.as_deref(), mqtt.key.as_deref()),
+            (Some("c.pem"), Some("c.key"))
+        );
+        let e = parse_err(&format!("{HEAD}[mqtt]\ncert = \"c.pem\"\n[nodes.a]\nboard = \"unix\"\n"));
+        assert!(
+            e.starts_with("moat.toml:4:8: mqtt.cert: a client certificate needs both"),
+            "{e}"
+        );
+        assert!(e.contains("add `key = \"FILE\"`"), "{e}");
     }
 
     #[test]

@@ -34,6 +34,10 @@ pub struct Args {
     /// and the mux holding it, without a local mux (docs/mqtt.md).
     #[arg(long, value_name = "URL", conflicts_with_all = ["socket", "direct"])]
     pub mqtt: Option<String>,
+    /// With an mqtts:// broker: the CA that signed its certificate (PEM;
+    /// default: [mqtt] ca, else the system's CAs).
+    #[arg(long, value_name = "FILE", requires = "mqtt")]
+    pub mqtt_ca: Option<std::path::PathBuf>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -47,7 +51,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             Some(url) => {
                 let project = moat::project::Project::find_from_cwd()?;
                 let node = client::pick_node(&project, target.node.as_deref())?;
-                Client::via_mqtt(&project, &node.name, url)
+                Client::via_mqtt(&project, &node.name, url, a.mqtt_ca.as_deref())
                     .await?
                     .with_timeout(target.timeout.unwrap_or(client::CALL_TIMEOUT))
             }

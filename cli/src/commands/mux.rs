@@ -43,6 +43,10 @@ pub struct Args {
     /// (mqtt://HOST[:PORT]; overrides [mqtt] url).
     #[arg(long, value_name = "URL")]
     pub mqtt: Option<String>,
+    /// With an mqtts:// broker: the CA that signed its certificate (PEM;
+    /// default: [mqtt] ca, else the system's CAs).
+    #[arg(long, value_name = "FILE")]
+    pub mqtt_ca: Option<PathBuf>,
     #[command(subcommand)]
     pub action: Option<Action>,
 }
@@ -74,7 +78,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if project.manifest.nodes.is_empty() {
         bail!("the project has no nodes: add a [nodes.NAME] table to moat.toml");
     }
-    let mqtt = moat::client::mqtt_config(&project, a.mqtt.as_deref())?;
+    let mqtt = moat::client::mqtt_config(&project, a.mqtt.as_deref(), a.mqtt_ca.as_deref())?;
     let name = a
         .name
         .clone()

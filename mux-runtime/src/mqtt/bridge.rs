@@ -82,6 +82,11 @@ impl Setup {
         mux: bool,
     ) -> Result<Setup, MqttError> {
         let addr = BrokerAddr::parse(&config.url)?;
+        let tls = match (addr.tls, config.tls != super::tls::TlsFiles::default()) {
+            (true, _) => Some(super::tls::client_config(&config.tls)?),
+            (false, true) => return Err(MqttError::TlsFilesWithoutTls(config.url.clone())),
+            (false, false) => None,
+        };
         let prefix = config
             .prefix
             .clone()
@@ -107,6 +112,7 @@ impl Setup {
             // anyone after it left.
             will: (topics.session(&session), will.encode(), mux),
             max_incoming: (config.max_message + PACKET_OVERHEAD) as u32,
+            tls,
         };
         let entities = config
             .entities
@@ -151,6 +157,7 @@ impl Setup {
             stop: CancellationToken::new(),
             leaving: Default::default(),
             counters: Counters::default(),
+            last_error: Mutex::new(None),
         });
         tokio::spawn(run(inner.clone()));
         Bridge { inner }
@@ -191,6 +198,8 @@ struct Inner {
     /// Set by [`Bridge::shutdown`]: the connection's end is ours.
     leaving: std::sync::atomic::AtomicBool,
     counters: Counters,
+    /// Why the last connection attempt failed (None once connected).
+    last_error: Mutex<Option<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -358,6 +367,12 @@ impl Bridge {
         }
     }
 
+    /// Why the last attempt to reach the broker failed, while it is not
+    /// reached.
+    pub fn last_error(&self) -> Option<String> {
+        lock(&self.inner.last_error).clone()
+    }
+
     /// Counters and settings for `mux.info`.
     pub fn info(&self) -> Value {
         let c = &self.inner.counters;
@@ -378,6 +393,9 @@ impl Bridge {
         ];
         if let Some(v) = self.version() {
             m.push(("version", Value::from(v.to_string())));
+        }
+        if let Some(why) = self.last_error() {
+            m.push(("error", Value::from(why)));
         }
         Value::map(m)
     }
@@ -962,6 +980,7 @@ async fn run(inner: Arc<Inner>) {
                 Ok(Event::Connected { max_packet }) => {
                     ever_connected = true;
                     complained = false;
+                    *lock(&inner.last_error) = None;
                     backoff.reset();
                     tracing::info!(
                         "connected to the MQTT broker at {} ({version})",
@@ -981,6 +1000,7 @@ async fn run(inner: Arc<Inner>) {
                         );
                     }
                     complained = true;
+                    *lock(&inner.last_error) = Some(e.why.clone());
                     inner.on_lost(&e.why);
                     let fall_back = inner.setup.choice == VersionChoice::Auto
                         && version == Version::V5

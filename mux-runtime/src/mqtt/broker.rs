@@ -37,6 +37,8 @@ pub struct Options {
     pub will: (String, Vec<u8>, bool),
     /// The largest packet we accept from the broker.
     pub max_incoming: u32,
+    /// TLS (`mqtts://`): the rustls configuration.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// The MQTT 5 request/response properties of a publish: where the
@@ -101,6 +103,16 @@ fn network() -> rumqttc::NetworkOptions {
     n
 }
 
+/// rumqttc's transport for `o`: TCP, or TLS with its rustls config.
+fn transport(o: &Options) -> rumqttc::Transport {
+    match &o.tls {
+        Some(c) => {
+            rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(c.clone()))
+        }
+        None => rumqttc::Transport::Tcp,
+    }
+}
+
 pub fn open(o: &Options, version: Version) -> (Client, Connection) {
     let keep_alive = o.keep_alive.max(MIN_KEEP_ALIVE);
     match version {
@@ -120,6 +132,7 @@ pub fn open(o: &Options, version: Version) -> (Client, Connection) {
                 m.set_credentials(user, pass);
             }
             m.set_network_options(network());
+            m.set_transport(transport(o));
             let (c, e) = v5::AsyncClient::new(m, QUEUE);
             (Client::V5(c), Connection::V5(Box::new(e)))
         }
@@ -137,6 +150,7 @@ pub fn open(o: &Options, version: Version) -> (Client, Connection) {
             if let Some((user, pass)) = &o.credentials {
                 m.set_credentials(user, pass);
             }
+            m.set_transport(transport(o));
             let (c, mut e) = rumqttc::AsyncClient::new(m, QUEUE);
             e.set_network_options(network());
             (Client::V311(c), Connection::V311(Box::new(e)))
@@ -209,6 +223,14 @@ impl Client {
     }
 }
 
+/// `why`, with what to do when it is a TLS failure.
+fn with_hint(why: String) -> String {
+    match super::tls::hint(&why) {
+        Some(h) => format!("{why}: {h}"),
+        None => why,
+    }
+}
+
 fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -236,8 +258,11 @@ impl Connection {
                 }
                 Ok(_) => Ok(Event::Other),
                 Err(e) => Err(PollError {
-                    reached_broker: !matches!(e, v5::ConnectionError::Io(_)),
-                    why: e.to_string(),
+                    reached_broker: !matches!(
+                        e,
+                        v5::ConnectionError::Io(_) | v5::ConnectionError::Tls(_)
+                    ),
+                    why: with_hint(e.to_string()),
                 }),
             },
             Connection::V311(e) => match e.poll().await {
@@ -253,8 +278,11 @@ impl Connection {
                 }
                 Ok(_) => Ok(Event::Other),
                 Err(e) => Err(PollError {
-                    reached_broker: !matches!(e, rumqttc::ConnectionError::Io(_)),
-                    why: e.to_string(),
+                    reached_broker: !matches!(
+                        e,
+                        rumqttc::ConnectionError::Io(_) | rumqttc::ConnectionError::Tls(_)
+                    ),
+                    why: with_hint(e.to_string()),
                 }),
             },
         }

@@ -9,6 +9,7 @@
 //! - [`topic`]: the topic layout, pure.
 //! - [`payload`]: what the messages carry (MsgPack), pure.
 //! - [`broker`]: one rumqttc connection, MQTT 5 or 3.1.1.
+//! - [`tls`]: TLS to the broker (`mqtts://`).
 //! - [`ha`]: Home Assistant discovery configs and states, pure.
 //! - `pipe`: endpoints whose transport is the broker.
 //! - [`bridge`]: the running bridge: its connection supervisor, the
@@ -19,6 +20,7 @@ pub mod broker;
 pub mod ha;
 pub mod payload;
 mod pipe;
+pub mod tls;
 pub mod topic;
 
 use std::time::Duration;
@@ -30,6 +32,8 @@ pub use topic::{TopicError, Topics};
 
 /// The default MQTT port.
 pub const DEFAULT_PORT: u16 = 1883;
+/// The default MQTT-over-TLS port.
+pub const DEFAULT_TLS_PORT: u16 = 8883;
 
 /// The largest message the bridge publishes unless told otherwise (the
 /// broker may allow less: MQTT 5 brokers say so when connecting).
@@ -78,6 +82,8 @@ pub struct MqttConfig {
     pub max_message: usize,
     /// Home Assistant entities (published by the mux holding their node).
     pub entities: Vec<ha::Entity>,
+    /// CA and client certificate of an `mqtts://` broker.
+    pub tls: tls::TlsFiles,
 }
 
 impl MqttConfig {
@@ -91,6 +97,7 @@ impl MqttConfig {
             keep_alive: Duration::from_secs(10),
             max_message: MAX_MESSAGE,
             entities: Vec::new(),
+            tls: tls::TlsFiles::default(),
         }
     }
 }
@@ -99,14 +106,13 @@ impl MqttConfig {
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum MqttError {
     #[error(
-        "`{url}` is not a broker URL: {why} (write mqtt://HOST[:PORT], e.g. mqtt://localhost:1883)"
+        "`{url}` is not a broker URL: {why} (write mqtt://HOST[:PORT], e.g. mqtt://localhost:1883, or mqtts://HOST[:PORT] for TLS)"
     )]
     BadUrl { url: String, why: String },
-    #[error(
-        "`{0}`: TLS to the broker is not built into moat yet; use mqtt:// to a broker on \
-         this host or a trusted network (or a local TLS tunnel such as stunnel)"
-    )]
-    NoTls(String),
+    #[error("TLS to the broker: {0}")]
+    Tls(String),
+    #[error("`{0}` is not a TLS URL but TLS files are given (ca, cert, key): write mqtts://")]
+    TlsFilesWithoutTls(String),
     #[error(transparent)]
     Topic(#[from] TopicError),
 }
@@ -117,6 +123,8 @@ pub struct BrokerAddr {
     pub host: String,
     pub port: u16,
     pub credentials: Option<(String, String)>,
+    /// `mqtts://` (also `ssl://`, `tls://`).
+    pub tls: bool,
 }
 
 impl BrokerAddr {
@@ -126,11 +134,11 @@ impl BrokerAddr {
             why: why.to_owned(),
         };
         let url = url::Url::parse(text).map_err(|e| bad(&e.to_string()))?;
-        match url.scheme() {
-            "mqtt" | "tcp" => {}
-            "mqtts" | "ssl" | "tls" => return Err(MqttError::NoTls(text.to_owned())),
+        let tls = match url.scheme() {
+            "mqtt" | "tcp" => false,
+            "mqtts" | "ssl" | "tls" => true,
             other => return Err(bad(&format!("unknown scheme `{other}`"))),
-        }
+        };
         let host = url
             .host_str()
             .filter(|h| !h.is_empty())
@@ -156,8 +164,11 @@ impl BrokerAddr {
         });
         Ok(BrokerAddr {
             host,
-            port: url.port().unwrap_or(DEFAULT_PORT),
+            port: url
+                .port()
+                .unwrap_or(if tls { DEFAULT_TLS_PORT } else { DEFAULT_PORT }),
             credentials,
+            tls,
         })
     }
 }
@@ -173,7 +184,8 @@ mod tests {
             BrokerAddr {
                 host: "127.0.0.1".into(),
                 port: 4000,
-                credentials: None
+                credentials: None,
+                tls: false,
             }
         );
         let a = BrokerAddr::parse("mqtt://moat:s%40cret@broker.lan").unwrap();
@@ -188,10 +200,9 @@ mod tests {
             let e = BrokerAddr::parse(url).unwrap_err();
             assert!(e.to_string().contains("mqtt://HOST"), "{url}: {e}");
         }
-        assert!(matches!(
-            BrokerAddr::parse("mqtts://x"),
-            Err(MqttError::NoTls(_))
-        ));
+        let tls = BrokerAddr::parse("mqtts://broker.lan").unwrap();
+        assert!(tls.tls && tls.port == DEFAULT_TLS_PORT);
+        assert_eq!(BrokerAddr::parse("ssl://b:1").unwrap().port, 1);
     }
 
     #[test]
