@@ -93,10 +93,10 @@ fn tls_file(path: &Path, why: &str) -> MqttError {
 /// nothing when it is not about TLS.
 pub fn hint(why: &str) -> Option<&'static str> {
     let w = why.to_ascii_lowercase();
-    if w.contains("unknownissuer") || w.contains("certificate") && w.contains("invalid") {
-        Some("the broker's certificate is not signed by a CA moat trusts: give its CA with `ca = \"FILE\"` in [mqtt] or --mqtt-ca FILE")
-    } else if w.contains("notvalidforname") {
+    if w.contains("notvalidforname") {
         Some("the broker's certificate does not name the host of the URL: connect by the name it has")
+    } else if w.contains("unknownissuer") || w.contains("certificate") && w.contains("invalid") {
+        Some("the broker's certificate is not signed by a CA moat trusts: give its CA with `ca = \"FILE\"` in [mqtt] or --mqtt-ca FILE")
     } else if w.contains("tls") || w.contains("handshake") {
         Some("the TLS handshake with the broker failed: is the port a TLS listener (mqtts://) and does it take TLS 1.2 or 1.3?")
     } else {
