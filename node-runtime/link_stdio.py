@@ -15,6 +15,7 @@ READY = "moat: stdio ready"
 
 class StdioLink(Link):
     CON = True  # console bytes between messages: never junk
+    NOW = True  # _put() writes the whole message at once: plain commands are answered inline
     def __init__(self, root, c, au=None):
         super().__init__(root, "stdio", c.get("m", 1024), au, False, "peer")
         self.i = sys.stdin.buffer
