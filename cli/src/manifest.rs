@@ -1763,7 +1763,9 @@ mod tests {
             (mqtt.cert.as_deref(), mqtt.key.as_deref()),
             (Some("c.pem"), Some("c.key"))
         );
-        let e = parse_err(&format!("{HEAD}[mqtt]\ncert = \"c.pem\"\n[nodes.a]\nboard = \"unix\"\n"));
+        let e = parse_err(&format!(
+            "{HEAD}[mqtt]\ncert = \"c.pem\"\n[nodes.a]\nboard = \"unix\"\n"
+        ));
         assert!(
             e.starts_with("moat.toml:4:8: mqtt.cert: a client certificate needs both"),
             "{e}"
