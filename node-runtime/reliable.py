@@ -194,8 +194,11 @@ class Reliable:
             return
         self._take_ack(r, x, now)
         if "d" in f:
-            self._take_msg(s, f["d"])
+            # owed before the message is delivered: an answer sent at once
+            # (a plain command, inline) carries the ack and clears it, so
+            # no bare ack follows
             self.ackp = True
+            self._take_msg(s, f["d"])
         self._pump(now)
         if self.ackp:
             self.ackp = False
@@ -337,6 +340,7 @@ class Reliable:
 
     def _deliver(self, d):
         self.rn += 1
+        self.ackp = True  # each message owes an ack, whatever went out before it
         self.ev.on_msg(d)
 
     def _pump(self, now):

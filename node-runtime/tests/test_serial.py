@@ -145,6 +145,46 @@ for seed in (1, 2, 3):
     check(a.retx > 0, "lossy run retransmitted")
     check(eb.got == [{"k": k} for k in range(60)], "lossy delivery seed %d: %d msgs, downs %r" % (seed, len(eb.got), ea.downs + eb.downs))
 
+# an answer sent from on_msg (a plain command answered inline) carries the
+# ack: no bare ack follows it; a message not answered at once is acked
+class Echo(Ev):
+    def __init__(self):
+        super().__init__()
+        self.r = None
+
+    def on_msg(self, d):
+        super().on_msg(d)
+        if d.get("echo"):
+            self.r.send(packb(d), 0)
+
+
+def pair():
+    ea, eb = Ev(), Echo()
+    a = Reliable(ea, 200, 8, 20)
+    b = Reliable(eb, 200, 8, 20)
+    eb.r = b
+    a.connect(0)
+    for _ in range(10):
+        for src, dst in ((a, b), (b, a)):
+            while src.out:
+                dst.on_frame(unpackb(src.out.pop(0)), 0)
+    return ea, eb, a, b
+
+
+ea, eb, a, b = pair()
+check(a.up() and b.up(), "pair up")
+for echo, want in ((True, [True]), (False, [False])):
+    a.send(packb({"echo": echo}), 0)
+    b.on_frame(unpackb(a.out.pop(0)), 0)
+    frames = [unpackb(f) for f in b.out]
+    b.out.clear()
+    check([("d" in f) for f in frames] == want, "echo %s: frames %r" % (echo, frames))
+    check(all(f.get("r") == a.base % a.w or f.get("r") == b.rn % b.w for f in frames), "acked %r" % (frames,))
+    for f in frames:
+        a.on_frame(f, 0)
+    a.out.clear()
+check(not a.busy() and len(ea.got) == 1, "a's message acked, the echo delivered")
+
 # a peer that never answers: down after the retries
 e = Ev()
 r = Reliable(e, 100, 8, 3)
