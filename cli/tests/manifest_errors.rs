@@ -291,5 +291,9 @@ fn the_cli_reports_a_bad_manifest_relative_to_the_project_and_fails() {
         e.contains("moat.toml:5:9: nodes.pump.board: unknown board `esp8622`; known boards:"),
         "{e}"
     );
-    assert!(o.stdout.is_empty());
+    // --json: the same failure as one document on stdout (docs/json.md)
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["error"]["type"], serde_json::Value::Null);
+    let message = doc["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("moat.toml:5:9: nodes.pump.board"), "{doc}");
 }
