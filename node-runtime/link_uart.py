@@ -42,7 +42,10 @@ def _open(c):
 
 
 class UartLink(Link):
-    NOW = True  # _put() hands a message to the reliable layer at once when it has room
+    # NOW stays False: answering plain commands inline here (the reliable
+    # layer taking the answer at once) left one-shot calls back to back
+    # over QEMU's UART waiting a retransmission timeout now and then
+    # (tests/emulated.rs back_to_back_…): commands run in tasks on uart.
     def __init__(self, root, c, au=None):
         m = c.get("m", 127)
         # room for {s, r, x, d}, and for the seal when authenticating: the
@@ -88,15 +91,6 @@ class UartLink(Link):
             f = out.pop(0)
             n = self.fr.frame(f, self.fb)
             self.io.write(memoryview(self.fb)[:n])
-
-    def _put(self, buf):
-        # at once when the reliable layer has room (then plain commands are
-        # answered inline, in the reading task); else 0 and _write() waits
-        r = self.rel
-        if r.busy() >= _QMAX or not r.up() or not r.send(bytes(buf), ticks_ms()):
-            return 0
-        self._flush()
-        return len(buf)
 
     async def _write(self, buf):
         while self.rel.busy() >= _QMAX and self.rel.up():
