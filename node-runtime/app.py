@@ -61,6 +61,7 @@ Keep apps small: this runs on an ESP8266 (tens of KB of heap).
 
 
 class App:
+    """The base of every app: its `dir`, sub-apps through `apps`/`sub()`."""
     apps = None  # sub-apps: dict name -> App, or list
 
     def __init__(self, cfg, name, root):
@@ -79,6 +80,7 @@ class App:
             return None
 
     def cmd_dir(self):
+        """This app's commands: {c: [commands], d: {sub-app: class}, s: [native streams]}."""
         c = []
         s = []
         for k in dir(self):

@@ -6,6 +6,7 @@ pub mod args;
 pub mod board;
 pub mod build;
 pub mod client;
+pub mod doc;
 pub mod embedded;
 pub mod emulator;
 pub mod flash;
