@@ -47,6 +47,8 @@ Rules:
   by int); paths resolve through them: ["t", "probe", 2, "temp"]. For
   dynamic trees override `sub(self, key)` (return an App/None).
 - `dir` is built in: `{c: [commands], d: {sub-app: class}, s: [native streams]}`.
+- Docs: a command's docstring (else the comments opening it) is its doc
+  for `moat doc`; `moat build` keeps it on the host, MicroPython drops it.
 - `self.root` is the node: `await self.root.call(["other","cmd"], x=1)`
   sends a request out and returns the reply (raises on error or when its
   link is down). The link is picked by destination: a first element that

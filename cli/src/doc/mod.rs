@@ -802,7 +802,7 @@ pub fn render(doc: &Json) -> String {
             .collect();
         let width = rows.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
         for (n, sm) in rows {
-            out.push_str(&format!("  {n:width$}  {sm}").trim_end().to_owned());
+            out.push_str(format!("  {n:width$}  {sm}").trim_end());
             out.push('\n');
         }
     }
