@@ -94,7 +94,10 @@ fn main() -> ExitCode {
             moat.find_subcommand_mut("cmd")
                 .expect("the cmd verb")
                 .print_long_help()
-                .map_err(anyhow::Error::from)
+                .or_else(|e| match e.kind() {
+                    std::io::ErrorKind::BrokenPipe => Ok(()), // `| head`
+                    _ => Err(e.into()),
+                })
         }
         Command::Cmd(a) => commands::cmd::run(a),
         Command::Doc(a) => commands::doc::run(a),

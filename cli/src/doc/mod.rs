@@ -556,13 +556,30 @@ fn command_json(name: &str, c: &CmdDoc) -> Json {
     })
 }
 
-/// The first line of a doc.
+/// A doc's summary: its first sentence (of the first paragraph), at most
+/// [`SUMMARY_MAX`] characters.
 pub fn summary(doc: Option<&str>) -> String {
-    doc.and_then(|d| d.lines().next())
+    let para: Vec<&str> = doc
         .unwrap_or("")
-        .trim()
-        .to_owned()
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| l.is_empty())
+        .take_while(|l| !l.is_empty())
+        .collect();
+    let text = para.join(" ");
+    let first = match text.find(". ") {
+        Some(at) => &text[..=at],
+        None => text.as_str(),
+    };
+    if first.chars().count() <= SUMMARY_MAX {
+        return first.to_owned();
+    }
+    let cut: String = first.chars().take(SUMMARY_MAX - 1).collect();
+    format!("{}…", cut.trim_end())
 }
+
+/// Longest summary in a listing.
+pub const SUMMARY_MAX: usize = 100;
 
 /// The doc of `path` on `node` (see the module's docs for the shape).
 /// An empty path documents the node itself.

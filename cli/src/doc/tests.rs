@@ -248,3 +248,17 @@ fn rendering_shows_parameters_and_notes() {
     );
     assert!(text.contains("note: node not reached"), "{text}");
 }
+
+#[test]
+fn summaries_are_the_first_sentence_and_short() {
+    assert_eq!(summary(None), "");
+    assert_eq!(summary(Some("Add n.\n\nMore.")), "Add n.");
+    assert_eq!(
+        summary(Some(
+            "Read the subtree at `p`\n(whole when it fits). Secrets hidden."
+        )),
+        "Read the subtree at `p` (whole when it fits)."
+    );
+    let long = "x".repeat(300);
+    assert_eq!(summary(Some(&long)).chars().count(), SUMMARY_MAX);
+}
