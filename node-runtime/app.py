@@ -47,6 +47,8 @@ Rules:
   by int); paths resolve through them: ["t", "probe", 2, "temp"]. For
   dynamic trees override `sub(self, key)` (return an App/None).
 - `dir` is built in: `{c: [commands], d: {sub-app: class}, s: [native streams]}`.
+- Docs: a command's docstring (else the comments opening it) is its doc
+  for `moat doc`; `moat build` keeps it on the host, MicroPython drops it.
 - `self.root` is the node: `await self.root.call(["other","cmd"], x=1)`
   sends a request out and returns the reply (raises on error or when its
   link is down). The link is picked by destination: a first element that
@@ -61,6 +63,7 @@ Keep apps small: this runs on an ESP8266 (tens of KB of heap).
 
 
 class App:
+    """The base of every app: its `dir`, sub-apps through `apps`/`sub()`."""
     apps = None  # sub-apps: dict name -> App, or list
 
     def __init__(self, cfg, name, root):
@@ -79,6 +82,7 @@ class App:
             return None
 
     def cmd_dir(self):
+        """This app's commands: {c: [commands], d: {sub-app: class}, s: [native streams]}."""
         c = []
         s = []
         for k in dir(self):

@@ -126,7 +126,10 @@ def save(cfg, fn=FILE):
 
 
 class Cfg(App):
+    """Read, change and save the running config."""
     def cmd_r(self, p=()):
+        """Read the config subtree at path `p` (whole when it fits a message, else
+        [simple members, [keys to fetch with p + key]]); secrets read as `_sec`."""
         c = self.root.cfg
         v = _mask(c, p, _walk(c, p))
         if v is SEC:
@@ -151,6 +154,8 @@ class Cfg(App):
         return [s, ks]
 
     def cmd_w(self, p, d=NoData):
+        """Write `d` at path `p` (`-` or absent deletes; missing maps are made;
+        `_sec` over a value keeps it). Running apps see it after `x`."""
         # copy-on-write along the path: running apps keep the config they
         # were started with until `x` restarts them
         try:
@@ -166,7 +171,9 @@ class Cfg(App):
         self.root.cfg = _put(self.root.cfg, p, 0, d)
 
     def cmd_s(self):
+        """Save the running config to moat.cfg, atomically."""
         save(self.root.cfg)
 
     async def cmd_x(self, p=()):
+        """Restart the apps under path `p` (all when empty) with the running config."""
         await self.root.restart_apps(p[0] if p else None)

@@ -15,6 +15,7 @@ _EMFILE = const(24)  # POSIX "too many open files"; MicroPython's errno lacks th
 
 
 class Files(App):
+    """Files under the app's root folder (config `root`); always binary."""
     def __init__(self, cfg, name, root):
         super().__init__(cfg, name, root)
         r = cfg.get("root", "")
@@ -91,6 +92,7 @@ class Files(App):
         return e[2] if len(e) > 2 else None
 
     def cmd_open(self, p, m="r"):
+        """Open file `p` with mode `m` (r, w, a) -> file descriptor."""
         if m not in ("r", "w", "a"):
             raise ValueError("mode must be r, w or a", m)
         if len(self.fds) >= self.max:
@@ -105,17 +107,20 @@ class Files(App):
         return self.fdn
 
     def cmd_rd(self, f, o=0, n=512):
+        """Read up to `n` bytes of file `f` at offset `o`."""
         fh = self._f(f)
         fh.seek(o)
         return fh.read(min(n, self.root.m - 32))
 
     def cmd_wr(self, f, d, o=None):
+        """Write bytes `d` to file `f` (at offset `o` when given) -> bytes written."""
         fh = self._f(f)
         if o is not None:
             fh.seek(o)
         return fh.write(d)
 
     def cmd_cl(self, f):
+        """Close file `f`."""
         self._f(f)
         self._close(f)
 
@@ -128,6 +133,7 @@ class Files(App):
             self._close(f)
 
     def cmd_ls(self, p="", x=False):
+        """List folder `p`: names, or with x=True [{n: name, m: d|f, s: size}]."""
         q = self._p(p)
         try:
             it = os.ilistdir(q)
@@ -149,6 +155,7 @@ class Files(App):
             return 0
 
     def cmd_stat(self, p):
+        """-> {m: d|f, s: size, t: mtime} of `p`."""
         try:
             s = os.stat(self._p(p))
         except OSError as e:
@@ -156,6 +163,7 @@ class Files(App):
         return {"m": "d" if s[0] & _DIR else "f", "s": s[6], "t": s[8]}
 
     def cmd_hash(self, p, l=32):
+        """The first `l` bytes of SHA-256 of file `p`."""
         import hashlib
 
         h = hashlib.sha256()
@@ -172,24 +180,28 @@ class Files(App):
         return h.digest()[:l]
 
     def cmd_mkdir(self, p):
+        """Make folder `p`."""
         try:
             os.mkdir(self._p(p))
         except OSError as e:
             raise self._err(e, p)
 
     def cmd_rm(self, p):
+        """Remove file `p`."""
         try:
             os.remove(self._p(p))
         except OSError as e:
             raise self._err(e, p)
 
     def cmd_rmdir(self, p):
+        """Remove the empty folder `p`."""
         try:
             os.rmdir(self._p(p))
         except OSError as e:
             raise self._err(e, p)
 
     def cmd_mv(self, s, d):
+        """Rename `s` to `d` (atomic; replaces `d`)."""
         a = self._p(s)
         b = self._p(d)
         try:

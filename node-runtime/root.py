@@ -15,6 +15,7 @@ _SPARE = const(512)
 
 
 class Root(App):
+    """The node: built-in apps `sys` and `cfg`, the configured apps, `ping` and `dir`."""
     def __init__(self, cfg, tg):
         super().__init__(cfg, "", self)
         self.tg = tg  # the node's TaskGroup
@@ -43,6 +44,7 @@ class Root(App):
 
     # --- commands
     def cmd_ping(self, m=None):
+        """Echo: -> {m: m}."""
         return {"m": m}
 
     # --- the spare heap

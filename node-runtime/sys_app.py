@@ -8,6 +8,7 @@ VERSION = "0.1.0"
 
 
 class Sys(App):
+    """The node's system commands (`sys.up`: what it imports, for diff-update)."""
     def sub(self, key):
         # `sys.up`: the module table and reloading, for `moat diff-update`
         if key == "up":
@@ -17,6 +18,7 @@ class Sys(App):
         return super().sub(key)
 
     def cmd_is_up(self):
+        """Send the unsolicited `link` up message again on every link."""
         asyncio.create_task(self.root.announce(True))
 
     def cmd_peer(self, n):
@@ -33,9 +35,11 @@ class Sys(App):
         raise ValueError("sys.peer: not called over a link")
 
     def cmd_unproxy(self, p):
+        """Release proxy `p` (a name this node sent)."""
         self.root.unproxy(p)
 
     def cmd_wdt(self):
+        """Watchdog keep-alive: must come every `wdt.t` seconds once started."""
         w = self.root.wdt
         if w is not None:
             w.feed()
@@ -57,6 +61,7 @@ class Sys(App):
         return hashes.get(m)
 
     def cmd_info(self):
+        """-> {v: runtime version, b: board, p: MicroPython version, id: unique id, au: {ok, bad, fail}}."""
         try:
             import _hash
 

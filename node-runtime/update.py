@@ -69,6 +69,7 @@ def _ledger():
 
 
 class Update(App):
+    """What this node imports, for `moat diff-update` (docs/update.md)."""
     def cmd_mods(self, t=None, o=0):
         # {t: digest of the frozen table, p: search order, f: frozen table
         # (absent when `t` already names it), o: [[file, hash]] override

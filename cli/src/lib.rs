@@ -7,6 +7,7 @@ pub mod board;
 pub mod build;
 pub mod check;
 pub mod client;
+pub mod doc;
 pub mod embedded;
 pub mod emulator;
 pub mod flash;

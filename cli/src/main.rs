@@ -2,7 +2,7 @@
 //! library (`moat::…`, `mux_runtime::…`), render the result.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
@@ -42,6 +42,8 @@ enum Command {
     Cfg(commands::cfg::Command),
     /// Call a command on a node: `moat cmd [NODE] PATH [k=v …]`.
     Cmd(commands::cmd::Args),
+    /// A command's doc, parameters and whether it streams: `moat doc [NODE] [PATH]`.
+    Doc(commands::doc::Args),
     /// Send a node only the modules that changed (no reflash).
     DiffUpdate(commands::diff_update::Args),
     /// Install a node's built firmware and config (unix: into .moat/nodes/NODE/).
@@ -93,7 +95,20 @@ fn main() -> ExitCode {
         Command::Boards(a) => commands::boards::run(a),
         Command::Wire(c) => commands::wire::run(c),
         Command::Cfg(c) => commands::cfg::run(c),
+        // `moat cmd --help` alone: the verb's help (with a path: its doc)
+        Command::Cmd(a) if a.help && a.words.is_empty() => {
+            let mut moat = Cli::command();
+            moat.build(); // names the verb `moat cmd` in its usage line
+            moat.find_subcommand_mut("cmd")
+                .expect("the cmd verb")
+                .print_long_help()
+                .or_else(|e| match e.kind() {
+                    std::io::ErrorKind::BrokenPipe => Ok(()), // `| head`
+                    _ => Err(e.into()),
+                })
+        }
         Command::Cmd(a) => commands::cmd::run(a),
+        Command::Doc(a) => commands::doc::run(a),
         Command::Flash(a) => commands::flash::run(a),
         Command::DiffUpdate(a) => commands::diff_update::run(a),
         Command::Fs(c) => commands::fs::run(c),

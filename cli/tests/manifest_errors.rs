@@ -295,5 +295,8 @@ fn the_cli_reports_a_bad_manifest_relative_to_the_project_and_fails() {
     let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(doc["error"]["type"], serde_json::Value::Null);
     let message = doc["error"]["message"].as_str().unwrap();
-    assert!(message.starts_with("moat.toml:5:9: nodes.pump.board"), "{doc}");
+    assert!(
+        message.starts_with("moat.toml:5:9: nodes.pump.board"),
+        "{doc}"
+    );
 }

@@ -12,7 +12,8 @@
 //!
 //! Layout of `.moat/build/<target>/`: `gen/` (manifest.py, runtime/,
 //! hash/_hash.py, mpy-lib/), `port-<key>/` (the port's build folder),
-//! `firmware/` (artefacts), `build.log`, `record.json`, `moat.cfg`.
+//! `firmware/` (artefacts), `build.log`, `record.json`, `docs.json` (the
+//! command docs, [`crate::doc`]), `moat.cfg`.
 
 pub mod cmake;
 pub mod progress;
@@ -254,6 +255,11 @@ impl<'p> Builder<'p> {
         ctx["modules"] = serde_json::to_value(table.template_rows())?;
         let hash_text = self.templates.render("_hash.py.j2", &ctx)?;
         modules::write_if_changed(&hash_file, hash_text.as_bytes())?;
+        // The command docs (`docs.json`, for `moat doc`): kept here, never
+        // on the node. Not worth failing a build over.
+        if let Err(e) = crate::doc::write_for_build(&dir, &target.name, &frozen, &table) {
+            progress.note(&target.name, &format!("no command docs: {e:#}"));
+        }
 
         if let Some(node) = &target.node {
             let cfg = mux_runtime::msgpack::to_vec(&node.config());

@@ -12,15 +12,20 @@ use mux_runtime::Value;
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  moat cmd dir\n  moat cmd ping m=hi\n  moat cmd pump sys.info\n  moat cmd cfg.r 'p=[wdt]'\n  moat cmd sys.mem --stream 1000 --count 3\n\nValues are read as YAML/JSON scalars: 5, 1.5, true, null, hi, \"quoted\", b'\\x00', [1, 2], {a: 1}."
+    disable_help_flag = true,
+    after_help = "Examples:\n  moat cmd dir\n  moat cmd ping m=hi\n  moat cmd pump sys.info\n  moat cmd cfg.r 'p=[wdt]'\n  moat cmd sys.mem --stream 1000 --count 3\n  moat cmd pump c.add --help     # c.add's doc (as `moat doc pump c.add`)\n\nValues are read as YAML/JSON scalars: 5, 1.5, true, null, hi, \"quoted\", b'\\x00', [1, 2], {a: 1}."
 )]
 pub struct Args {
     #[command(flatten)]
     pub target: Target,
     /// `[NODE] PATH [k=v …]`: the command's dotted path (`sys.info`),
     /// optionally after the node's name, then keyword arguments.
-    #[arg(required = true, value_name = "ARGS")]
+    #[arg(required_unless_present = "help", value_name = "ARGS")]
     pub words: Vec<String>,
+    /// Print this help; after a command path, that command's doc instead
+    /// (`moat cmd pump c.add --help` is `moat doc pump c.add`).
+    #[arg(short = 'h', long = "help")]
+    pub help: bool,
     /// Print JSON (one document; with --stream one line per item).
     #[arg(long)]
     pub json: bool,
@@ -46,6 +51,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         node: parsed.node.clone(),
         ..a.target.clone()
     };
+    if a.help {
+        let project = moat::project::Project::find_from_cwd()?;
+        return super::doc::show(&project, &target, &parsed.path, a.json, false);
+    }
     client::block_on(async move {
         let client = match &a.mqtt {
             Some(url) => {

@@ -15,6 +15,7 @@ pub mod cfg_upload;
 pub mod cmd;
 pub mod demo;
 pub mod diff_update;
+pub mod doc;
 pub mod flash;
 pub mod fs;
 pub mod fs_mount;

@@ -16,7 +16,7 @@ use moat::manifest::Node;
 use moat::project::Project;
 use mux_runtime::link::{LinkSpec, LinkState};
 use mux_runtime::message::PathElem;
-use mux_runtime::mux::{Mux, MuxConfig, NodeConfig};
+use mux_runtime::mux::{DocHook, Mux, MuxConfig, NodeConfig};
 use mux_runtime::Value;
 
 #[derive(clap::Args, Default)]
@@ -105,9 +105,80 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut config = MuxConfig::new(project.name(), &socket, nodes);
     config.mqtt = mqtt;
     config.name = Some(name);
+    config.doc = Some(doc_hook(project.root.clone(), socket.clone()));
     tokio::runtime::Runtime::new()
         .context("starting the async runtime")?
         .block_on(serve(config, a.json))
+}
+
+/// `mux.doc` (`d: {p: [node, …path]}`): what `moat doc --json` prints.
+/// The node is asked what it runs through this mux's own socket, as any
+/// client would; the project (its docs) is read afresh for each request.
+fn doc_hook(root: PathBuf, socket: PathBuf) -> DocHook {
+    use futures::FutureExt;
+    use mux_runtime::error::{RemoteError, WellKnown};
+    let bad = |why: String| RemoteError::well_known(WellKnown::Value, vec![Value::from(why)]);
+    DocHook(std::sync::Arc::new(move |d: Value| {
+        let (root, socket) = (root.clone(), socket.clone());
+        async move {
+            let p = match d.get("p").and_then(Value::as_array) {
+                Some(p) if !p.is_empty() => p.to_vec(),
+                _ => return Err(bad("mux.doc: p=[node, …path] names what to document".into())),
+            };
+            let path: Vec<PathElem> = p[1..]
+                .iter()
+                .map(|e| match (e.as_str(), e.as_int()) {
+                    (Some(s), _) => Ok(PathElem::Name(s.to_owned())),
+                    (_, Some(i)) => Ok(PathElem::Index(i as i64)),
+                    _ => Err(bad(format!("mux.doc: p holds {}", e.type_name()))),
+                })
+                .collect::<Result<_, _>>()?;
+            let node = p[0]
+                .as_str()
+                .ok_or_else(|| bad("mux.doc: p[0] must be a node's name".into()))?
+                .to_owned();
+            let doc = tokio::task::spawn_blocking(move || -> anyhow::Result<serde_json::Value> {
+                if node == moat::client::MUX_APP {
+                    return moat::doc::describe_mux(&path);
+                }
+                let project = Project::load(&root)?;
+                let state =
+                    tokio::runtime::Handle::current().block_on(ask_node(&project, &node, &socket));
+                moat::doc::describe(&project, &node, &path, &state)
+            })
+            .await
+            .map_err(|e| RemoteError::generic(format!("mux.doc: {e}")))?
+            .map_err(|e| bad(format!("{e:#}")))?;
+            mux_runtime::notation::from_json(&doc)
+                .map_err(|e| RemoteError::generic(format!("mux.doc: {e}")))
+        }
+        .boxed()
+    }))
+}
+
+/// The node's state for `mux.doc`, asked through this mux's socket.
+async fn ask_node(project: &Project, node: &str, socket: &std::path::Path) -> moat::doc::NodeState {
+    let asked = async {
+        if project.node(node).is_none() {
+            anyhow::bail!("no node `{node}` in this project");
+        }
+        let endpoint = mux_runtime::endpoint::Endpoint::connect_unix(socket).await?;
+        let client = moat::client::Client::from_endpoint(
+            endpoint,
+            node,
+            moat::client::Route::Mux(socket.to_owned()),
+        )
+        .with_timeout(Duration::from_secs(5));
+        moat::doc::query(project, node, &client).await
+    };
+    match asked.await {
+        Ok(s) => s,
+        Err(e) => moat::doc::NodeState {
+            table: None,
+            apps: moat::doc::configured_apps(project, node),
+            unreached: Some(format!("{e:#}").lines().next().unwrap_or("").to_owned()),
+        },
+    }
 }
 
 /// The nodes this mux holds: those named with `--node`, else those whose

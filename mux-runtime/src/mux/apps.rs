@@ -1,5 +1,6 @@
 //! The mux's own commands: at the root (`dir`, `ping`) and in its `mux`
-//! app (`ls`, `console`, `info`, `dir`, `ping`).
+//! app (`ls`, `console`, `info`, `doc`, `dir`, `ping`), documented in
+//! [`MUX_DOCS`] (what `moat doc mux CMD` and `mux.doc` answer).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,8 +14,71 @@ use crate::error::{RemoteError, WellKnown};
 use crate::message::{Path, PathElem};
 use crate::value::Value;
 
-const MUX_COMMANDS: [&str; 5] = ["dir", "info", "ls", "console", "ping"];
+const MUX_COMMANDS: [&str; 6] = ["dir", "info", "ls", "console", "doc", "ping"];
 const MUX_STREAMS: [&str; 2] = ["ls", "console"];
+
+/// One command of the `mux` app, documented (the mux runs no Python to
+/// read docs from: this table is its source).
+#[derive(Clone, Copy, Debug)]
+pub struct MuxCommandDoc {
+    pub name: &'static str,
+    pub doc: &'static str,
+    /// `(name, default as source text)`; `None`: required.
+    pub params: &'static [(&'static str, Option<&'static str>)],
+    /// Has a stream of its own (else it is called every `r` ms).
+    pub stream: bool,
+}
+
+/// The `mux` app's commands, documented.
+pub const MUX_DOCS: [MuxCommandDoc; 6] = [
+    MuxCommandDoc {
+        name: "dir",
+        doc: "The mux app's commands: {c: [commands], s: [streams]}.",
+        params: &[],
+        stream: false,
+    },
+    MuxCommandDoc {
+        name: "info",
+        doc: "The mux: {project, socket, clients, nodes, v: version, mqtt: broker state or None}.",
+        params: &[],
+        stream: false,
+    },
+    MuxCommandDoc {
+        name: "ls",
+        doc: "Every node with its link: {node: {state, kind, target, bytes_in, bytes_out, \
+              messages_in, messages_out, console_bytes, reconnects, failures, …}}; with a \
+              broker also the nodes other muxes hold.",
+        params: &[],
+        stream: true,
+    },
+    MuxCommandDoc {
+        name: "console",
+        doc: "The console output captured from node `n` (bytes); streamed: what is held, \
+              then each new run of bytes.",
+        params: &[("n", Some("the only node"))],
+        stream: true,
+    },
+    MuxCommandDoc {
+        name: "doc",
+        doc: "The doc of command path `p` ([node, ...path], [node] lists its commands, \
+              [\"mux\", cmd] these): what `moat doc --json` prints, for the firmware the node \
+              runs. Needs a mux started by `moat mux` (it reads the project's build docs).",
+        params: &[("p", None)],
+        stream: false,
+    },
+    MuxCommandDoc {
+        name: "ping",
+        doc: "Echo: -> {m: m}.",
+        params: &[("m", Some("None"))],
+        stream: false,
+    },
+];
+
+/// Answers `mux.doc`: `d` is the request's data (`{p: [node, …path]}`).
+/// Installed by whoever starts the mux with the project's docs at hand
+/// (`moat mux`); a mux without one answers `_NiErr`.
+pub type DocHandler =
+    Arc<dyn Fn(Value) -> BoxFuture<'static, Result<Value, RemoteError>> + Send + Sync>;
 
 fn strs(items: &[&str]) -> Value {
     Value::Array(items.iter().map(|s| Value::from(*s)).collect())
@@ -78,6 +142,18 @@ pub fn call(
             ("mqtt", core.bridge().map_or(Value::Nil, |b| b.info())),
         ])),
         "ping" => Ok(ping(data)),
+        "doc" => {
+            return match core.doc.clone() {
+                Some(h) => h(data.clone()),
+                None => future::ready(Err(RemoteError::well_known(
+                    WellKnown::NotImplemented,
+                    vec![Value::from(
+                        "mux.doc: this mux has no project docs (start it with `moat mux`)",
+                    )],
+                )))
+                .boxed(),
+            }
+        }
         "console" => console_node(core, data).map(|n| {
             let (bytes, _) = n.console.since(0);
             Value::Bin(bytes)

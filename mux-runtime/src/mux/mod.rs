@@ -90,6 +90,18 @@ pub struct MuxConfig {
     pub mqtt: Option<crate::mqtt::MqttConfig>,
     /// The mux's name on the broker (default: the host's name).
     pub name: Option<String>,
+    /// Answers `mux.doc` ([`apps::DocHandler`]).
+    pub doc: Option<DocHook>,
+}
+
+/// A [`apps::DocHandler`] in the config (shown as `DocHook` in debug output).
+#[derive(Clone)]
+pub struct DocHook(pub apps::DocHandler);
+
+impl std::fmt::Debug for DocHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DocHook")
+    }
 }
 
 impl MuxConfig {
@@ -103,6 +115,7 @@ impl MuxConfig {
             node_requests: NODE_REQUESTS,
             mqtt: None,
             name: None,
+            doc: None,
         }
     }
 }
@@ -164,6 +177,8 @@ pub struct Core {
     clients: Mutex<HashMap<u64, Endpoint>>,
     /// The MQTT bridge, when the mux joins a broker.
     pub(crate) bridge: Option<crate::mqtt::Bridge>,
+    /// Answers `mux.doc`.
+    pub(crate) doc: Option<apps::DocHandler>,
 }
 
 impl Core {
@@ -329,6 +344,7 @@ impl Mux {
                 .collect(),
             clients: Mutex::default(),
             bridge: bridge.map(|b| b.start(weak.clone())),
+            doc: config.doc.as_ref().map(|h| h.0.clone()),
         });
         let mut tasks = Vec::new();
         for node in &core.nodes {
